@@ -1,0 +1,1 @@
+"""Method adapters, one package per paper, and the blocks they share (methods.common)."""

@@ -1,0 +1,181 @@
+"""The adapter protocol every paper implements, and the small containers it passes around.
+
+An adapter wraps one model of one method/variant. The harness never looks inside it: it asks the
+adapter to tokenize captions, encode images and captions, and score blocks of encoded images
+against blocks of encoded captions. Training goes through `configure_training` and `train_step`;
+the loop itself lives in `harness.training` so every method gets checkpointing and resume.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded as asked (wrong method, variant, dataset, keys or file)."""
+
+
+@dataclass
+class PaddedTokens:
+    """A batch of token id sequences, right-padded with `pad_id`, and their true lengths."""
+
+    ids: torch.Tensor  # (N, L) int64
+    lengths: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def __getitem__(self, index: slice | Sequence[int] | torch.Tensor) -> PaddedTokens:
+        lengths = self.lengths[index]
+        width = int(lengths.max()) if len(lengths) else 0
+        return PaddedTokens(self.ids[index][:, :width], lengths)
+
+    def to(self, device: torch.device | str) -> PaddedTokens:
+        return PaddedTokens(self.ids.to(device), self.lengths.to(device))
+
+
+@dataclass
+class PaddedFeatures:
+    """Per-token (or per-region) features with true lengths: (N, L, D) and (N,)."""
+
+    feats: torch.Tensor
+    lengths: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.feats.shape[0])
+
+    def __getitem__(self, index: slice | Sequence[int] | torch.Tensor) -> PaddedFeatures:
+        lengths = self.lengths[index]
+        width = int(lengths.max()) if len(lengths) else 0
+        return PaddedFeatures(self.feats[index][:, :width], lengths)
+
+    def to(self, device: torch.device | str) -> PaddedFeatures:
+        return PaddedFeatures(self.feats.to(device), self.lengths.to(device))
+
+
+def concat_blocks(blocks: Sequence[Any]) -> Any:
+    """Concatenate encoded blocks (tensors or Padded* containers) along the first axis."""
+    first = blocks[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(list(blocks))
+    if isinstance(first, (PaddedFeatures, PaddedTokens)):
+        field = "feats" if isinstance(first, PaddedFeatures) else "ids"
+        width = max(getattr(b, field).shape[1] for b in blocks)
+        padded = []
+        for b in blocks:
+            t = getattr(b, field)
+            pad = width - t.shape[1]
+            if pad:
+                shape = list(t.shape)
+                shape[1] = pad
+                t = torch.cat([t, t.new_zeros(shape)], dim=1)
+            padded.append(t)
+        return type(first)(torch.cat(padded), torch.cat([b.lengths for b in blocks]))
+    raise TypeError(f"cannot concatenate blocks of type {type(first).__name__}")
+
+
+@dataclass
+class TrainingSetup:
+    """What the training loop needs from an adapter: the optimizer and a per-epoch lr rule."""
+
+    optimizer: torch.optim.Optimizer
+    grad_clip: float | None
+    lr_at_epoch: Any  # Callable[[int], list[float]]: one lr per param group
+
+
+class Adapter(abc.ABC):
+    """One model of one paper's method and variant.
+
+    Class attributes describe the method to the harness:
+    - `method`: registry name of the paper (``esa``, ``esl`` ...).
+    - `scoring`: ``embedding`` (score is a matrix product of vectors) or ``pairwise`` (cross attention).
+    - `image_input`: ``regions`` (precomputed BUTD features) or ``pixels`` (raw images).
+    """
+
+    method: ClassVar[str]
+    scoring: ClassVar[Literal["embedding", "pairwise"]]
+    image_input: ClassVar[Literal["regions", "pixels"]] = "regions"
+
+    variant: str
+    dataset: str
+    model: nn.Module
+    options: dict[str, Any]
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    @abc.abstractmethod
+    def build(cls, variant: str, dataset: str, options: Mapping[str, Any] | None = None) -> Adapter:
+        """A freshly initialised model for `variant` trained on `dataset` with registry `options`."""
+
+    @classmethod
+    @abc.abstractmethod
+    def load_official(cls, path: str | Path, *, variant: str | None = None,
+                      dataset: str | None = None) -> Adapter:
+        """Load an official checkpoint strictly and safely (no pickled code is executed).
+
+        `variant` / `dataset`, when given, are checked against what the checkpoint says it is.
+        Raises CheckpointError naming the file and the problem.
+        """
+
+    def official_checkpoint(self, **extra: Any) -> dict[str, Any]:
+        """This model in the official container layout (extra fields such as epoch are merged in)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot write the official layout")
+
+    # ---- inference --------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: torch.device | str) -> Adapter:
+        self.model.to(device)
+        return self
+
+    @abc.abstractmethod
+    def tokenize(self, captions: Sequence[str]) -> Any:
+        """Captions (raw text, as in the data files) to the model's text input (e.g. PaddedTokens)."""
+
+    @abc.abstractmethod
+    def encode_images(self, images: torch.Tensor) -> Any:
+        """Evaluation-mode encoding of a batch of images (regions (B, R, D) or pixels (B, 3, H, W))."""
+
+    @abc.abstractmethod
+    def encode_texts(self, texts: Any) -> Any:
+        """Evaluation-mode encoding of a tokenized caption batch."""
+
+    @abc.abstractmethod
+    def score(self, image_block: Any, text_block: Any) -> torch.Tensor:
+        """(images, captions) similarity of two encoded blocks; higher is more similar."""
+
+    def text_embeddings(self, captions: Sequence[str]) -> torch.Tensor | None:
+        """One L2-normalised vector per caption in a uni-modal text space, or None if the method has
+        none (cross-attention scorers). Used by STS and CxC text->text."""
+        return None
+
+    def image_embeddings(self, images: torch.Tensor) -> torch.Tensor | None:
+        """One L2-normalised vector per image in a uni-modal image space, or None."""
+        return None
+
+    # ---- training -----------------------------------------------------------------------------
+    def configure_training(self, recipe: Mapping[str, Any]) -> TrainingSetup:
+        raise NotImplementedError(f"{type(self).__name__} does not support training")
+
+    def make_train_batch(self, images: np.ndarray | torch.Tensor, captions: Sequence[str],
+                         rng: np.random.Generator) -> Any:
+        """Collate one training batch (images already matched to captions); augmentation goes here."""
+        raise NotImplementedError
+
+    def train_step(self, batch: Any, epoch: int) -> dict[str, torch.Tensor]:
+        """Forward pass and loss on one batch in training mode; returns at least {'loss': scalar}."""
+        raise NotImplementedError
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

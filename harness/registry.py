@@ -242,7 +242,29 @@ def load_registry_file(path: str | Path) -> Registry:
     return parse_registry(raw or {}, source=str(path))
 
 
+def merge_documents(docs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Merge registry documents: mappings are merged by key (a duplicate name is an error), lists appended."""
+    merged: dict[str, Any] = {"datasets": {}, "methods": {}, "reported": []}
+    for doc in docs:
+        for key, value in (doc or {}).items():
+            if key == "reported":
+                merged["reported"].extend(value or [])
+            elif key in ("datasets", "methods"):
+                for name, body in (value or {}).items():
+                    if name in merged[key]:
+                        raise RegistryError(f"{key}.{name} is defined twice")
+                    merged[key][name] = body
+            else:
+                raise RegistryError(f"unknown top-level registry section '{key}'")
+    return merged
+
+
 @lru_cache(maxsize=4)
 def load_registry(path: str | None = None) -> Registry:
     """The project's registry (cached). `path` overrides the default registry.yaml."""
-    return load_registry_file(path or REGISTRY_PATH)
+    target = Path(path) if path else REGISTRY_PATH
+    fragments = target.parent / "registry.d"
+    if not target.exists() and fragments.is_dir():  # development layout: one fragment per paper
+        docs = [yaml.safe_load(f.read_text()) for f in sorted(fragments.glob("*.yaml"))]
+        return parse_registry(merge_documents(docs), source=str(fragments))
+    return load_registry_file(target)

@@ -129,6 +129,17 @@ class Adapter(abc.ABC):
         """This model in the official container layout (extra fields such as epoch are merged in)."""
         raise NotImplementedError(f"{type(self).__name__} cannot write the official layout")
 
+    # ---- data ---------------------------------------------------------------------------------
+    def eval_data(self, data_root: str | Path, split: str, dataset: str | None = None) -> tuple[Any, list[str]]:
+        """(images, captions) of an evaluation split in canonical order (caption j -> image j // 5).
+
+        Default: a SCAN precomp folder (memory-mapped regions). Pixel methods override this.
+        """
+        from harness.data.precomp import load_precomp
+
+        split_data = load_precomp(data_root, split, dataset)
+        return split_data.images, split_data.captions
+
     # ---- inference --------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:

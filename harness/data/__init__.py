@@ -1,0 +1,1 @@
+"""Readers for the on-disk formats, layout checks and the embedded demo set."""

@@ -1,0 +1,26 @@
+"""`check-data`: validate a dataset folder before any job starts, naming every problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.data.precomp import check_precomp
+from harness.registry import load_registry
+
+EXPECTED_IMAGES = {"coco": {"testall": 5000, "dev": 5000, "train": 113287},
+                   "f30k": {"test": 1000, "dev": 1014, "train": 29000}}
+
+
+def check_dataset(dataset: str, data_root: str | Path, splits: list[str] | None = None) -> list[str]:
+    """Problems of `dataset` under `data_root` for `splits` (default: its test split); [] when valid."""
+    ds = load_registry().dataset(dataset)
+    splits = splits or [ds.split]
+    root = Path(data_root)
+    if not root.exists():
+        return [f"{root}: data root does not exist"]
+    if ds.layout == "cusa_json":
+        from methods.cusa.data import check_cusa_json  # noqa: PLC0415 - optional method package
+
+        return [p for s in splits for p in check_cusa_json(root, s)]
+    return check_precomp(root, dataset, splits, feature_dim=None if dataset == "demo" else 2048,
+                         expected_images=EXPECTED_IMAGES.get(dataset), captions_per_image=ds.captions_per_image)

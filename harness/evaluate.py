@@ -1,0 +1,105 @@
+"""Evaluate official (or our own) checkpoints: load, encode once, score blockwise, compute protocols."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.metrics.recall import recall_metrics
+from harness.registry import Method, RegistryError, load_registry
+from harness.scoring import encode_images, encode_texts, score_blocks
+from methods.base import Adapter, parameter_count
+
+RECALL_PROTOCOLS = ("coco1k", "coco5k", "f30k1k", "recall")
+
+
+@dataclass
+class Evaluation:
+    sims: np.ndarray
+    metrics: dict[str, Any]
+    efficiency: dict[str, Any] = field(default_factory=dict)
+
+
+def load_members(method: Method, variant: str, checkpoints: Sequence[str | Path],
+                 dataset: str | None) -> list[Adapter]:
+    """Load one adapter per checkpoint. An ensemble variant takes one checkpoint per member."""
+    spec = method.variant(variant)
+    cls = method.adapter_class()
+    if spec.is_ensemble:
+        if len(checkpoints) != len(spec.members):
+            raise RegistryError(f"{method.name}/{variant} averages {len(spec.members)} models "
+                                f"({', '.join(spec.members)}): pass --checkpoint once per member, in that order "
+                                f"(got {len(checkpoints)})")
+        same = len(set(spec.members)) == 1
+        members = [cls.load_official(ck, variant=None if same else m, dataset=dataset)
+                   for ck, m in zip(checkpoints, spec.members)]
+        if same and len({a.variant for a in members}) > 1:
+            raise RegistryError(f"{method.name}/{variant}: the members must be models of one variant, got "
+                                + ", ".join(f"{ck} ({a.variant})" for ck, a in zip(checkpoints, members)))
+        return members
+    if len(checkpoints) != 1:
+        raise RegistryError(f"{method.name}/{variant} is a single model: pass exactly one --checkpoint")
+    return [cls.load_official(checkpoints[0], variant=variant, dataset=dataset)]
+
+
+def protocols_for(dataset: str | None, split: str, n_images: int) -> list[str]:
+    """The recall protocols that apply to this dataset/split (others fall back to plain full recall)."""
+    if dataset is None:
+        return ["coco1k", "coco5k"] if n_images == 5000 else (["f30k1k"] if n_images == 1000 else ["recall"])
+    registry = load_registry()
+    ds = registry.dataset(dataset)
+    if split != ds.split:
+        return ["recall"]
+    chosen = [p for p in ds.protocols if p in RECALL_PROTOCOLS]
+    return chosen or ["recall"]
+
+
+def compute_metrics(sims: np.ndarray, protocols: Sequence[str]) -> dict[str, Any]:
+    return {p: recall_metrics(sims, p) for p in protocols}
+
+
+def similarity_for(members: Sequence[Adapter], images: Any, captions: Sequence[str], *, batch_size: int = 128,
+                   cache_dir: Path | None = None, progress: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """The (mean, for ensembles) similarity matrix and the efficiency record of computing it."""
+    total = None
+    eff: dict[str, Any] = {"members": []}
+    for k, adapter in enumerate(members):
+        t0 = time.perf_counter()
+        img = encode_images(adapter, images, batch_size=batch_size)
+        t1 = time.perf_counter()
+        txt = encode_texts(adapter, captions, batch_size=batch_size)
+        t2 = time.perf_counter()
+        cache = cache_dir / f"tiles_{k}.h5" if cache_dir else None
+        sims = score_blocks(adapter, img, txt, cache=cache, progress=progress)
+        t3 = time.perf_counter()
+        eff["members"].append({
+            "variant": adapter.variant, "parameters": parameter_count(adapter.model),
+            "encode_ms_per_image": 1000 * (t1 - t0) / max(1, len(images)),
+            "encode_ms_per_caption": 1000 * (t2 - t1) / max(1, len(captions)),
+            "scoring_seconds": t3 - t2,
+        })
+        total = sims.astype(np.float64) if total is None else total + sims
+    mean = (total / len(members)).astype(np.float32)
+    eff["parameters"] = sum(m["parameters"] for m in eff["members"])
+    eff["scoring_seconds"] = sum(m["scoring_seconds"] for m in eff["members"])
+    eff["encode_ms_per_image"] = sum(m["encode_ms_per_image"] for m in eff["members"])
+    eff["encode_ms_per_caption"] = sum(m["encode_ms_per_caption"] for m in eff["members"])
+    return mean, eff
+
+
+def evaluate_checkpoints(method: str, variant: str, checkpoints: Sequence[str | Path], data_root: str | Path,
+                         split: str, dataset: str | None = None, *, device: str = "cpu", batch_size: int = 128,
+                         cache_dir: Path | None = None, progress: bool = False) -> Evaluation:
+    registry = load_registry()
+    m = registry.method(method)
+    members = [a.to(device) for a in load_members(m, variant, checkpoints, dataset)]
+    images, captions = members[0].eval_data(data_root, split, dataset)
+    sims, eff = similarity_for(members, images, captions, batch_size=batch_size, cache_dir=cache_dir,
+                               progress=progress)
+    metrics = compute_metrics(sims, protocols_for(dataset, split, sims.shape[0]))
+    return Evaluation(sims=sims, metrics=metrics, efficiency=eff)

@@ -1,0 +1,1 @@
+"""Evaluation protocols: pure functions of (similarity matrix or embeddings, ground truth)."""

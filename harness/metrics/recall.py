@@ -1,0 +1,220 @@
+"""Image-text recall as the official code (vse_infty `i2t` / `t2i` / `evalrank`) defines it.
+
+The similarity matrix has images as rows and captions as columns; caption j belongs to image
+j // captions_per_image. Ranks are computed by counting, not sorting: for a query, the number of
+gallery items scoring strictly above its best positive is the tie-optimistic rank, and adding the
+negatives that tie with it gives the tie-pessimistic rank. The official `argsort(...)[::-1]` rank
+breaks ties in an implementation-defined order, so it always lies between the two; queries whose
+bounds differ are counted and reported.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+RECALL_KS = (1, 5, 10)
+PROTOCOL_SIZES = {"coco5k": (5000, 25000), "f30k1k": (1000, 5000), "coco1k": (5000, 25000)}
+
+
+class MatrixError(ValueError):
+    """A similarity matrix that cannot be evaluated (NaN, wrong shape)."""
+
+
+@dataclass
+class QueryRanks:
+    """0-based ranks of the best positive for every query of one direction."""
+
+    optimistic: np.ndarray  # strict count of gallery items scoring above the best positive
+    pessimistic: np.ndarray  # plus the negatives tied with it
+
+    @property
+    def tie_affected(self) -> int:
+        return int(np.count_nonzero(self.pessimistic != self.optimistic))
+
+
+def _threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _chunks(n: int, size: int) -> list[tuple[int, int]]:
+    return [(a, min(n, a + size)) for a in range(0, n, size)]
+
+
+def check_matrix(sims: np.ndarray, captions_per_image: int = 5, name: str = "similarity matrix") -> np.ndarray:
+    """Validate shape and finiteness; returns the matrix as a float32/float64 ndarray."""
+    sims = np.asarray(sims)
+    if sims.ndim != 2:
+        raise MatrixError(f"{name}: expected a 2-D images x captions matrix, got shape {sims.shape}")
+    n_img, n_cap = sims.shape
+    if n_cap != captions_per_image * n_img:
+        raise MatrixError(f"{name}: {n_img} images x {n_cap} captions, expected {captions_per_image} captions "
+                          f"per image ({captions_per_image * n_img} columns)")
+    if sims.dtype not in (np.float32, np.float64):
+        sims = sims.astype(np.float32)
+    if np.isfinite(sims.sum()):  # one cheap pass; a NaN or inf makes the sum non-finite
+        return sims
+    bad = int(np.count_nonzero(~np.isfinite(sims)))
+    if bad:
+        raise MatrixError(f"{name}: {bad} NaN or infinite scores; the official ranking would place NaN first "
+                          "silently. Fix the model/scores before evaluating")
+    return sims
+
+
+def count_ranks(sims: np.ndarray, captions_per_image: int = 5) -> tuple[QueryRanks, QueryRanks]:
+    """Image->text and text->image ranks in one pass over the matrix.
+
+    Rows are processed in small blocks that stay in cache; each block is compared with the row
+    thresholds (best own caption, for i2t) and with the column thresholds (the caption's own image,
+    for t2i). Blocks run on a thread pool (numpy releases the GIL in these kernels).
+    """
+    n_img, n_cap = sims.shape
+    k = captions_per_image
+    own = sims[:, : n_img * k].reshape(n_img, n_img, k)[np.arange(n_img), np.arange(n_img)]  # (N, k)
+    best = own.max(axis=1)
+    own_ties = np.count_nonzero(own == best[:, None], axis=1)
+    owner = np.arange(n_cap) // k
+    pos = np.ascontiguousarray(sims[owner, np.arange(n_cap)])
+    gt_i = np.empty(n_img, np.int64)
+    ge_i = np.empty(n_img, np.int64)
+    acc_dtype = np.uint16 if n_img < 2**16 else np.uint32
+    rows = 16
+
+    def work(bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        a0, a1 = bounds
+        buf = np.empty((rows, n_cap), dtype=bool)
+        gt_t = np.zeros(n_cap, acc_dtype)
+        ge_t = np.zeros(n_cap, acc_dtype)
+        for a in range(a0, a1, rows):
+            b = min(a1, a + rows)
+            blk, bb, thr = sims[a:b], buf[: b - a], best[a:b, None]
+            np.greater(blk, thr, out=bb)
+            gt_i[a:b] = np.count_nonzero(bb, axis=1)
+            np.greater_equal(blk, thr, out=bb)
+            ge_i[a:b] = np.count_nonzero(bb, axis=1)
+            np.greater(blk, pos, out=bb)
+            gt_t += np.add.reduce(bb.view(np.uint8), axis=0, dtype=acc_dtype)
+            np.greater_equal(blk, pos, out=bb)
+            ge_t += np.add.reduce(bb.view(np.uint8), axis=0, dtype=acc_dtype)
+        return gt_t, ge_t
+
+    with ThreadPoolExecutor(_threads()) as pool:
+        parts = list(pool.map(work, _chunks(n_img, 256)))
+    gt_t = np.sum([p[0] for p in parts], axis=0, dtype=np.int64)
+    ge_t = np.sum([p[1] for p in parts], axis=0, dtype=np.int64)
+    i2t = QueryRanks(optimistic=gt_i, pessimistic=ge_i - own_ties)
+    t2i = QueryRanks(optimistic=gt_t, pessimistic=ge_t - 1)  # the positive itself is counted by >=
+    return i2t, t2i
+
+
+def i2t_ranks(sims: np.ndarray, captions_per_image: int = 5) -> QueryRanks:
+    """Rank of the best of each image's own captions among all captions."""
+    return count_ranks(sims, captions_per_image)[0]
+
+
+def t2i_ranks(sims: np.ndarray, captions_per_image: int = 5) -> QueryRanks:
+    """Rank of each caption's own image among all images."""
+    return count_ranks(sims, captions_per_image)[1]
+
+
+def summarize(ranks: np.ndarray) -> dict[str, float]:
+    """R@1/5/10 in percent, medr = floor(median)+1, meanr = mean+1 (official definitions)."""
+    out = {f"r{k}": float(100.0 * np.count_nonzero(ranks < k) / len(ranks)) for k in RECALL_KS}
+    out["medr"] = float(np.floor(np.median(ranks)) + 1)
+    out["meanr"] = float(ranks.mean() + 1)
+    return out
+
+
+def _direction(ranks: QueryRanks) -> dict:
+    main = summarize(ranks.pessimistic)
+    main["tie_optimistic"] = summarize(ranks.optimistic)
+    main["tie_affected_queries"] = ranks.tie_affected
+    main["queries"] = int(len(ranks.optimistic))
+    return main
+
+
+def full_recall(sims: np.ndarray, captions_per_image: int = 5) -> dict:
+    """Recall of one full matrix (COCO 5K, F30K 1K, or any images x captions matrix)."""
+    sims = check_matrix(sims, captions_per_image)
+    i2t, t2i = count_ranks(sims, captions_per_image)
+    return _with_sums(_direction(i2t), _direction(t2i))
+
+
+def _with_sums(i2t: dict, t2i: dict) -> dict:
+    def rsum(a: dict, b: dict) -> float:
+        return sum(a[f"r{k}"] for k in RECALL_KS) + sum(b[f"r{k}"] for k in RECALL_KS)
+
+    return {
+        "i2t": i2t, "t2i": t2i,
+        "rsum": rsum(i2t, t2i),
+        "ties": {
+            "rsum_tie_optimistic": rsum(i2t["tie_optimistic"], t2i["tie_optimistic"]),
+            "i2t_affected_queries": i2t["tie_affected_queries"],
+            "t2i_affected_queries": t2i["tie_affected_queries"],
+        },
+    }
+
+
+def fold_slices(n_img: int, folds: int = 5, captions_per_image: int = 5) -> list[tuple[slice, slice]]:
+    """COCO 1K folds: images [1000k, 1000k+1000) and their captions [5000k, 5000k+5000)."""
+    if n_img % folds:
+        raise MatrixError(f"{n_img} images cannot be cut into {folds} equal folds")
+    size = n_img // folds
+    return [(slice(f * size, (f + 1) * size),
+             slice(f * size * captions_per_image, (f + 1) * size * captions_per_image)) for f in range(folds)]
+
+
+def fold_recall(sims: np.ndarray, folds: int = 5, captions_per_image: int = 5) -> dict:
+    """COCO 1K: each metric is the mean of its per-fold values (medr may be fractional)."""
+    sims = np.asarray(sims)
+    if sims.ndim != 2 or sims.shape[1] != captions_per_image * sims.shape[0]:
+        check_matrix(sims, captions_per_image)  # raises the shape error
+    per_fold = []
+    for k, (r, c) in enumerate(fold_slices(sims.shape[0], folds, captions_per_image)):
+        block = check_matrix(sims[r, c], captions_per_image, name=f"fold {k} of the similarity matrix")
+        i2t, t2i = count_ranks(block, captions_per_image)
+        per_fold.append(_with_sums(_direction(i2t), _direction(t2i)))
+    out = _mean_tree(per_fold)
+    # counts are totals over folds, not means
+    for d in ("i2t", "t2i"):
+        out[d]["tie_affected_queries"] = sum(f[d]["tie_affected_queries"] for f in per_fold)
+        out[d]["queries"] = sum(f[d]["queries"] for f in per_fold)
+    for key in ("i2t_affected_queries", "t2i_affected_queries"):
+        out["ties"][key] = sum(f["ties"][key] for f in per_fold)
+    out["folds"] = [{"i2t": {k: f["i2t"][k] for k in ("r1", "r5", "r10", "medr", "meanr")},
+                     "t2i": {k: f["t2i"][k] for k in ("r1", "r5", "r10", "medr", "meanr")},
+                     "rsum": f["rsum"]} for f in per_fold]
+    return out
+
+
+def _mean_tree(items: list):
+    first = items[0]
+    if isinstance(first, dict):
+        return {k: _mean_tree([it[k] for it in items]) for k in first}
+    return float(np.mean(items))
+
+
+def recall_metrics(sims: np.ndarray, protocol: str, captions_per_image: int = 5) -> dict:
+    """The recall protocol `protocol` (coco1k, coco5k, f30k1k, recall) of an images x captions matrix.
+
+    Returns {"protocol", "i2t": {r1, r5, r10, medr, meanr, ...}, "t2i": {...}, "rsum", "ties": {...}}
+    with recalls in percent. The headline values are tie-pessimistic; "tie_optimistic" holds the bound.
+    """
+    sims = np.asarray(sims)
+    if protocol in ("coco5k", "f30k1k"):
+        want = PROTOCOL_SIZES[protocol]
+        if sims.shape != want:
+            raise MatrixError(f"{protocol} needs a {want[0]} x {want[1]} matrix, got {sims.shape[0]} x {sims.shape[1]}")
+        result = full_recall(sims, captions_per_image)
+    elif protocol == "coco1k":
+        if sims.shape != PROTOCOL_SIZES["coco1k"]:
+            raise MatrixError(f"coco1k needs the 5000 x 25000 COCO 5K matrix (5 folds), got {sims.shape}")
+        result = fold_recall(sims, 5, captions_per_image)
+    elif protocol == "recall":
+        result = full_recall(sims, captions_per_image)
+    else:
+        raise MatrixError(f"unknown recall protocol '{protocol}'; valid: coco1k, coco5k, f30k1k, recall")
+    return {"protocol": protocol, **result}

@@ -1,0 +1,210 @@
+"""Blockwise, resumable computation of the images x captions similarity matrix for any adapter.
+
+Images and captions are encoded once each. The matrix is then tiled into (image block x caption
+block) tiles; each tile is one `adapter.score` call. With a cache file, finished tiles are written to
+HDF5 as they complete, so a killed run resumes at the first missing tile and the final matrix is
+identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from methods.base import Adapter, concat_blocks
+
+DEFAULT_TILES = {"embedding": (2048, 8192), "pairwise": (128, 512)}
+
+
+class CacheError(ValueError):
+    """A tile cache that belongs to another computation."""
+
+
+@contextlib.contextmanager
+def eval_mode(adapter: Adapter):
+    was_training = adapter.model.training
+    adapter.model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        adapter.model.train(was_training)
+
+
+def _cpu(block: Any) -> Any:
+    return block.to("cpu") if hasattr(block, "to") else block
+
+
+def encode_images(adapter: Adapter, images: np.ndarray | Sequence[Any], batch_size: int = 128,
+                  on_batch: Callable[[int], None] | None = None) -> Any:
+    """Encode every image once (eval mode). `images` is an array (N, R, D) or a sequence of tensors."""
+    blocks = []
+    device = adapter.device
+    with eval_mode(adapter):
+        for a in range(0, len(images), batch_size):
+            chunk = images[a:a + batch_size]
+            if isinstance(chunk, np.ndarray):
+                x = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32))
+            elif isinstance(chunk, torch.Tensor):
+                x = chunk
+            else:
+                x = torch.stack(list(chunk))
+            blocks.append(_cpu(adapter.encode_images(x.to(device))))
+            if on_batch:
+                on_batch(len(chunk))
+    return concat_blocks(blocks)
+
+
+def encode_texts(adapter: Adapter, captions: Sequence[str], batch_size: int = 128,
+                 on_batch: Callable[[int], None] | None = None) -> Any:
+    """Tokenize and encode every caption once (eval mode)."""
+    blocks = []
+    device = adapter.device
+    with eval_mode(adapter):
+        for a in range(0, len(captions), batch_size):
+            chunk = list(captions[a:a + batch_size])
+            tokens = adapter.tokenize(chunk)
+            blocks.append(_cpu(adapter.encode_texts(tokens.to(device) if hasattr(tokens, "to") else tokens)))
+            if on_batch:
+                on_batch(len(chunk))
+    return concat_blocks(blocks)
+
+
+def tile_grid(n_img: int, n_cap: int, image_tile: int, caption_tile: int) -> list[tuple[int, int, int, int]]:
+    return [(a, min(n_img, a + image_tile), c, min(n_cap, c + caption_tile))
+            for a in range(0, n_img, image_tile) for c in range(0, n_cap, caption_tile)]
+
+
+class TileCache:
+    """HDF5 file holding the matrix being built and a done-flag per tile."""
+
+    def __init__(self, path: Path, shape: tuple[int, int], tiles: tuple[int, int], fingerprint: str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        n_ti = -(-shape[0] // tiles[0])
+        n_tc = -(-shape[1] // tiles[1])
+        if self.path.exists():
+            self.file = h5py.File(self.path, "r+")
+            attrs = self.file.attrs
+            if (tuple(self.file["sims"].shape) != shape or tuple(attrs["tiles"]) != tiles
+                    or attrs.get("fingerprint") != fingerprint):
+                self.file.close()
+                raise CacheError(f"{self.path}: tile cache of another computation (shape/tiles/model fingerprint "
+                                 "differ); delete it or choose another cache path")
+        else:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset("sims", shape=shape, dtype="f4", chunks=(min(shape[0], tiles[0]),
+                                                                          min(shape[1], tiles[1])))
+                f.create_dataset("done", shape=(n_ti, n_tc), dtype="bool")
+                f.attrs["tiles"] = tiles
+                f.attrs["fingerprint"] = fingerprint
+            os.replace(tmp, self.path)
+            self.file = h5py.File(self.path, "r+")
+        self.tiles = tiles
+
+    def done(self, a: int, c: int) -> bool:
+        return bool(self.file["done"][a // self.tiles[0], c // self.tiles[1]])
+
+    def read(self, a: int, b: int, c: int, d: int) -> np.ndarray:
+        return self.file["sims"][a:b, c:d]
+
+    def write(self, a: int, b: int, c: int, d: int, values: np.ndarray) -> None:
+        self.file["sims"][a:b, c:d] = values
+        self.file.flush()  # the data first, then the flag: a kill between them only redoes the tile
+        self.file["done"][a // self.tiles[0], c // self.tiles[1]] = True
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def block_fingerprint(*blocks: Any) -> str:
+    """A short content hash of encoded blocks (so a cache from another model is refused)."""
+    h = hashlib.sha1()
+    for block in blocks:
+        tensors = [block] if isinstance(block, torch.Tensor) else [t for t in vars(block).values()
+                                                                    if isinstance(t, torch.Tensor)]
+        for t in tensors:
+            t = t.detach().to("cpu").contiguous()
+            h.update(str((tuple(t.shape), str(t.dtype))).encode())
+            flat = t.reshape(-1)
+            step = max(1, flat.numel() // 4096)
+            h.update(flat[::step].to(torch.float64).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def score_blocks(adapter: Adapter, image_block: Any, text_block: Any, *, image_tile: int | None = None,
+                 caption_tile: int | None = None, cache: str | Path | None = None, progress: bool = False,
+                 on_tile: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """The (N_img, N_cap) float32 matrix of `adapter.score` over all tiles (resuming from `cache`)."""
+    n_img, n_cap = len(image_block), len(text_block)
+    default = DEFAULT_TILES[adapter.scoring]
+    tiles = (image_tile or default[0], caption_tile or default[1])
+    grid = tile_grid(n_img, n_cap, *tiles)
+    out = np.empty((n_img, n_cap), dtype=np.float32)
+    store = TileCache(Path(cache), (n_img, n_cap), tiles, block_fingerprint(image_block, text_block)) if cache else None
+    device = adapter.device
+    bar = _progress(progress, len(grid), n_img * n_cap)
+    try:
+        with eval_mode(adapter), bar as (advance,):
+            for a, b, c, d in grid:
+                if store is not None and store.done(a, c):
+                    out[a:b, c:d] = store.read(a, b, c, d)
+                    advance(0, skipped=True)
+                    continue
+                img = image_block[a:b]
+                txt = text_block[c:d]
+                tile = adapter.score(img.to(device), txt.to(device))
+                if tuple(tile.shape) != (b - a, d - c):
+                    raise ValueError(f"{type(adapter).__name__}.score returned shape {tuple(tile.shape)} for a "
+                                     f"{b - a} x {d - c} tile")
+                values = tile.detach().to("cpu", torch.float32).numpy()
+                out[a:b, c:d] = values
+                if store is not None:
+                    store.write(a, b, c, d, values)
+                advance((b - a) * (d - c))
+                if on_tile:
+                    on_tile(a, c)
+    finally:
+        if store is not None:
+            store.close()
+    return out
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, n_tiles: int, n_pairs: int):
+    if not enabled:
+        yield (lambda pairs, skipped=False: None,)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    start = time.perf_counter()
+    counted = [0]
+    with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
+                  TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), transient=True) as prog:
+        task = prog.add_task("tiles", total=n_tiles, rate="")
+
+        def advance(pairs: int, skipped: bool = False) -> None:
+            counted[0] += pairs
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            prog.update(task, advance=1, rate=f"{counted[0] / elapsed:,.0f} pairs/s")
+
+        yield (advance,)
+
+
+def similarity_matrix(adapter: Adapter, images: Any, captions: Sequence[str], *, batch_size: int = 128,
+                      cache: str | Path | None = None, progress: bool = False, **tiles: int) -> np.ndarray:
+    """Encode each image and caption once, then score all pairs blockwise."""
+    img = encode_images(adapter, images, batch_size=batch_size)
+    txt = encode_texts(adapter, captions, batch_size=batch_size)
+    return score_blocks(adapter, img, txt, cache=cache, progress=progress, **tiles)

@@ -1,0 +1,346 @@
+"""The CUSA adapter: CLIP dual encoder with cross-modal heads for retrieval, uni-modal heads for
+STS and image retrieval, and CUSA training (ITC + CSA + USA).
+
+Options (registry variant options, build `options`):
+- `objective`: cusa (default) | only_contrastive | csa | usa.
+- `clip_config`: an open_clip geometry dict replacing the variant's (e.g. `config.TINY_CLIP`).
+- `clip_weights`: a local CLIP state dict (.pt/.bin/.safetensors, OpenAI key names) to start from;
+  without it CLIP is randomly initialised (never downloaded).
+- `truncate_text` (default True): run the text tower only up to the longest end-of-text token of
+  each batch; identical features, several times faster than the official fixed 77 tokens.
+- the flat loss keys of `config.STANDARD_LOSS_DEFAULTS` (temperatures, clamp ranges, weights).
+Recipe keys used by `configure_training`: lr, min_lr, weight_decay, epochs, text_teacher (a local
+sentence-transformers folder, or `minilm`), teacher_image_features (a converted .npz), and the loss keys.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from methods.base import Adapter, CheckpointError, PaddedTokens, TrainingSetup
+from methods.common.checkpoint import load_container, load_strict, require_keys, strip_prefix
+from methods.cusa.config import (
+    OBJECTIVES,
+    STANDARD_LOSS_DEFAULTS,
+    VARIANT_CLIP_NAMES,
+    clip_config,
+    standard_loss_config,
+)
+from methods.cusa.data import TeacherFeatures, clip_preprocess, pre_caption
+from methods.cusa.model import CUSAModel, l2_normalise
+from methods.cusa.official import (
+    clip_config_from_state,
+    dataset_of_config,
+    loss_config_from_official,
+    official_config,
+    variant_of_clip_name,
+)
+from methods.cusa.teachers import TextTeacher, minilm_teacher_path
+
+# Keys a plain OpenAI / open_clip CLIP state dict may carry that CUSA's CLIP does not have.
+_CLIP_EXTRA_KEYS = ("logit_scale", "input_resolution", "context_length", "vocab_size")
+
+
+@lru_cache(maxsize=4)
+def clip_tokenizer(context_length: int = 77) -> Any:
+    """open_clip's copy of OpenAI's BPE tokenizer (same ids as `clip.tokenize`, truncating at the context)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer(context_length=context_length)
+
+
+def tokenize_texts(texts: Sequence[str], context_length: int = 77) -> PaddedTokens:
+    """BPE ids (N, context) with SOT/EOT; `lengths` = position of EOT + 1."""
+    ids = clip_tokenizer(context_length)(list(texts)).long()
+    return PaddedTokens(ids, ids.argmax(dim=1) + 1)
+
+
+def load_clip_weights(model: CUSAModel, path: str | Path) -> None:
+    """Initialise CLIP from a local state dict with OpenAI key names (strict; never downloads)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such CLIP weights file")
+        state: Mapping[str, torch.Tensor] = load_file(str(path))
+    else:
+        try:
+            state = load_container(path)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}. OpenAI's TorchScript .pt files are not read: save "
+                                  "torch.jit.load(f).state_dict() with torch.save, or use open_clip's "
+                                  "ViT-*-quickgelu 'openai' weights file") from exc
+        state = state.get("state_dict", state)
+    state = {k: v for k, v in strip_prefix(state).items() if k not in _CLIP_EXTRA_KEYS}
+    load_strict(model.clip_model, state, path=path, part="CLIP weights")
+
+
+@dataclass
+class CUSABatch:
+    """One training batch: pixels, tokens of the cleaned captions, image indices, teacher features."""
+
+    pixels: torch.Tensor  # (B, 3, H, W)
+    tokens: PaddedTokens
+    captions: list[str]  # after pre_caption (what the text teacher reads)
+    image_index: torch.Tensor  # (B,) int64; equal values = same image
+    teacher_image: torch.Tensor | None  # (B, D) or None for only_contrastive
+
+
+class CUSAAdapter(Adapter):
+    method: ClassVar[str] = "cusa"
+    scoring: ClassVar[str] = "embedding"
+    image_input: ClassVar[str] = "pixels"
+
+    def __init__(self, model: CUSAModel, *, variant: str, dataset: str, options: Mapping[str, Any],
+                 official: Mapping[str, Any] | None = None):
+        self.model = model
+        self.variant = variant
+        self.dataset = dataset
+        self.options = dict(options)
+        self.truncate_text = bool(self.options.get("truncate_text", True))
+        self.preprocess = clip_preprocess(model.image_size)
+        self.official = dict(official) if official is not None else None  # the loaded checkpoint's config
+        self._fresh = official is None  # temperatures may still take the recipe's initial values
+        self.text_teacher: TextTeacher | None = None
+        self.image_teacher: TeacherFeatures | None = None
+        self.recipe: dict[str, Any] = {}
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def build(cls, variant: str, dataset: str, options: Mapping[str, Any] | None = None) -> CUSAAdapter:
+        opts = dict(options or {})
+        objective = opts.get("objective", "cusa")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown CUSA objective '{objective}'; valid: {', '.join(OBJECTIVES)}")
+        if variant not in VARIANT_CLIP_NAMES and "clip_config" not in opts:
+            raise ValueError(f"unknown CUSA variant '{variant}'; valid: {', '.join(VARIANT_CLIP_NAMES)} "
+                             "(the other backbones of the paper have no released code)")
+        model = CUSAModel(clip_config(variant, opts.get("clip_config")), standard_loss_config(objective, opts))
+        if opts.get("clip_weights"):
+            load_clip_weights(model, opts["clip_weights"])
+        return cls(model, variant=variant, dataset=dataset, options=opts)
+
+    @classmethod
+    def load_official(cls, path: str | Path, *, variant: str | None = None,
+                      dataset: str | None = None) -> CUSAAdapter:
+        container = load_container(path)
+        require_keys(path, container, ("model", "config"), "CUSA")
+        config = container["config"]
+        if not isinstance(config, Mapping) or "clip_model" not in config or "loss_config" not in config:
+            raise CheckpointError(f"{path}: 'config' is not a CUSA yaml config (needs clip_model and loss_config)")
+        state = container["model"]
+        if not isinstance(state, Mapping):
+            raise CheckpointError(f"{path}: 'model' is not a state dict")
+        state = strip_prefix(state)
+        clip_name = str(config["clip_model"])
+        file_variant = variant_of_clip_name(clip_name)
+        geometry = clip_config_from_state(state, path)
+        if variant is not None:
+            if variant not in VARIANT_CLIP_NAMES:
+                raise CheckpointError(f"{path}: unknown CUSA variant '{variant}'; valid: {', '.join(VARIANT_CLIP_NAMES)}")
+            if file_variant != variant:
+                raise CheckpointError(f"{path}: a '{clip_name}' checkpoint, not variant {variant} "
+                                      f"({VARIANT_CLIP_NAMES[variant]})")
+            expected = clip_config(variant)
+            if geometry != expected:
+                raise CheckpointError(f"{path}: weights have CLIP geometry {geometry}, not the {clip_name} geometry "
+                                      f"{expected}")
+        file_dataset = dataset_of_config(config)
+        if dataset is not None and file_dataset is not None and dataset != file_dataset:
+            raise CheckpointError(f"{path}: trained on {file_dataset} (config save_path "
+                                  f"'{config.get('save_path', '')}'), not {dataset}")
+        loss_cfg = loss_config_from_official(config["loss_config"], path)
+        model = CUSAModel(geometry, loss_cfg)
+        load_strict(model, state, path=path, part="model")
+        options = {"objective": loss_cfg.objective}
+        if file_variant is None:
+            options["clip_config"] = geometry
+        adapter = cls(model, variant=variant or file_variant or clip_name, dataset=dataset or file_dataset or "unknown",
+                      options=options, official=config)
+        adapter.checkpoint_info = {k: container.get(k) for k in ("epoch", "best", "best_epoch")}
+        return adapter
+
+    def official_checkpoint(self, **extra: Any) -> dict[str, Any]:
+        """`{'model', 'config', 'epoch', 'best', 'best_epoch'}` as `retrieval.py` saves it."""
+        if self.official is not None:
+            config = dict(self.official)
+        else:
+            clip_name = VARIANT_CLIP_NAMES.get(self.variant, self.variant)
+            config = official_config(clip_name, self.model.loss_cfg, self.recipe)
+        out: dict[str, Any] = {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                               "config": config, "epoch": 0, "best": 0, "best_epoch": 0}
+        out.update(extra)
+        return out
+
+    # ---- inference ----------------------------------------------------------------------------
+    @property
+    def objective(self) -> str:
+        return self.model.loss_cfg.objective
+
+    def tokenize(self, captions: Sequence[str]) -> PaddedTokens:
+        """CUSA's caption cleaning, then CLIP BPE (77 tokens; longer captions are cut at 77 with EOT)."""
+        cleaned = []
+        for n, c in enumerate(captions):
+            try:
+                cleaned.append(pre_caption(c))
+            except ValueError as exc:
+                raise ValueError(f"caption {n}: {exc}") from exc
+        return tokenize_texts(cleaned, self.model.context_length)
+
+    def _ids(self, texts: PaddedTokens | torch.Tensor) -> torch.Tensor:
+        ids = texts.ids if isinstance(texts, PaddedTokens) else texts
+        return ids.to(self.device)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised cross-modal image embeddings of preprocessed pixels (B, 3, H, W)."""
+        return l2_normalise(self.model.encode_image(images.to(self.device, torch.float32), cross_modal=True))
+
+    def encode_texts(self, texts: PaddedTokens | torch.Tensor) -> torch.Tensor:
+        """L2-normalised cross-modal caption embeddings."""
+        return l2_normalise(self.model.encode_text(self._ids(texts), cross_modal=True, truncate=self.truncate_text))
+
+    def score(self, image_block: torch.Tensor, text_block: torch.Tensor) -> torch.Tensor:
+        return image_block.to(text_block.device) @ text_block.t()
+
+    def _eval_no_grad(self, fn: Any, *args: Any) -> torch.Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return fn(*args)
+        finally:
+            self.model.train(was_training)
+
+    def text_embeddings(self, captions: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """Uni-modal text embeddings (L2-normalised) as CUSA's STS evaluation makes them: no caption
+        cleaning, CLIP BPE cut at 77 tokens, the uni text head (raw CLIP features without one)."""
+        def run() -> torch.Tensor:
+            out = []
+            for i in range(0, len(captions), batch_size):
+                tok = tokenize_texts(captions[i:i + batch_size], self.model.context_length)
+                out.append(self.model.encode_text(self._ids(tok), cross_modal=False, truncate=self.truncate_text))
+            return l2_normalise(torch.cat(out)).float()
+
+        return self._eval_no_grad(run)
+
+    def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """Uni-modal image embeddings (L2-normalised) of preprocessed pixels, for image retrieval."""
+        return self._eval_no_grad(lambda: l2_normalise(
+            self.model.encode_image(images.to(self.device, torch.float32), cross_modal=False)).float())
+
+    # ---- training -------------------------------------------------------------------------------
+    def configure_training(self, recipe: Mapping[str, Any]) -> TrainingSetup:
+        """AdamW (no decay on 1-D parameters and biases; the 0-dim temperatures decay), cosine lr per epoch."""
+        r = dict(recipe)
+        self.recipe = r
+        if self._fresh and any(k in r for k in STANDARD_LOSS_DEFAULTS):
+            self._apply_loss_recipe(r)
+        self._fresh = False
+        cfg = self.model.loss_cfg
+        if cfg.csa or cfg.usa:
+            teacher = r.get("text_teacher")
+            if not teacher:
+                raise ValueError(f"objective '{cfg.objective}' needs recipe key text_teacher "
+                                 "(a local sentence-transformers folder, or 'minilm')")
+            self.text_teacher = TextTeacher(minilm_teacher_path() if teacher == "minilm" else teacher, self.device)
+            if r.get("teacher_image_features"):
+                self.image_teacher = TeacherFeatures.from_file(r["teacher_image_features"])
+        lr, min_lr = float(r.get("lr", 1e-5)), float(r.get("min_lr", 1e-6))
+        epochs = int(r.get("epochs", 30))
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.dim() == 1 or name.endswith(".bias") else decay).append(p)
+        optimizer = torch.optim.AdamW([{"params": no_decay, "weight_decay": 0.0},
+                                       {"params": decay, "weight_decay": float(r.get("weight_decay", 1e-4))}], lr=lr)
+
+        def lr_at_epoch(epoch: int) -> list[float]:
+            value = min_lr if epoch >= epochs else min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * epoch / epochs))
+            return [value, value]
+
+        return TrainingSetup(optimizer=optimizer, grad_clip=None, lr_at_epoch=lr_at_epoch)
+
+    def _apply_loss_recipe(self, recipe: Mapping[str, Any]) -> None:
+        """Recipe temperatures/weights for a model that has not been trained or loaded yet."""
+        new = standard_loss_config(self.objective, {**self.options, **recipe})
+        old = [t.name for t in self.model.loss_cfg.temperatures]
+        if [t.name for t in new.temperatures] != old:
+            raise ValueError(f"recipe changes the temperature layout {old}; build the adapter with those options")
+        with torch.no_grad():
+            for t in new.temperatures:
+                param = getattr(self.model, t.name)
+                param.fill_(t.init)
+                param.requires_grad_(t.learnable)
+        self.model.loss_cfg = new
+
+    def make_train_batch(self, images: Any, captions: Sequence[str], rng: np.random.Generator | None = None, *,
+                         image_ids: Sequence[Hashable] | None = None,
+                         teacher_image_features: np.ndarray | torch.Tensor | None = None) -> CUSABatch:
+        """Collate a batch: PIL images (or preprocessed tensors), raw captions, and per-sample image ids.
+
+        `image_ids` mark captions of the same image (soft ITC targets) and look up the Unicom features
+        when the recipe gave `teacher_image_features`; without ids every sample is its own image.
+        No augmentation (as officially).
+        """
+        pixels = self._pixels(images)
+        n = len(captions)
+        if pixels.shape[0] != n:
+            raise ValueError(f"{pixels.shape[0]} images but {n} captions in the batch")
+        cleaned = [pre_caption(c) for c in captions]
+        if image_ids is None:
+            index = torch.arange(n)
+        else:
+            if len(image_ids) != n:
+                raise ValueError(f"{len(image_ids)} image ids for {n} captions")
+            codes: dict[Hashable, int] = {}
+            index = torch.tensor([codes.setdefault(i, len(codes)) for i in image_ids], dtype=torch.long)
+        teacher = None
+        cfg = self.model.loss_cfg
+        if cfg.csa or cfg.usa:
+            if teacher_image_features is None:
+                if self.image_teacher is None or image_ids is None:
+                    raise ValueError(f"objective '{cfg.objective}' needs teacher image features: pass "
+                                     "teacher_image_features, or image_ids with recipe teacher_image_features")
+                teacher_image_features = self.image_teacher.lookup(image_ids)
+            teacher = torch.as_tensor(np.asarray(teacher_image_features, dtype=np.float32))
+            if teacher.shape[0] != n:
+                raise ValueError(f"{teacher.shape[0]} teacher image features for {n} captions")
+        return CUSABatch(pixels=pixels, tokens=tokenize_texts(cleaned, self.model.context_length),
+                         captions=cleaned, image_index=index, teacher_image=teacher)
+
+    def _pixels(self, images: Any) -> torch.Tensor:
+        if isinstance(images, torch.Tensor):
+            return images.float()
+        if isinstance(images, np.ndarray) and images.dtype != np.uint8:
+            return torch.as_tensor(images, dtype=torch.float32)
+        from PIL import Image
+
+        out = []
+        for im in images:
+            if isinstance(im, np.ndarray):
+                im = Image.fromarray(im)
+            out.append(self.preprocess(im))
+        return torch.stack(out)
+
+    def train_step(self, batch: CUSABatch, epoch: int) -> dict[str, torch.Tensor]:
+        device = self.device
+        teacher_text = None
+        cfg = self.model.loss_cfg
+        if cfg.csa or cfg.usa:
+            if self.text_teacher is None:
+                raise ValueError("configure_training must run first: the text teacher is not loaded")
+            teacher_text = self.text_teacher.encode(batch.captions).to(device)
+        teacher_image = batch.teacher_image.to(device) if batch.teacher_image is not None else None
+        losses = self.model(batch.pixels.to(device), batch.tokens.ids.to(device), batch.image_index.to(device),
+                            teacher_image, teacher_text, truncate=self.truncate_text)
+        return {k: (v if k == "loss" else v.detach()) for k, v in losses.items()}

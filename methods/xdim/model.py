@@ -1,0 +1,169 @@
+"""X-Dim's similarity head: a sparse cross-dimensional dependency matrix and per-pair word scores.
+
+Input-independent part (one D x D matrix, D = embed_size): P = sigmoid(W) from a learned table W;
+per-row threshold t_i = mean_j P_ij + alpha_i std_j P_ij (unbiased std, alpha = sim_map.weight);
+mask M = tanh(exp(exp(lambda) (P - t))) (lambda = temp_learnable); A = row-l2n(M * P); g = column
+sums of A.
+
+Per caption (words u_l) and image (regions v_r), all unit vectors:
+a = LeakyReLU_0.1(tanh(u diag(g) v^T)), l2-normalised over the words of each region;
+beta = softmax over regions of exp(tau) a; c_l = l2n(sum_r beta_lr v_r); s_l = c_l * u_l;
+word score = sum_k l2n(A s_l)_k; pair score = mean over the caption's words (incl. [CLS]/[SEP]).
+
+Fast scoring. The diagonal product is elementwise (the official code multiplies by a dense
+diag(g)). And since sum_k (A s)_k = g . s, the word score is (g . s) / (||A s|| + eps): only the norm of
+A s is needed, and ||A s|| = ||R s|| for the QR factorisation A = QR. R is triangular, so the D x D
+projection costs about half the multiply-adds; it is applied in column blocks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.common.region_encoder import PrecompRegionEncoder, l2norm
+from methods.common.text_bert import BertWordEncoder
+
+EPS = 1e-8
+TRIANGULAR_BLOCKS = 8
+
+
+def official_rows(table: nn.Embedding) -> torch.Tensor:
+    """All rows of the table in order: the official `table(torch.linspace(0, D, steps=D, dtype=int))`.
+
+    On torch 1.8 (which trained the released checkpoints) that integer linspace returns exactly 0..D-1 on
+    CPU (vectorised kernel); since torch 2.0 (pytorch PR #89048) it returns ..., D-2, D and indexes past
+    the last row. We reproduce the torch 1.8 semantics: indices 0..D-1, i.e. the whole table.
+    """
+    return table.weight
+
+
+class XDimHead(nn.Module):
+    """The official `sim_vec` module: weights (W), sim_eval (unused), temp_scale (tau), sim_map (alpha),
+    temp_learnable (lambda)."""
+
+    def __init__(self, embed_size: int = 1024) -> None:
+        super().__init__()
+        self.embed_size = embed_size
+        self.weights = nn.Embedding(embed_size, embed_size)
+        self.sim_eval = nn.Linear(embed_size, 1, bias=False)  # stored in checkpoints, never used
+        self.temp_scale = nn.Linear(1, 1, bias=False)
+        self.sim_map = nn.Linear(embed_size, 1, bias=False)
+        self.temp_learnable = nn.Linear(1, 1, bias=False)
+        with torch.no_grad():
+            self.temp_scale.weight.fill_(math.log(1 / 0.07))
+            self.temp_learnable.weight.fill_(4.0)
+            nn.init.normal_(self.sim_map.weight, mean=2.5, std=0.1)
+        self._factor_cache: tuple | None = None
+
+    def smooth(self) -> torch.Tensor:
+        return torch.exp(self.temp_scale.weight).reshape(())
+
+    def dependency(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, g): the row-normalised masked dependency matrix (D, D) and its column sums (D,)."""
+        probs = torch.sigmoid(official_rows(self.weights))
+        threshold = probs.mean(dim=1) + self.sim_map.weight[0] * probs.std(dim=1)
+        values = torch.exp(self.temp_learnable.weight[0, 0]) * (probs - threshold[:, None])
+        agg = l2norm(torch.tanh(torch.exp(values)) * probs, dim=1)
+        return agg, agg.sum(dim=0)
+
+    def projection_factors(self, blocks: int = TRIANGULAR_BLOCKS) -> tuple[torch.Tensor, list]:
+        """(g, [(start, R[block, start:]^T), ...]) with A = QR (QR in float64), cached until a parameter
+        of the head changes. ||A s||^2 = sum over blocks of ||s[start:] @ R[block, start:]^T||^2."""
+        key = tuple((p.data_ptr(), p._version, p.device) for p in self.parameters()) + (blocks,)
+        if self._factor_cache is not None and self._factor_cache[0] == key:
+            return self._factor_cache[1]
+        with torch.no_grad():
+            agg, g = self.dependency()
+            r = torch.linalg.qr(agg.double(), mode="r").R.to(agg.dtype)
+            size = -(-self.embed_size // blocks)
+            parts = [(a, r[a:a + size, a:].t().contiguous()) for a in range(0, self.embed_size, size)]
+        factors = (g.detach(), parts)
+        self._factor_cache = (key, factors)
+        return factors
+
+
+def _region_attention(regions: torch.Tensor, words: torch.Tensor, g: torch.Tensor,
+                      smooth: torch.Tensor) -> torch.Tensor:
+    """Context vectors (i, c*L, D), unnormalised: sum_r beta_lr v_r for every image, caption and word."""
+    n_img, n_reg, dim = regions.shape
+    n_cap, width, _ = words.shape
+    aff = regions.reshape(n_img * n_reg, dim) @ (words * g).reshape(n_cap * width, dim).t()
+    aff = F.leaky_relu(torch.tanh(aff.view(n_img, n_reg, n_cap, width)), 0.1)
+    aff = aff / (aff.pow(2).sum(dim=3, keepdim=True).sqrt() + EPS)  # over the words of each region
+    beta = torch.softmax(aff * smooth, dim=1)  # over regions
+    return torch.bmm(beta.view(n_img, n_reg, n_cap * width).transpose(1, 2), regions)
+
+
+def _mask_words(words: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    keep = torch.arange(words.shape[1], device=words.device)[None, :] < lengths.to(words.device)[:, None]
+    return words.masked_fill(~keep[..., None], 0.0), keep
+
+
+def xdim_pair_scores(regions: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor, agg: torch.Tensor,
+                     g: torch.Tensor, smooth: torch.Tensor) -> torch.Tensor:
+    """(n_img, n_cap) scores, the direct form (s @ A^T then l2n and sum), differentiable: training."""
+    words, keep = _mask_words(words, lengths)
+    n_img, n_cap, width = regions.shape[0], words.shape[0], words.shape[1]
+    ctx = l2norm(_region_attention(regions, words, g, smooth), dim=-1).view(n_img, n_cap, width, -1)
+    word_scores = l2norm((ctx * words) @ agg.t(), dim=-1).sum(dim=-1)  # (i, c, L)
+    word_scores = word_scores.masked_fill(~keep[None], 0.0)
+    return word_scores.sum(dim=2) / lengths.to(word_scores)[None, :]
+
+
+def xdim_pair_scores_fast(regions: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor, g: torch.Tensor,
+                          r_blocks: list, smooth: torch.Tensor) -> torch.Tensor:
+    """The same scores via (g . s) / (||R s|| + eps ||c||): evaluation."""
+    words, keep = _mask_words(words, lengths)
+    n_img, n_cap, width = regions.shape[0], words.shape[0], words.shape[1]
+    ctx = _region_attention(regions, words, g, smooth)  # (i, c*L, D), unnormalised
+    ctx_norm = ctx.pow(2).sum(dim=-1).sqrt() + EPS  # the official l2n denominator of the context
+    s = (ctx.view(n_img, n_cap, width, -1) * words).view(n_img * n_cap * width, -1)  # = s_l * ||c||
+    numer = s @ g
+    sq = torch.zeros_like(numer)
+    for start, block in r_blocks:
+        part = s[:, start:] @ block
+        sq += part.pow(2).sum(dim=1)
+    word_scores = numer / (sq.sqrt() + EPS * ctx_norm.reshape(-1))
+    word_scores = word_scores.view(n_img, n_cap, width).masked_fill(~keep[None], 0.0)
+    return word_scores.sum(dim=2) / lengths.to(word_scores)[None, :]
+
+
+class XDimModel(nn.Module):
+    """The three official parts: `img_enc` (regions), `txt_enc` (BERT words), `sim_vec` (XDimHead)."""
+
+    def __init__(self, img_dim: int = 2048, embed_size: int = 1024, bert: str | dict = "bert-base-uncased",
+                 bert_pretrained: bool = False, no_imgnorm: bool = False, no_txtnorm: bool = False) -> None:
+        super().__init__()
+        self.img_enc = PrecompRegionEncoder(img_dim, embed_size)
+        self.txt_enc = BertWordEncoder(embed_size, backbone=bert, pretrained=bert_pretrained)
+        self.sim_vec = XDimHead(embed_size)
+        self.no_imgnorm = no_imgnorm
+        self.no_txtnorm = no_txtnorm
+
+    def region_features(self, regions: torch.Tensor) -> torch.Tensor:
+        feats = self.img_enc(regions)
+        return feats if self.no_imgnorm else l2norm(feats, dim=-1)
+
+    def word_features(self, ids: torch.Tensor) -> torch.Tensor:
+        feats = self.txt_enc.word_features(ids)
+        return feats if self.no_txtnorm else l2norm(feats, dim=-1)
+
+    def image_side(self, regions: torch.Tensor) -> torch.Tensor:
+        return self.region_features(regions)
+
+    def text_side(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.word_features(ids)
+
+    def pair_scores(self, image_side: torch.Tensor, text_side: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        g, blocks = self.sim_vec.projection_factors()
+        return xdim_pair_scores_fast(image_side, text_side, lengths, g, blocks, self.sim_vec.smooth())
+
+    def train_scores(self, regions: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The in-batch (B images x B captions) score matrix with gradients (training forward)."""
+        agg, g = self.sim_vec.dependency()
+        return xdim_pair_scores(self.region_features(regions), self.word_features(ids), lengths, agg, g,
+                                self.sim_vec.smooth())

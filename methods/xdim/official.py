@@ -1,0 +1,71 @@
+"""X-Dim's official checkpoint container: reading it strictly and writing our models back in its layout.
+
+Container (`train.py::save_checkpoint`): {epoch, model: [img_enc, txt_enc, sim_vec], best_rsum, opt
+(argparse.Namespace), Eiters}; every key starts with `module.` (DataParallel; files without the prefix
+are accepted too). `opt` is read here once and translated to our options dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from methods.base import CheckpointError
+from methods.common.checkpoint import load_strict
+from methods.common.text_bert import BERT_OPTIONAL_KEYS
+from methods.esl.pairwise import (
+    check_basic,
+    check_head,
+    checkpoint_dataset,
+    official_opt_fields,
+    read_three_part,
+    write_three_part,
+)
+
+if TYPE_CHECKING:
+    from methods.xdim.adapter import XDimAdapter
+
+VARIANTS = ("bert",)
+
+
+def read_official(path: str | Path, *, variant: str | None = None, dataset: str | None = None) -> XDimAdapter:
+    """Load an official X-Dim checkpoint into an XDimAdapter, strictly."""
+    from methods.xdim.adapter import XDimAdapter
+
+    path = Path(path)
+    if variant is not None and variant not in VARIANTS:
+        raise CheckpointError(f"{path}: unknown X-Dim variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    (img_state, txt_state, sim_state), opt = read_three_part(path, "X-Dim")
+    check_head(path, sim_state, "X-Dim", ("xdim",))
+    check_basic(path, opt)
+    trained_on = checkpoint_dataset(path, opt, dataset, "X-Dim")
+    if "fc.weight" not in img_state:
+        raise CheckpointError(f"{path}: image encoder (model[0]) has no fc.weight: not an X-Dim checkpoint")
+    fc = img_state["fc.weight"]
+    options: dict[str, Any] = {
+        "embed_size": int(opt.get("embed_size", fc.shape[0])),
+        "img_dim": int(opt.get("img_dim", fc.shape[1])),
+        "no_imgnorm": bool(opt.get("no_imgnorm", False)),
+        "no_txtnorm": bool(opt.get("no_txtnorm", False)),
+        "bert": opt.get("itrbench_bert", "bert-base-uncased"),
+        "bert_pretrained": False,
+    }
+    adapter = XDimAdapter.build("bert", trained_on, options)
+    model = adapter.model
+    load_strict(model.img_enc, img_state, path=path, part="image encoder (model[0])")
+    load_strict(model.txt_enc, txt_state, path=path, part="text encoder (model[1])", ignore=BERT_OPTIONAL_KEYS)
+    load_strict(model.sim_vec, sim_state, path=path, part="sim_vec (model[2])")
+    model.eval()
+    return adapter
+
+
+def official_opt(adapter: XDimAdapter, epoch: int = 0) -> argparse.Namespace:
+    """The official training `opt` (arguments.py fields + vocab_size) with our recipe values;
+    `itrbench_*` fields say what the official fields cannot (dataset, BERT backbone)."""
+    return argparse.Namespace(**official_opt_fields(adapter, epoch, f"{adapter.dataset}_precomp"))
+
+
+def write_official(adapter: XDimAdapter, **extra: Any) -> dict[str, Any]:
+    """The container the official train.py saves, for this model (keys prefixed `module.`)."""
+    return write_three_part(adapter, official_opt(adapter, int(extra.get("epoch", 0))), **extra)

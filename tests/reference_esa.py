@@ -40,7 +40,11 @@ def _l2(x: torch.Tensor) -> torch.Tensor:
     return x / (torch.pow(x, 2).sum(dim=-1, keepdim=True).sqrt() + 1e-8)
 
 
-def _channel_attention_pool(feats: torch.Tensor, logits: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+def _valid(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    return (torch.arange(width).expand(lengths.size(0), width) < lengths.long().unsqueeze(1)).unsqueeze(-1)
+
+
+def _channel_attention_pool(feats: torch.Tensor, logits: torch.Tensor, valid: torch.Tensor | None):
     if valid is not None:
         logits = logits.masked_fill(valid == 0, -10000)
     attn = nn.Softmax(dim=1)(logits - torch.max(logits, dim=1)[0].unsqueeze(1))
@@ -56,7 +60,8 @@ class RefImageEncoder(nn.Module):
         self.fc = _linear(s, "fc")
         self.l0, self.l1 = _linear(s, "mlp.layers.0"), _linear(s, "mlp.layers.1")
         self.bn0 = nn.BatchNorm1d(s["mlp.bns.0.weight"].shape[0])
-        self.bn0.load_state_dict({k[len("mlp.bns.0."):]: v for k, v in s.items() if k.startswith("mlp.bns.0.")})
+        bn0 = "mlp.bns.0."
+        self.bn0.load_state_dict({k[len(bn0):]: v for k, v in s.items() if k.startswith(bn0)})
         self.linear1 = _linear(s, "linear1")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -89,7 +94,7 @@ class RefBiGRUText(nn.Module):
         out = out[unorder]
         out = (out[:, :, : out.size(2) // 2] + out[:, :, out.size(2) // 2:]) / 2
         width = int(lengths.max())
-        valid = (torch.arange(width).expand(lengths.size(0), width) < lengths.long().unsqueeze(1)).unsqueeze(-1)
+        valid = _valid(lengths, width)
         out = out[:, :width, :]
         return _l2(_channel_attention_pool(out, self.linear1(out), valid))
 
@@ -113,7 +118,7 @@ class RefBertText(nn.Module):
         hidden = self.bert(x, (x != 0).float())[0]
         emb = self.linear(hidden)
         width = int(lengths.max())
-        valid = (torch.arange(width).expand(lengths.size(0), width) < lengths.long().unsqueeze(1)).unsqueeze(-1)
+        valid = _valid(lengths, width)
         emb = emb[:, :width, :]
         return _l2(_channel_attention_pool(emb, self.linear1(emb), valid))
 
@@ -154,7 +159,7 @@ def official_similarity(container: Mapping, images: np.ndarray, captions: Sequen
     with torch.no_grad():
         for start in range(0, n_cap, batch_size):
             ids = list(range(start, min(start + batch_size, n_cap)))
-            batch_images = torch.stack([torch.from_numpy(np.asarray(images[i // 5], dtype=np.float32)) for i in ids])
+            batch_images = torch.stack([torch.from_numpy(np.asarray(images[i // 5], np.float32)) for i in ids])
             seqs = [tokenize(captions[i]) for i in ids]
             lengths = [len(s) for s in seqs]
             targets = torch.zeros(len(seqs), max(lengths)).long()

@@ -24,8 +24,8 @@ BIGRU_OPT_FIELDS = {
     "vse_mean_warmup_epochs", "reset_start_epoch", "hardnum", "vocab_size",
 }
 BERT_OPT_FIELDS = (BIGRU_OPT_FIELDS - {"num_layers"}) | {
-    "precomp_enc_type", "backbone_path", "backbone_source", "backbone_warmup_epochs", "embedding_warmup_epochs",
-    "backbone_lr_factor", "input_scale_factor",
+    "precomp_enc_type", "backbone_path", "backbone_source", "backbone_warmup_epochs",
+    "embedding_warmup_epochs", "backbone_lr_factor", "input_scale_factor",
 }
 
 
@@ -77,7 +77,8 @@ def test_roundtrip_keeps_weights_and_dataset(tmp_path):
     adapter = ESAAdapter.build("bigru", "demo", OPTIONS)
     path = tmp_path / "demo.pth"
     torch.save(adapter.official_checkpoint(), path)
-    assert torch.load(path, weights_only=False)["opt"].data_name == "coco"  # the vocabulary the official code needs
+    # data_name names the vocabulary the official code must use for the demo set
+    assert torch.load(path, weights_only=False)["opt"].data_name == "coco"
     loaded = ESAAdapter.load_official(path, variant="bigru", dataset="demo")
     assert loaded.dataset == "demo" and len(loaded.vocab) == len(load_scan_vocab("coco")) + 1
     for (k, a), (k2, b) in zip(adapter.model.state_dict().items(), loaded.model.state_dict().items()):

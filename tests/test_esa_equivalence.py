@@ -63,8 +63,8 @@ def ours_similarity(adapter: ESAAdapter, imgs: np.ndarray, captions: list[str]) 
     img_block = torch.cat([adapter.encode_images(imgs[i:i + 3]) for i in range(0, len(imgs), 3)])
     tokens = adapter.tokenize(captions)
     txt_block = torch.cat([adapter.encode_texts(tokens[i:i + 6]) for i in range(0, len(captions), 6)])
-    rows = [torch.cat([adapter.score(img_block[i:i + 2], txt_block[j:j + 8]) for j in range(0, len(captions), 8)],
-                      dim=1) for i in range(0, len(imgs), 2)]
+    rows = [torch.cat([adapter.score(img_block[i:i + 2], txt_block[j:j + 8])
+                       for j in range(0, len(captions), 8)], dim=1) for i in range(0, len(imgs), 2)]
     return torch.cat(rows).numpy()
 
 
@@ -79,7 +79,8 @@ def save_official(adapter: ESAAdapter, path, prefix: str) -> dict:
 
 
 @pytest.mark.parametrize("variant,dataset,prefix", [
-    ("bigru", "coco", "none"), ("bigru", "f30k", "module"), ("bert", "coco", "module"), ("bert", "f30k", "none"),
+    ("bigru", "coco", "none"), ("bigru", "f30k", "module"),
+    ("bert", "coco", "module"), ("bert", "f30k", "none"),
 ])
 def test_matches_official_style_reference(tmp_path, variant, dataset, prefix):
     options = dict(embed_size=32, img_dim=IMG_DIM, word_dim=16, bert=TINY_BERT)

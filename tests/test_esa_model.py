@@ -55,7 +55,8 @@ def test_image_views_use_their_own_region_mask():
 
 def test_text_embedding_does_not_depend_on_padding_or_batch(tmp_path):
     for variant in ("bigru", "bert"):
-        adapter = ESAAdapter.build(variant, "coco", dict(embed_size=16, word_dim=8, img_dim=12, bert=TINY_BERT))
+        options = dict(embed_size=16, word_dim=8, img_dim=12, bert=TINY_BERT)
+        adapter = ESAAdapter.build(variant, "coco", options)
         caps = ["a dog", "a very long caption about a dog running across a big green field"]
         both = adapter.text_embeddings(caps)
         alone = adapter.text_embeddings(caps[:1])
@@ -100,7 +101,8 @@ def test_word_vectors_initialise_embedding_rows(tmp_path):
     vectors = read_word_vectors(path, 3)
     embed = torch.nn.Embedding(4, 3)
     before = embed.weight.detach().clone()
-    missing = init_embedding_from_vectors(embed, {"dog": 0, "half-pipe": 1, "zebra": 2, "cat/kitten": 3}, vectors)
+    word2idx = {"dog": 0, "half-pipe": 1, "zebra": 2, "cat/kitten": 3}
+    missing = init_embedding_from_vectors(embed, word2idx, vectors)
     assert missing == ["zebra"]
     assert embed.weight[0].tolist() == [1, 2, 3] and embed.weight[1].tolist() == [4, 5, 6]
     assert embed.weight[3].tolist() == [7, 8, 9] and torch.equal(embed.weight[2], before[2])

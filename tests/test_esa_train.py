@@ -18,7 +18,8 @@ CAPTIONS = ["A man riding a wave on top of a surfboard.", "Two giraffes standing
 
 def test_bigru_optimizer_and_schedule():
     adapter = ESAAdapter.build("bigru", "coco", {**OPTIONS, "weight_decay": 0.01})
-    setup = adapter.configure_training({"lr": 5e-4, "lr_decay_epochs": [15], "lr_decay": 0.1, "grad_clip": 2.0})
+    recipe = {"lr": 5e-4, "lr_decay_epochs": [15], "lr_decay": 0.1, "grad_clip": 2.0}
+    setup = adapter.configure_training(recipe)
     opt = setup.optimizer
     assert isinstance(opt, torch.optim.AdamW) and len(opt.param_groups) == 1
     group = opt.param_groups[0]

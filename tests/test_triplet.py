@@ -37,7 +37,8 @@ def brute_force(scores: torch.Tensor, group: int, margin: float, hardest: bool) 
 def test_matches_brute_force(group, hardest, seed):
     gen = torch.Generator().manual_seed(seed)
     scores = torch.rand(4 * group, 4 * group, generator=gen, dtype=torch.float64) * 2 - 1
-    cost_im, cost_s = triplet_costs(scores, group_positives(4 * group, group), margin=0.2, hardest_negative=hardest)
+    positives = group_positives(4 * group, group)
+    cost_im, cost_s = triplet_costs(scores, positives, margin=0.2, hardest_negative=hardest)
     ref_im, ref_s = brute_force(scores, group, 0.2, hardest)
     assert cost_im.item() == pytest.approx(ref_im, abs=1e-12)
     assert cost_s.item() == pytest.approx(ref_s, abs=1e-12)

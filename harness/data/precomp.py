@@ -118,8 +118,8 @@ def _dedupe_repeated(images: np.ndarray, path: Path, k: int) -> np.ndarray:
     for i in probe:
         block = np.asarray(images[i * k:(i + 1) * k])
         if not np.all(block == block[0]):
-            raise DataError(f"{path}: {images.shape[0]} image rows for as many captions, but rows {i * k}..{i * k + k - 1} "
-                            f"differ; expected each image repeated {k} times (or one row per image)")
+            raise DataError(f"{path}: {images.shape[0]} image rows for as many captions, but rows "
+                            f"{i * k}..{i * k + k - 1} differ; expected each image repeated {k} times")
     return images[::k]
 
 

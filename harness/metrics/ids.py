@@ -17,7 +17,7 @@ import importlib.util
 import json
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +53,7 @@ def eccv_data_dir() -> Path:
     return Path(spec.origin).parent / "data"
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_id_json(name: str) -> dict[int, np.ndarray]:
     """One of the package's `<name>.json` ground-truth files as {query id: array of positive ids}."""
     path = eccv_data_dir() / f"{name}.json"
@@ -191,7 +191,8 @@ def load_coco_test_ids(data_dir: str | Path | None = None, *, warn: bool = True)
 def _positions(order: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Index in `order` of every id in `ids` (both permutations of the same id set)."""
     sorter = np.argsort(order)
-    return sorter[np.searchsorted(order, ids, sorter=sorter)]
+    pos = np.minimum(np.searchsorted(order, ids, sorter=sorter), len(order) - 1)
+    return sorter[pos]
 
 
 def canonical_permutation(ids: CocoTestIds) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -203,6 +204,10 @@ def canonical_permutation(ids: CocoTestIds) -> tuple[np.ndarray | None, np.ndarr
     rows = None if np.array_equal(ids.image_ids, canon.image_ids) else _positions(ids.image_ids, canon.image_ids)
     cols = (None if np.array_equal(ids.caption_ids, canon.caption_ids)
             else _positions(ids.caption_ids, canon.caption_ids))
+    if rows is not None and not np.array_equal(ids.image_ids[rows], canon.image_ids):
+        raise IdError(f"ids from {ids.source}: the image ids are not the 5000 COCO 5K test images")
+    if cols is not None and not np.array_equal(ids.caption_ids[cols], canon.caption_ids):
+        raise IdError(f"ids from {ids.source}: the caption ids are not the 25000 COCO 5K test captions")
     return rows, cols
 
 

@@ -34,6 +34,15 @@ WEIGHT_DECAY = {"bigru": 0.01, "bert": 1e-4}  # AdamW default (BiGRU) / the BERT
 TEXT_BATCH = 256
 
 
+def _as_regions(images: torch.Tensor | np.ndarray | Sequence[Any]) -> torch.Tensor:
+    """(B, R, D) float32 tensor from a tensor, an array (memmap included) or a sequence of (R, D) items."""
+    if torch.is_tensor(images):
+        return images.to(torch.float32)
+    if isinstance(images, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    return torch.stack([torch.as_tensor(np.asarray(x), dtype=torch.float32) for x in images])
+
+
 @dataclass
 class ESATrainBatch:
     """One training batch: B images, K region keep-masks per image, B*K augmented captions.
@@ -130,11 +139,9 @@ class ESAAdapter(Adapter):
             return vocab_tokenize(self.vocab, captions)
         return bert_tokenize(captions)
 
-    def encode_images(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    def encode_images(self, images: torch.Tensor | np.ndarray | Sequence[Any]) -> torch.Tensor:
         with self._inference():
-            regions = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images,
-                                      dtype=torch.float32, device=self.device)
-            return self.model.img_enc(regions)
+            return self.model.img_enc(_as_regions(images).to(self.device))
 
     def encode_texts(self, texts: PaddedTokens) -> torch.Tensor:
         with self._inference():
@@ -204,13 +211,12 @@ class ESAAdapter(Adapter):
                                      vocab_size=tok.get_vocab_size(), prob=prob)
         return [tok.token_to_id("[CLS]"), *pieces, tok.token_to_id("[SEP]")]
 
-    def make_train_batch(self, images: np.ndarray | torch.Tensor, captions: Sequence[str],
+    def make_train_batch(self, images: np.ndarray | torch.Tensor | Sequence[Any], captions: Sequence[str],
                          rng: np.random.Generator) -> ESATrainBatch:
         """Images (B, R, D) matched to B captions -> hardnum region masks and hardnum augmented copies
         of each caption (all randomness from `rng`)."""
         k = int(self.recipe["hardnum"])
-        regions = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images,
-                                  dtype=torch.float32)
+        regions = _as_regions(images)
         if regions.ndim != 3 or regions.shape[0] != len(captions):
             raise ValueError(f"expected images (B, R, D) for {len(captions)} captions, "
                              f"got {tuple(regions.shape)}")

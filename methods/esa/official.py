@@ -181,9 +181,12 @@ def official_opt(adapter: ESAAdapter, epoch: int = 0) -> argparse.Namespace:
 
 
 def write_official(adapter: ESAAdapter, **extra: Any) -> dict[str, Any]:
-    """The container the official train.py saves, for this model (BERT keys prefixed `module.`)."""
+    """The container the official train.py saves, for this model (BERT keys prefixed `module.`).
+
+    Tensors share storage with the model when it is on the CPU (so a file holding both is not doubled).
+    """
     def state(module: torch.nn.Module) -> OrderedDict:
-        sd = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+        sd = {k: v.detach().cpu() for k, v in module.state_dict().items()}
         return OrderedDict(add_prefix(sd) if adapter.variant == "bert" else sd)
 
     epoch = int(extra.get("epoch", 0))

@@ -74,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default=None)
     run.add_argument("--force", action="store_true", help="rerun finished jobs")
     run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    run.add_argument("--gpus", type=int, default=None,
+                     help="processes (GPUs) per training job, data-parallel (default: the recipe's `gpus`)")
+    run.add_argument("--executor-opt", action="append", default=[], metavar="KEY=VALUE",
+                     help="executor setting, repeatable: local gpus=0,1 workers=N; slurm partition=, account=, "
+                          "qos=, constraint=, timeout_min=, cpus_per_task=, mem_gb=, array_parallelism=")
+    run.add_argument("--registry", default=None, help="registry file to use instead of the project's")
+    run.add_argument("--checkpoint-minutes", type=float, default=15.0,
+                     help="mid-epoch training checkpoint interval in minutes (0: epoch ends only)")
+    run.add_argument("--checkpoint-steps", type=int, default=None, help="also checkpoint every N steps")
+    run.add_argument("--tiles", default=None, metavar="IMAGES,CAPTIONS",
+                     help="scoring tile size (default: per scoring kind); smaller tiles use less memory")
 
     ev = sub.add_parser("evaluate", help="evaluate official checkpoints on a data split")
     ev.add_argument("--method", required=True)

@@ -59,8 +59,11 @@ def protocols_for(dataset: str | None, split: str, n_images: int) -> list[str]:
     return chosen or ["recall"]
 
 
-def compute_metrics(sims: np.ndarray, protocols: Sequence[str]) -> dict[str, Any]:
-    return {p: recall_metrics(sims, p) for p in protocols}
+def compute_metrics(sims: np.ndarray, protocols: Sequence[str],
+                    image_of_caption: np.ndarray | None = None) -> dict[str, Any]:
+    """Every recall protocol of `protocols` (others are computed by their own modules)."""
+    return {p: recall_metrics(sims, p, image_of_caption=image_of_caption) for p in protocols
+            if p in RECALL_PROTOCOLS}
 
 
 def similarity_for(members: Sequence[Adapter], images: Any, captions: Sequence[str], *, batch_size: int = 128,
@@ -101,5 +104,6 @@ def evaluate_checkpoints(method: str, variant: str, checkpoints: Sequence[str | 
     images, captions = members[0].eval_data(data_root, split, dataset)
     sims, eff = similarity_for(members, images, captions, batch_size=batch_size, cache_dir=cache_dir,
                                progress=progress)
-    metrics = compute_metrics(sims, protocols_for(dataset, split, sims.shape[0]))
+    owner = members[0].image_of_caption(data_root, split, dataset)
+    metrics = compute_metrics(sims, protocols_for(dataset, split, sims.shape[0]), owner)
     return Evaluation(sims=sims, metrics=metrics, efficiency=eff)

@@ -1,104 +1,359 @@
-"""`run_all.py --methods ... --dataset ...`: plan the campaign, run its jobs, then render the reports."""
+"""`run_all.py --methods ... --dataset ...`: check the inputs, plan the campaign, run its jobs on an
+executor with a live table, then render the reports.
+
+Everything that can be wrong with the inputs (an unknown method, variant or dataset, a data folder
+that fails check-data, a missing official checkpoint for `--stage evaluate`) is reported before any
+job starts. While jobs run, a failed job shows its last error lines and only the jobs that depend on
+it are skipped. Ctrl-C stops gracefully (running jobs save their progress); rerunning the same
+command resumes: finished jobs are reused, unfinished ones continue from their checkpoints.
+"""
 
 from __future__ import annotations
 
 import argparse
-import traceback
+import signal
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
+from rich.text import Text
 
 from harness.data.checks import check_dataset
 from harness.data.demo import build_demo
-from harness.jobs import JobContext, run_job
-from harness.plan import Plan, build_plan, data_fingerprint, parse_list
-from harness.registry import RegistryError, load_registry
-from harness.results import ResultStore, git_revision
+from harness.executors import make_executor
+from harness.executors.base import Executor, Outcome, StopFlag, Task
+from harness.executors.status import format_seconds, read_status
+from harness.jobs import RunSettings, is_cached, registry_from, reset_job
+from harness.plan import Job, Plan, build_plan, parse_list
+from harness.registry import RegistryError
+from harness.results import ResultStore
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)  # logs and CI: do not squeeze job names
+MAX_TABLE_ROWS = 30
 
 
-def resolve_data_root(dataset: str, data_root: str, results: str) -> Path:
-    """The demo set is generated into the results folder; other datasets come from --data-root."""
+def resolve_data_root(dataset: str, data_root: str | Path, results: str | Path) -> Path:
+    """The data folder. The demo set is used from `<data-root>/demo/` when present, else generated into
+    `<results>/_data/`; other datasets come from --data-root."""
     if dataset == "demo":
+        root = Path(data_root)
+        for candidate in (root / "demo" / "precomp", root / "demo"):
+            if (candidate / "test_caps.txt").is_file():
+                return root
         return build_demo(Path(results) / "_data").parents[1]
     return Path(data_root)
 
 
-def plan_table(plan: Plan, store: ResultStore) -> Table:
-    table = Table(title="plan")
-    for col in ("job", "stage", "depends on", "state"):
-        table.add_column(col)
-    for job in plan.order():
-        state = "missing"
-        if store.is_finished(job.name):
-            state = "cached" if store.load(job.name).config.get("key") == job.key else "stale (rerun)"
-        table.add_row(job.name, job.stage, ", ".join(job.depends) or "-", state)
-    return table
+def required_splits(stage: str, test: str, validation: str) -> list[str]:
+    return {"evaluate": [test], "train": ["train", validation]}.get(stage, ["train", validation, test])
 
 
-def run_campaign(args: argparse.Namespace) -> int:
-    registry = load_registry()
+def parse_options(items: Sequence[str] | None) -> dict[str, str]:
+    """`--executor-opt KEY=VALUE` items as a dict."""
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--executor-opt {item!r}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def parse_tiles(text: str | None) -> tuple[int | None, int | None]:
+    if not text:
+        return None, None
+    parts = text.split(",")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 2 or min(values) < 1:
+        raise ValueError(f"--tiles {text!r}: expected IMAGES,CAPTIONS (two positive integers, e.g. 1024,4096)")
+    return values[0], values[1]
+
+
+def parse_seeds(text: str | None) -> list[int]:
+    try:
+        return [int(s) for s in parse_list(text)] or [0]
+    except ValueError as exc:
+        raise ValueError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from exc
+
+
+def _arg(args: argparse.Namespace, name: str, default: Any = None) -> Any:
+    return getattr(args, name, default)
+
+
+# ---- planning ---------------------------------------------------------------------------------------
+
+def plan_campaign(args: argparse.Namespace) -> tuple[Plan, ResultStore, Path]:
+    """Validate the inputs and expand the plan; raises before any job runs."""
+    registry = registry_from(_arg(args, "registry"))
     methods = parse_list(args.methods)
     if not methods:
         raise RegistryError("--methods is empty; valid: " + ", ".join(registry.methods))
     for m in methods:
         registry.method(m)
     ds = registry.dataset(args.dataset)
+    seeds = parse_seeds(args.seeds)
     data_root = resolve_data_root(ds.name, args.data_root, args.results)
-    splits = [ds.split] if args.stage == "evaluate" else ["train", ds.validation_split, ds.split]
-    problems = check_dataset(ds.name, data_root, splits)
+    problems = check_dataset(ds.name, data_root, required_splits(args.stage, ds.split, ds.validation_split))
     if problems:
-        raise RegistryError(f"{data_root} fails check-data for {ds.name}:\n  " + "\n  ".join(problems))
-    seeds = [int(s) for s in parse_list(args.seeds)] or [0]
-    fp = data_fingerprint(p for p in data_root.glob("**/*") if p.is_file() and not p.name.startswith("."))
-    code = git_revision().get("revision") or "unknown"
+        raise RegistryError(f"{data_root} fails check-data for {ds.name} (stage {args.stage}):\n  "
+                            + "\n  ".join(problems))
     plan = build_plan(registry, methods, ds.name, variants=parse_list(args.variants) or None, seeds=seeds,
-                      stage=args.stage, checkpoint_dir=Path(args.checkpoint_dir), data_fp=fp, code_version=code)
-    store = ResultStore(args.results)
-    console.print(plan_table(plan, store))
+                      stage=args.stage, checkpoint_dir=Path(args.checkpoint_dir), data_root=data_root,
+                      gpus=_arg(args, "gpus"))
+    return plan, ResultStore(args.results), data_root
+
+
+def job_state(store: ResultStore, job: Job) -> str:
+    """What a run would do with `job` now: cached, rerun (what changed), resume (from what), new."""
+    if store.is_finished(job.name):
+        done = store.load(job.name).config
+        if done.get("key") == job.key:
+            return "cached"
+        old = done.get("identity") or {}
+        changed = [k for k in ("config", "data", "code") if old.get(k) != job.identity.get(k)]
+        return "rerun: " + (", ".join(changed) + " changed" if changed and old else "key changed")
+    d = store.job_dir(job.name)
+    cfg_key = store.load(job.name).config.get("key") if (d / "config.yaml").is_file() else None
+    if cfg_key is not None and cfg_key != job.key:
+        return "restart: key changed"
+    if (d / "work" / "checkpoint.pth").is_file():
+        last = read_status(d).get("progress")
+        return "resume: checkpoint" + (f" ({last})" if last else "")
+    if any((d / "work").glob("tiles_*.h5")):
+        last = read_status(d).get("progress")
+        return "resume: tile cache" + (f" ({last})" if last else "")
+    return "new"
+
+
+def plan_table(plan: Plan, store: ResultStore, force: bool = False) -> Table:
+    table = Table(title=f"plan: {len(plan.jobs)} job(s)")
+    for col in ("job", "stage", "gpus", "depends on", "state", "key"):
+        table.add_column(col, overflow="fold")
+    for job in plan.order():
+        state = "rerun: forced" if force else job_state(store, job)
+        style = "green" if state == "cached" else ("yellow" if state.startswith(("rerun", "restart")) else "")
+        table.add_row(job.name, job.stage, str(job.gpus) if job.stage == "train" else "-",
+                      "\n".join(job.depends) or "-", Text(state, style=style), job.key[:10])
+    return table
+
+
+# ---- running ----------------------------------------------------------------------------------------
+
+@dataclass
+class _Row:
+    job: Job
+    state: str  # cached | waiting | running | done | failed | skipped | interrupted
+    submitted: float | None = None
+    ended: float | None = None
+    note: str = ""
+
+
+class Scheduler:
+    """Feeds ready jobs to an executor in plan order, tracks their outcomes, and draws the live table."""
+
+    def __init__(self, plan: Plan, store: ResultStore, executor: Executor, settings: RunSettings,
+                 stop: StopFlag, out: Console | None = None, poll: float = 0.5) -> None:
+        self.plan, self.store, self.executor, self.settings = plan, store, executor, settings
+        self.stop, self.console, self.poll = stop, out or console, poll
+        self.rows = {j.name: _Row(j, "cached" if is_cached(store, j) else "waiting") for j in plan.order()}
+        self.started = time.time()
+
+    def task(self, job: Job) -> Task:
+        return Task(job, self.settings, processes=job.gpus if job.stage == "train" else 1)
+
+    def run(self) -> dict[str, str]:
+        """Run every job that is not cached; returns {job: reason} for failed, skipped and stopped jobs."""
+        live = None
+        if self.console.is_terminal:
+            from rich.live import Live
+
+            live = Live(get_renderable=self.render, console=self.console, refresh_per_second=2,
+                        vertical_overflow="visible")
+            live.start()
+        cancelled = False
+        self.executor.on_start = self.mark_started
+        try:
+            while True:
+                if self.stop() and not cancelled:
+                    cancelled = True
+                    self.say("[yellow]stopping[/]: running jobs save their progress; rerun the same command "
+                             "to resume")
+                    self.executor.cancel()
+                if not cancelled:
+                    self.skip_blocked()
+                    ready = [r for r in self.rows.values() if r.state == "waiting" and self.deps_done(r.job)]
+                    for task in self.executor.start([self.task(r.job) for r in ready]):
+                        self.mark_started(task)
+                for outcome in self.executor.wait(self.poll):
+                    self.finish(outcome)
+                self.skip_blocked()
+                if self.executor.running == 0:
+                    waiting = [r for r in self.rows.values() if r.state == "waiting"]
+                    if cancelled or not any(self.deps_done(r.job) for r in waiting):
+                        break
+        finally:
+            if live is not None:
+                live.stop()
+            self.executor.close()
+        if not self.console.is_terminal:
+            self.console.print(self.render())
+        for r in self.rows.values():
+            if r.state in ("waiting", "running"):
+                r.state, r.note = "interrupted", "not run (stopped)"
+        return {name: r.note or r.state for name, r in self.rows.items()
+                if r.state in ("failed", "skipped", "interrupted")}
+
+    def mark_started(self, task: Task) -> None:
+        row = self.rows[task.name]
+        if row.state != "running":
+            row.state, row.submitted = "running", time.time()
+            self.say(f"[bold]start[/] {task.name}")
+
+    def deps_done(self, job: Job) -> bool:
+        return all(self.rows[d].state in ("done", "cached") for d in job.depends if d in self.rows)
+
+    def skip_blocked(self) -> None:
+        changed = True
+        while changed:
+            changed = False
+            for r in self.rows.values():
+                if r.state != "waiting":
+                    continue
+                bad = [d for d in r.job.depends if self.rows.get(d) and self.rows[d].state in
+                       ("failed", "skipped", "interrupted")]
+                if bad:
+                    r.state, r.note, changed = "skipped", f"needs {', '.join(bad)}", True
+                    self.say(f"[yellow]skip[/] {r.job.name} (needs {', '.join(bad)})")
+
+    def finish(self, outcome: Outcome) -> None:
+        row = self.rows[outcome.name]
+        row.ended = time.time()
+        if outcome.ok:
+            row.state = "done"
+            self.say(f"[green]done[/] {outcome.name}" + _headline(self.store, outcome.name))
+        elif outcome.interrupted:
+            row.state, row.note = "interrupted", outcome.error
+            self.say(f"[yellow]stopped[/] {outcome.name}: {outcome.error}")
+        else:
+            row.state, row.note = "failed", outcome.error.splitlines()[-1] if outcome.error else "failed"
+            body = "\n".join("    " + line for line in outcome.error.splitlines())
+            self.say(f"[red]failed[/] {outcome.name} (log: {self.store.job_dir(outcome.name) / 'job.log'})\n{body}")
+
+    def say(self, message: str) -> None:
+        self.console.print(message, highlight=False, soft_wrap=True)
+
+    def render(self) -> Any:
+        table = Table(title=f"jobs ({time.strftime('%H:%M:%S')}, elapsed "
+                            f"{format_seconds(time.time() - self.started)})")
+        for col in ("job", "stage", "state", "progress", "ETA", "elapsed"):
+            table.add_column(col, overflow="fold")
+        rows = list(self.rows.values())
+        shown = rows
+        if len(rows) > MAX_TABLE_ROWS:
+            shown = [r for r in rows if r.state in ("running", "failed", "interrupted")]
+            shown += [r for r in rows if r.state == "waiting"][:max(0, MAX_TABLE_ROWS - len(shown))]
+        for r in shown:
+            state, progress, eta, elapsed = self.describe(r)
+            table.add_row(r.job.name, r.job.stage, state, progress, eta, elapsed)
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r.state] = counts.get(r.state, 0) + 1
+        summary = Text(" · ".join(f"{n} {s}" for s, n in counts.items()) + f" · executor: {self.executor.describe()}",
+                       style="dim")
+        return Group(table, summary)
+
+    def describe(self, r: _Row) -> tuple[Text, str, str, str]:
+        styles = {"done": "green", "cached": "green", "failed": "red", "skipped": "yellow",
+                  "interrupted": "yellow", "running": "bold cyan"}
+        if r.state != "running":
+            elapsed = format_seconds(r.ended - r.submitted) if r.ended and r.submitted else ""
+            return Text(r.state, style=styles.get(r.state, "")), r.note, "", elapsed
+        status = read_status(self.store.job_dir(r.job.name))
+        fresh = status.get("updated", 0) >= (r.submitted or 0) - 5 and status.get("state") == "running"
+        if not fresh:
+            return Text("queued", style="dim"), "", "", format_seconds(time.time() - (r.submitted or time.time()))
+        started = status.get("started") or r.submitted or time.time()
+        return (Text("running", style=styles["running"]), str(status.get("progress") or status.get("phase") or ""),
+                format_seconds(status.get("eta_seconds")), format_seconds(time.time() - started))
+
+
+def _headline(store: ResultStore, name: str) -> str:
+    try:
+        metrics = store.load(name).metrics
+    except ValueError:
+        return ""
+    if metrics.get("stage") == "train":
+        return f": best val rsum {metrics.get('best_rsum', float('nan')):.1f} (epoch {metrics.get('best_epoch')})"
+    parts = [f"{p} rsum {m['rsum']:.1f}" for p, m in (metrics.get("protocols") or {}).items()
+             if isinstance(m, Mapping) and "rsum" in m]
+    return (": " + ", ".join(parts)) if parts else ""
+
+
+def run_campaign(args: argparse.Namespace) -> int:
+    plan, store, data_root = plan_campaign(args)
+    force = bool(args.force)
+    console.print(plan_table(plan, store, force))
+    for note in plan.notes:
+        console.print(f"[dim]note: {note}[/]", highlight=False, soft_wrap=True)
     if args.dry_run:
         return 0
-    device = args.device or ("cuda" if _cuda() else "cpu")
-    ctx = JobContext(registry=registry, store=store, data_root=data_root, device=device,
-                     log=lambda msg: console.print(f"[dim]{msg}[/]", highlight=False))
-    failed: dict[str, str] = {}
-    for job in plan.order():
-        blocked = [d for d in job.depends if d in failed]
-        if blocked:
-            failed[job.name] = f"skipped: depends on failed {', '.join(blocked)}"
-            console.print(f"[yellow]skip[/] {job.name} ({failed[job.name]})")
-            continue
-        console.print(f"[bold]run[/] {job.name}")
-        try:
-            metrics = run_job(job, ctx, force=args.force)
-        except Exception as exc:  # a failed job must not stop independent jobs
-            failed[job.name] = f"{type(exc).__name__}: {exc}"
-            tail = "".join(traceback.format_exception(exc)[-3:])
-            console.print(f"[red]failed[/] {job.name}: {failed[job.name]}\n{tail}", highlight=False)
-            continue
-        if job.stage == "evaluate":
-            _print_rsum(job.name, metrics)
+    image_tile, caption_tile = parse_tiles(_arg(args, "tiles"))
+    minutes = _arg(args, "checkpoint_minutes", 15.0)
+    settings = RunSettings(results=str(args.results), data_root=str(data_root), registry=_arg(args, "registry"),
+                           device=args.device, checkpoint_minutes=minutes if minutes and minutes > 0 else None,
+                           checkpoint_steps=_arg(args, "checkpoint_steps"), image_tile=image_tile,
+                           caption_tile=caption_tile)
+    if force:
+        for job in plan.jobs:
+            reset_job(store, job.name, "rerun forced (--force)")
+            if store.is_finished(job.name):
+                (store.job_dir(job.name) / "metrics.json").unlink()
+    stop = StopFlag()
+    options = parse_options(_arg(args, "executor_opt"))
+    kind = args.executor
+    if kind == "inline":
+        executor = make_executor(kind, options, stop=stop)
+    elif kind == "slurm":
+        executor = make_executor(kind, options, results=args.results, device=args.device)
+    else:
+        executor = make_executor(kind, options, device=args.device)
+    console.print(f"running {sum(1 for j in plan.jobs if not is_cached(store, j))} job(s) on "
+                  f"{executor.describe()}; results in {args.results}")
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if stop():
+            raise KeyboardInterrupt
+        stop.set(signum)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        problems = Scheduler(plan, store, executor, settings, stop).run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     from harness.report import write_reports
 
-    for path in write_reports(args.results, args.reports, dataset=ds.name):
-        console.print(f"wrote {path}")
-    if failed:
-        console.print(f"[red]{len(failed)} job(s) failed or skipped[/]: " + ", ".join(failed))
+    try:
+        for path in write_reports(args.results, args.reports, dataset=plan.jobs[0].dataset,
+                                  registry=registry_from(_arg(args, "registry"))):
+            console.print(f"wrote {path}")
+    except Exception as exc:  # a report problem must not hide the campaign's outcome
+        console.print(f"[red]report failed[/]: {type(exc).__name__}: {exc}", highlight=False)
+        problems.setdefault("report", str(exc))
+    if problems:
+        console.print(f"[red]{len(problems)} job(s) failed, skipped or stopped[/]:", highlight=False)
+        for name, why in problems.items():
+            console.print(f"  {name}: {why}", highlight=False, soft_wrap=True)
+        if stop():
+            return 130
         return 1
     return 0
 
-
-def _print_rsum(name: str, metrics: dict) -> None:
-    parts = [f"{p} rsum {m['rsum']:.1f}" for p, m in metrics.get("protocols", {}).items() if "rsum" in m]
-    console.print(f"[green]done[/] {name}: " + ", ".join(parts))
-
-
-def _cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:  # pragma: no cover
-        return False

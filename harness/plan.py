@@ -1,21 +1,38 @@
 """Expand (methods x variants x dataset x seeds x stages) into jobs with dependencies and identities.
 
-A job's identity (`key`) is a hash of its resolved config, the data fingerprint and the code
-version, so a finished job is reused only while none of those changed.
+Stages: `train` trains every single-model variant (one job per seed); `evaluate` scores the official
+checkpoints found under `--checkpoint-dir/<method>/<variant>/<dataset>/<file>` (file names from the
+registry); `all` trains, evaluates what it trained, and also evaluates the official checkpoints that
+are present. An ensemble variant (members in the registry) is an evaluation that averages its
+members' matrices, so it waits for them; an evaluation of a trained model waits for its training.
+
+A job's identity (`key`) hashes its resolved config, the fingerprint of the data it reads and the
+version of the code that computes it (the source of the method's package and of the harness modules
+a job runs). A finished job with the same key is reused; a changed one is rerun from scratch.
+Runtime settings (GPU count, checkpoint interval, tile sizes) are not part of the identity: a recipe's
+`batch_size` is the global batch, which gives the same training on any number of GPUs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from harness.registry import Registry, RegistryError
 
-ENSEMBLE_SEED_STRIDE = 1000  # member k of an ensemble trained with seed + k * stride
+ENSEMBLE_SEED_STRIDE = 1000  # member k of an ensemble of one variant trained with seed + k * stride
+RUNTIME_RECIPE_KEYS = ("gpus",)  # recipe keys that say where a job runs, not what it computes
+ROOT = Path(__file__).resolve().parents[1]
+HARNESS_CODE = ("methods/base.py", "methods/common", "harness/training.py", "harness/scoring.py",
+                "harness/evaluate.py", "harness/jobs.py", "harness/distributed.py", "harness/metrics",
+                "harness/data")
+SAMPLE_BYTES = 1 << 20  # bytes hashed at the start and at the end of each data file
 
 
 @dataclass(frozen=True)
@@ -29,15 +46,28 @@ class Job:
     config: Mapping[str, Any]
     depends: tuple[str, ...] = ()
     key: str = ""
+    gpus: int = 1  # processes for data-parallel training (recipe `gpus`); evaluations use one
+    identity: Mapping[str, str] = field(default_factory=dict)  # the parts of `key`: config, data, code
 
     @property
     def label(self) -> str:
         return f"{self.method}/{self.variant}"
 
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["depends"] = list(self.depends)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Job:
+        return cls(**{**d, "depends": tuple(d.get("depends") or ()), "config": dict(d["config"]),
+                      "identity": dict(d.get("identity") or {})})
+
 
 @dataclass
 class Plan:
     jobs: list[Job] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was left out and why (shown with the plan)
 
     def by_name(self) -> dict[str, Job]:
         return {j.name: j for j in self.jobs}
@@ -59,20 +89,105 @@ class Plan:
         return out
 
 
-def job_key(config: Mapping[str, Any], data_fingerprint: str, code_version: str) -> str:
-    blob = json.dumps({"config": config, "data": data_fingerprint, "code": code_version}, sort_keys=True,
-                      default=str)
+# ---- identity ---------------------------------------------------------------------------------------
+
+def _digest(obj: Any) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def job_key(config: Mapping[str, Any], data_fingerprint: str, code_version: str) -> str:
+    return _digest({"config": config, "data": data_fingerprint, "code": code_version})
+
+
+def identity(config: Mapping[str, Any], data_fp: str, code: str) -> dict[str, str]:
+    return {"config": _digest(config), "data": data_fp, "code": code}
+
+
+def file_fingerprint(path: Path) -> str:
+    """Name, size and a hash of the first and last MiB: cheap on 20 GB feature files, and unlike
+    modification times it survives copying the data to another disk."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    h.update(f"{path.name}:{size}".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(SAMPLE_BYTES))
+        if size > 2 * SAMPLE_BYTES:
+            f.seek(size - SAMPLE_BYTES)
+            h.update(f.read(SAMPLE_BYTES))
+    return h.hexdigest()[:16]
+
+
 def data_fingerprint(paths: Iterable[Path]) -> str:
-    """Cheap fingerprint of data files: names, sizes and modification times."""
+    """Fingerprint of a set of data files (order-independent)."""
     h = hashlib.sha256()
     for p in sorted(Path(x) for x in paths):
         if p.is_file():
-            st = p.stat()
-            h.update(f"{p.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+            h.update(file_fingerprint(p).encode())
     return h.hexdigest()[:16]
+
+
+def split_files(data_root: str | Path, dataset: str, split: str, layout: str = "precomp") -> list[Path]:
+    """The files a job reading `split` of `dataset` depends on."""
+    root = Path(data_root)
+    if layout == "precomp":
+        from harness.data.precomp import DataError, resolve_precomp_dir
+
+        try:
+            folder = resolve_precomp_dir(root, split, dataset)
+        except DataError:
+            return []
+        return sorted(p for p in folder.iterdir() if p.is_file() and p.name.startswith(f"{split}_"))
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_file() and split in p.name)
+
+
+def _source_files(target: Path) -> list[Path]:
+    if target.is_file():
+        return [target]
+    if target.is_dir():
+        return sorted(p for p in target.rglob("*.py") if "__pycache__" not in p.parts)
+    return []
+
+
+def _hash_files(files: Iterable[Path]) -> str:
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@lru_cache(maxsize=32)
+def code_version(adapter: str) -> str:
+    """Hash of the code a job of the method with adapter "pkg.module:Class" runs: the adapter's package
+    (methods/esa/ for methods.esa.adapter) plus the shared harness modules (HARNESS_CODE)."""
+    module = adapter.partition(":")[0]
+    package = module.rpartition(".")[0]
+    files: list[Path] = []
+    spec = importlib.util.find_spec(package) if package else None
+    if spec is not None and spec.submodule_search_locations:
+        for loc in spec.submodule_search_locations:
+            files += _source_files(Path(loc))
+    else:
+        mspec = importlib.util.find_spec(module)
+        if mspec is not None and mspec.origin:
+            files.append(Path(mspec.origin))
+    for rel in HARNESS_CODE:
+        files += _source_files(ROOT / rel)
+    return _hash_files(files)
+
+
+# ---- expansion --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """What the expansion needs besides the registry."""
+
+    data_root: Path | None = None  # for data fingerprints (none: fingerprint "")
+    checkpoint_dir: Path | None = None
+    gpus: int | None = None  # override of the recipes' `gpus`
 
 
 def parse_list(text: str | None) -> list[str]:
@@ -81,70 +196,163 @@ def parse_list(text: str | None) -> list[str]:
 
 def build_plan(registry: Registry, methods: Sequence[str], dataset: str, *, variants: Sequence[str] | None = None,
                seeds: Sequence[int] = (0,), stage: str = "all", checkpoint_dir: Path | None = None,
-               data_fp: str = "", code_version: str = "") -> Plan:
-    """The jobs for a campaign. `stage` train|evaluate|all; evaluate-only uses official checkpoints."""
+               data_root: Path | None = None, gpus: int | None = None, data_fp: str | None = None,
+               code: str | None = None) -> Plan:
+    """The jobs for a campaign. Raises (before any job runs) on unknown names, an unknown stage, or
+    (stage evaluate) a missing official checkpoint, naming the expected path and the download link.
+
+    `data_fp` / `code` pin the data fingerprint and code version (tests); by default they are computed.
+    """
+    if stage not in ("train", "evaluate", "all"):
+        raise RegistryError(f"unknown stage '{stage}'; valid: train, evaluate, all")
     ds = registry.dataset(dataset)
-    plan = Plan()
+    builder = _Builder(registry, ds.name, stage, PlanInputs(data_root, checkpoint_dir, gpus), data_fp, code)
     for mname in methods:
         method = registry.method(mname)
         names = list(variants) if variants else list(method.variants)
         for v in names:
             method.variant(v)  # validates the name with a suggestion
+        for v in names:
+            if not _buildable(method, v):
+                builder.plan.notes.append(f"{mname}/{v}: holds reported numbers only; nothing to run")
+        names = [v for v in names if _buildable(method, v)]
         singles = [v for v in names if not method.variants[v].is_ensemble]
         ensembles = [v for v in names if method.variants[v].is_ensemble]
-        for seed in seeds:
+        if stage in ("train", "all"):
+            for seed in seeds:
+                for v in singles:
+                    builder.trained(mname, v, seed)
+                for v in ensembles:
+                    builder.trained_ensemble(mname, v, seed)
+        if stage in ("evaluate", "all"):
             for v in singles:
-                _add_model(plan, registry, mname, v, ds.name, seed, stage, checkpoint_dir, data_fp, code_version)
+                builder.official(mname, v, 0, required=stage == "evaluate")
             for v in ensembles:
-                spec = method.variants[v]
-                members = []
-                for k, member in enumerate(spec.members):
-                    member_seed = seed + (k * ENSEMBLE_SEED_STRIDE if spec.members.count(member) > 1 else 0)
-                    ev = _add_model(plan, registry, mname, member, ds.name, member_seed, stage, checkpoint_dir,
-                                    data_fp, code_version, official_index=k if stage == "evaluate" else 0)
-                    members.append(ev)
-                source = "official" if stage == "evaluate" else f"seed{seed}"
-                config = {"stage": "evaluate", "method": mname, "variant": v, "dataset": ds.name, "seed": seed,
-                          "source": source, "members": [m.name for m in members], "split": ds.split}
-                name = f"{ds.name}/{mname}-{v}-{source}/eval"
-                _append(plan, Job(name, "evaluate", mname, v, ds.name, seed, config,
-                                  depends=tuple(m.name for m in members),
-                                  key=job_key(config, data_fp, code_version)))
-    return plan
+                builder.official_ensemble(mname, v, required=stage == "evaluate")
+    if not builder.plan.jobs:
+        raise RegistryError(f"the plan for {', '.join(methods)} on {ds.name} (stage {stage}) has no jobs"
+                            + ("".join(f"\n  {n}" for n in builder.plan.notes)))
+    return builder.plan
 
 
-def _append(plan: Plan, job: Job) -> Job:
-    existing = plan.by_name().get(job.name)
-    if existing is None:
-        plan.jobs.append(job)
-        return job
-    return existing
+def _buildable(method: Any, variant: str) -> bool:
+    """Variants that only hold reported numbers (option `reported_only`) cannot be built or run."""
+    return not method.variants[variant].options.get("reported_only")
 
 
-def _add_model(plan: Plan, registry: Registry, mname: str, variant: str, dataset: str, seed: int, stage: str,
-               checkpoint_dir: Path | None, data_fp: str, code_version: str, official_index: int = 0) -> Job:
-    """Train (unless evaluate-only) and evaluate one model; returns its evaluate job."""
-    method = registry.method(mname)
-    recipe = method.recipe(variant, dataset) if stage != "evaluate" else {}
-    options = dict(method.variants[variant].options)
-    if stage == "evaluate":
-        ck = official_checkpoint_path(registry, mname, variant, dataset, checkpoint_dir, official_index)
-        config = {"stage": "evaluate", "method": mname, "variant": variant, "dataset": dataset, "seed": None,
-                  "source": "official", "checkpoint": str(ck), "split": registry.dataset(dataset).split}
-        suffix = "official" if official_index == 0 else f"official{official_index + 1}"
-        name = f"{dataset}/{mname}-{variant}-{suffix}/eval"
-        return _append(plan, Job(name, "evaluate", mname, variant, dataset, None, config,
-                                 key=job_key(config, data_fp, code_version)))
-    run = f"{dataset}/{mname}-{variant}-seed{seed}"
-    train_cfg = {"stage": "train", "method": mname, "variant": variant, "dataset": dataset, "seed": seed,
-                 "recipe": {**recipe, "seed": seed}, "options": options}
-    train = _append(plan, Job(f"{run}/train", "train", mname, variant, dataset, seed, train_cfg,
-                              key=job_key(train_cfg, data_fp, code_version)))
-    eval_cfg = {"stage": "evaluate", "method": mname, "variant": variant, "dataset": dataset, "seed": seed,
-                "source": f"seed{seed}", "train_job": train.name, "split": registry.dataset(dataset).split}
-    return _append(plan, Job(f"{run}/eval", "evaluate", mname, variant, dataset, seed, eval_cfg,
-                             depends=(train.name,), key=job_key({**eval_cfg, "train_key": train.key}, data_fp,
-                                                                code_version)))
+class _Builder:
+    def __init__(self, registry: Registry, dataset: str, stage: str, inputs: PlanInputs, data_fp: str | None,
+                 code: str | None) -> None:
+        self.registry, self.dataset, self.stage, self.inputs = registry, dataset, stage, inputs
+        self.plan = Plan()
+        self._data_fp, self._code = data_fp, code
+        self._fp_cache: dict[str, str] = {}
+        ds = registry.dataset(dataset)
+        self.test_split, self.val_split, self.layout = ds.split, ds.validation_split, ds.layout
+
+    # identity parts
+    def data_fp(self, splits: Sequence[str]) -> str:
+        if self._data_fp is not None:
+            return self._data_fp
+        key = ",".join(splits)
+        if key not in self._fp_cache:
+            files = [p for s in splits for p in split_files(self.inputs.data_root or "", self.dataset, s,
+                                                            self.layout)] if self.inputs.data_root else []
+            self._fp_cache[key] = data_fingerprint(files)
+        return self._fp_cache[key]
+
+    def code(self, method: str) -> str:
+        return self._code if self._code is not None else code_version(self.registry.method(method).adapter)
+
+    def note(self, text: str) -> None:
+        if text not in self.plan.notes:
+            self.plan.notes.append(text)
+
+    def add(self, job: Job) -> Job:
+        existing = self.plan.by_name().get(job.name)
+        if existing is None:
+            self.plan.jobs.append(job)
+            return job
+        return existing
+
+    def make(self, name: str, stage: str, method: str, variant: str, seed: int | None, config: dict[str, Any],
+             splits: Sequence[str], depends: Sequence[Job] = (), gpus: int = 1) -> Job:
+        hashed = {**config, **{f"key_of_{d.name}": d.key for d in depends}}
+        parts = identity(hashed, self.data_fp(splits), self.code(method))
+        return self.add(Job(name, stage, method, variant, self.dataset, seed, config,
+                            depends=tuple(d.name for d in depends), key=job_key(hashed, parts["data"], parts["code"]),
+                            gpus=gpus, identity=parts))
+
+    # retrained models
+    def train(self, mname: str, variant: str, seed: int) -> Job:
+        method = self.registry.method(mname)
+        recipe = method.recipe(variant, self.dataset)
+        gpus = int(self.inputs.gpus or recipe.get("gpus") or 1)
+        for k in RUNTIME_RECIPE_KEYS:
+            recipe.pop(k, None)
+        run = f"{self.dataset}/{mname}-{variant}-seed{seed}"
+        config = {"stage": "train", "method": mname, "variant": variant, "dataset": self.dataset, "seed": seed,
+                  "recipe": {**recipe, "seed": seed}, "options": dict(method.variants[variant].options),
+                  "splits": ["train", self.val_split]}
+        return self.make(f"{run}/train", "train", mname, variant, seed, config, ["train", self.val_split],
+                         gpus=max(1, gpus))
+
+    def trained(self, mname: str, variant: str, seed: int) -> Job | None:
+        train = self.train(mname, variant, seed)
+        if self.stage == "train":
+            return None
+        config = {"stage": "evaluate", "method": mname, "variant": variant, "dataset": self.dataset, "seed": seed,
+                  "source": f"seed{seed}", "train_job": train.name, "split": self.test_split}
+        return self.make(f"{self.dataset}/{mname}-{variant}-seed{seed}/eval", "evaluate", mname, variant, seed,
+                         config, [self.test_split], depends=[train])
+
+    def trained_ensemble(self, mname: str, variant: str, seed: int) -> None:
+        spec = self.registry.method(mname).variants[variant]
+        members = []
+        for k, member in enumerate(spec.members):
+            member_seed = seed + (k * ENSEMBLE_SEED_STRIDE if spec.members.count(member) > 1 else 0)
+            members.append(self.trained(mname, member, member_seed))
+        if self.stage == "train":
+            return
+        self.ensemble(mname, variant, seed, f"seed{seed}", [m for m in members if m is not None])
+
+    def ensemble(self, mname: str, variant: str, seed: int | None, source: str, members: list[Job]) -> Job:
+        config = {"stage": "evaluate", "method": mname, "variant": variant, "dataset": self.dataset, "seed": seed,
+                  "source": source, "members": [m.name for m in members], "split": self.test_split}
+        return self.make(f"{self.dataset}/{mname}-{variant}-{source}/eval", "evaluate", mname, variant, seed,
+                         config, [self.test_split], depends=members)
+
+    # official checkpoints
+    def official(self, mname: str, variant: str, index: int, required: bool) -> Job | None:
+        try:
+            ck = official_checkpoint_path(self.registry, mname, variant, self.dataset, self.inputs.checkpoint_dir,
+                                          index)
+        except (FileNotFoundError, RegistryError) as exc:
+            if required:
+                raise
+            if isinstance(exc, FileNotFoundError):  # a checkpoint the user could download
+                self.note(f"official {mname}/{variant} not evaluated: {exc}")
+            return None
+        suffix = "official" if index == 0 else f"official{index + 1}"
+        config = {"stage": "evaluate", "method": mname, "variant": variant, "dataset": self.dataset, "seed": None,
+                  "source": "official", "checkpoint": str(ck), "split": self.test_split,
+                  "checkpoint_fingerprint": file_fingerprint(ck)}
+        return self.make(f"{self.dataset}/{mname}-{variant}-{suffix}/eval", "evaluate", mname, variant, None,
+                         config, [self.test_split])
+
+    def official_ensemble(self, mname: str, variant: str, required: bool) -> None:
+        spec = self.registry.method(mname).variants[variant]
+        same = len(set(spec.members)) == 1
+        members = []
+        for k, member in enumerate(spec.members):
+            job = self.official(mname, member, k if same else 0, required)
+            if job is None:
+                if self.registry.method(mname).variants[member].checkpoints.get(self.dataset):
+                    self.note(f"official {mname}/{variant} not evaluated (needs the official {member} checkpoint "
+                              f"#{k + 1})")
+                return
+            members.append(job)
+        self.ensemble(mname, variant, None, "official", members)
 
 
 def official_checkpoint_path(registry: Registry, method: str, variant: str, dataset: str,

@@ -9,6 +9,7 @@ the loop itself lives in `harness.training` so every method gets checkpointing a
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,10 @@ class Adapter(abc.ABC):
         split_data = load_precomp(data_root, split, dataset)
         return split_data.images, split_data.captions
 
+    def image_of_caption(self, data_root: str | Path, split: str, dataset: str | None = None) -> np.ndarray | None:
+        """Caption -> image index of `eval_data`'s order when it is not j // 5 (None: the uniform rule)."""
+        return None
+
     # ---- inference --------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -186,6 +191,48 @@ class Adapter(abc.ABC):
     def train_step(self, batch: Any, epoch: int) -> dict[str, torch.Tensor]:
         """Forward pass and loss on one batch in training mode; returns at least {'loss': scalar}."""
         raise NotImplementedError
+
+    # ---- data-parallel training (harness.distributed) -------------------------------------------
+    _gather_fn: Any = None  # set by the harness while training over several processes
+
+    def gather(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Rows of the whole global batch, in global order, for a batch-coupled loss.
+
+        Identity in a single process. Under data parallelism each process encodes its shard; a loss
+        over all pairs of the batch (hardest negatives, InfoNCE) must pass its embeddings through here
+        (differentiable all-gather) so it equals the single-process loss.
+        """
+        return embeddings if self._gather_fn is None else self._gather_fn(embeddings)
+
+    def shard_batch(self, batch: Any, start: int, stop: int, size: int) -> Any:
+        """Samples [start, stop) of a training batch of `size` samples (this process's shard).
+
+        Default: every tensor / array / Padded* field whose first axis holds a whole number of rows per
+        sample is sliced on that axis (so k rows per sample, stored sample by sample, also work).
+        Override when a batch keeps samples on another axis.
+        """
+        return slice_samples(batch, start, stop, size)
+
+
+def slice_samples(batch: Any, start: int, stop: int, size: int) -> Any:
+    """`batch` restricted to samples [start, stop) of `size` (see Adapter.shard_batch)."""
+    if isinstance(batch, (torch.Tensor, np.ndarray, PaddedTokens, PaddedFeatures)):
+        rows = len(batch)
+        if rows % size:
+            raise ValueError(f"cannot shard a batch field of {rows} rows by sample ({size} samples): "
+                             "override Adapter.shard_batch")
+        k = rows // size
+        return batch[start * k:stop * k]
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        return dataclasses.replace(batch, **{f.name: slice_samples(getattr(batch, f.name), start, stop, size)
+                                             for f in dataclasses.fields(batch) if f.init})
+    if isinstance(batch, Mapping):
+        return type(batch)({k: slice_samples(v, start, stop, size) for k, v in batch.items()})
+    if isinstance(batch, (list, tuple)) and len(batch) == size:
+        return type(batch)(batch[start:stop])
+    if isinstance(batch, tuple):
+        return tuple(slice_samples(v, start, stop, size) for v in batch)
+    return batch  # scalars, flags, settings: the same for every shard
 
 
 def parameter_count(model: nn.Module) -> int:

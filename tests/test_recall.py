@@ -104,3 +104,22 @@ def test_nan_and_shape_errors():
 def test_float64_and_float32_give_same_ranks():
     sims = random_sims(20, 7).astype(np.float64)
     assert full_recall(sims)["rsum"] == full_recall(sims.astype(np.float32))["rsum"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(counts=st.lists(st.integers(1, 7), min_size=2, max_size=12), seed=st.integers(0, 1000))
+def test_uneven_captions_per_image_match_a_loop(counts, seed):
+    owner = np.repeat(np.arange(len(counts)), counts)
+    sims = np.random.default_rng(seed).standard_normal((len(counts), len(owner))).astype(np.float32)
+    i2t, t2i = i2t_ranks(sims, image_of_caption=owner), t2i_ranks(sims, image_of_caption=owner)
+    for i in range(len(counts)):
+        order = np.argsort(sims[i])[::-1]
+        assert i2t.optimistic[i] == min(int(np.where(order == j)[0][0]) for j in np.where(owner == i)[0])
+    for j in range(len(owner)):
+        assert t2i.optimistic[j] == int(np.where(np.argsort(sims[:, j])[::-1] == owner[j])[0][0])
+
+
+def test_caption_map_must_be_grouped():
+    sims = np.zeros((2, 4), np.float32)
+    with pytest.raises(MatrixError, match="grouped by image"):
+        full_recall(sims, image_of_caption=np.array([0, 1, 0, 1]))

@@ -53,13 +53,32 @@ def eccv_data_dir() -> Path:
     return Path(spec.origin).parent / "data"
 
 
-@cache
-def load_id_json(name: str) -> dict[int, np.ndarray]:
-    """One of the package's `<name>.json` ground-truth files as {query id: array of positive ids}."""
-    path = eccv_data_dir() / f"{name}.json"
+@dataclass(frozen=True)
+class IdLists:
+    """A {query id: [ids]} json as flat arrays: query keys[i] lists the next sizes[i] entries of values."""
+
+    keys: np.ndarray
+    sizes: np.ndarray
+    values: np.ndarray
+
+
+def read_id_lists(path: str | Path) -> IdLists:
+    """Read a {query id: [ids]} json file (eccv_caption's ground-truth format) into flat arrays."""
     with open(path) as f:
         raw = json.load(f)
-    return {int(k): np.asarray([int(x) for x in v], dtype=np.int64) for k, v in raw.items()}
+    try:
+        keys = np.fromiter((int(k) for k in raw), dtype=np.int64, count=len(raw))
+        sizes = np.fromiter((len(v) for v in raw.values()), dtype=np.int64, count=len(raw))
+        values = np.fromiter((int(x) for v in raw.values() for x in v), dtype=np.int64, count=int(sizes.sum()))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise IdError(f"{path}: expected {{id: [ids, ...]}} with integer ids ({exc})") from None
+    return IdLists(keys, sizes, values)
+
+
+@cache
+def load_id_json(name: str) -> IdLists:
+    """One of the eccv_caption package's `<name>.json` ground-truth files."""
+    return read_id_lists(eccv_data_dir() / f"{name}.json")
 
 
 @lru_cache(maxsize=1)
@@ -73,8 +92,9 @@ def package_caption_ids() -> np.ndarray:
 def _caption_image_table() -> tuple[np.ndarray, np.ndarray]:
     """(sorted caption ids, their COCO image ids) from the package's original COCO ground truth."""
     c2i = load_id_json("original_caption_to_image")
-    caps = np.fromiter(c2i.keys(), dtype=np.int64, count=len(c2i))
-    imgs = np.fromiter((v[0] for v in c2i.values()), dtype=np.int64, count=len(c2i))
+    if not (c2i.sizes == 1).all():
+        raise IdError("eccv_caption original_caption_to_image.json: expected one image per caption")
+    caps, imgs = c2i.keys, c2i.values
     order = np.argsort(caps)
     return caps[order], imgs[order]
 

@@ -44,13 +44,31 @@ def _chunks(n: int, size: int) -> list[tuple[int, int]]:
     return [(a, min(n, a + size)) for a in range(0, n, size)]
 
 
-def check_matrix(sims: np.ndarray, captions_per_image: int = 5, name: str = "similarity matrix") -> np.ndarray:
+def owners(n_img: int, n_cap: int, captions_per_image: int = 5,
+           image_of_caption: np.ndarray | None = None, name: str = "similarity matrix") -> np.ndarray:
+    """Caption -> image index. Uniform (j // k) unless an explicit, image-grouped mapping is given."""
+    if image_of_caption is None:
+        return np.arange(n_cap) // captions_per_image
+    owner = np.asarray(image_of_caption, dtype=np.int64)
+    if owner.shape != (n_cap,):
+        raise MatrixError(f"{name}: {n_cap} captions but the caption->image map has {owner.shape[0]} entries")
+    if n_cap and (np.any(np.diff(owner) < 0) or owner[0] != 0 or owner[-1] != n_img - 1
+                  or np.any(np.diff(owner) > 1)):
+        raise MatrixError(f"{name}: captions must be grouped by image in row order (image 0's captions first, "
+                          f"every image with at least one caption)")
+    return owner
+
+
+def check_matrix(sims: np.ndarray, captions_per_image: int = 5, name: str = "similarity matrix",
+                 image_of_caption: np.ndarray | None = None) -> np.ndarray:
     """Validate shape and finiteness; returns the matrix as a float32/float64 ndarray."""
     sims = np.asarray(sims)
     if sims.ndim != 2:
         raise MatrixError(f"{name}: expected a 2-D images x captions matrix, got shape {sims.shape}")
     n_img, n_cap = sims.shape
-    if n_cap != captions_per_image * n_img:
+    if image_of_caption is not None:
+        owners(n_img, n_cap, captions_per_image, image_of_caption, name)
+    elif n_cap != captions_per_image * n_img:
         raise MatrixError(f"{name}: {n_img} images x {n_cap} captions, expected {captions_per_image} captions "
                           f"per image ({captions_per_image * n_img} columns)")
     if sims.dtype not in (np.float32, np.float64):
@@ -64,7 +82,8 @@ def check_matrix(sims: np.ndarray, captions_per_image: int = 5, name: str = "sim
     return sims
 
 
-def count_ranks(sims: np.ndarray, captions_per_image: int = 5) -> tuple[QueryRanks, QueryRanks]:
+def count_ranks(sims: np.ndarray, captions_per_image: int = 5,
+                image_of_caption: np.ndarray | None = None) -> tuple[QueryRanks, QueryRanks]:
     """Image->text and text->image ranks in one pass over the matrix.
 
     Rows are processed in small blocks that stay in cache; each block is compared with the row
@@ -73,10 +92,15 @@ def count_ranks(sims: np.ndarray, captions_per_image: int = 5) -> tuple[QueryRan
     """
     n_img, n_cap = sims.shape
     k = captions_per_image
-    own = sims[:, : n_img * k].reshape(n_img, n_img, k)[np.arange(n_img), np.arange(n_img)]  # (N, k)
-    best = own.max(axis=1)
-    own_ties = np.count_nonzero(own == best[:, None], axis=1)
-    owner = np.arange(n_cap) // k
+    if image_of_caption is None:
+        own = sims[:, : n_img * k].reshape(n_img, n_img, k)[np.arange(n_img), np.arange(n_img)]  # (N, k)
+        best = own.max(axis=1)
+        own_ties = np.count_nonzero(own == best[:, None], axis=1)
+    else:  # captions grouped by image, any number per image
+        bounds = np.searchsorted(image_of_caption, np.arange(n_img + 1))
+        best = np.array([sims[i, bounds[i]:bounds[i + 1]].max() for i in range(n_img)], dtype=sims.dtype)
+        own_ties = np.array([np.count_nonzero(sims[i, bounds[i]:bounds[i + 1]] == best[i]) for i in range(n_img)])
+    owner = owners(n_img, n_cap, k, image_of_caption)
     pos = np.ascontiguousarray(sims[owner, np.arange(n_cap)])
     gt_i = np.empty(n_img, np.int64)
     ge_i = np.empty(n_img, np.int64)
@@ -110,14 +134,14 @@ def count_ranks(sims: np.ndarray, captions_per_image: int = 5) -> tuple[QueryRan
     return i2t, t2i
 
 
-def i2t_ranks(sims: np.ndarray, captions_per_image: int = 5) -> QueryRanks:
+def i2t_ranks(sims: np.ndarray, captions_per_image: int = 5, image_of_caption: np.ndarray | None = None) -> QueryRanks:
     """Rank of the best of each image's own captions among all captions."""
-    return count_ranks(sims, captions_per_image)[0]
+    return count_ranks(sims, captions_per_image, image_of_caption)[0]
 
 
-def t2i_ranks(sims: np.ndarray, captions_per_image: int = 5) -> QueryRanks:
+def t2i_ranks(sims: np.ndarray, captions_per_image: int = 5, image_of_caption: np.ndarray | None = None) -> QueryRanks:
     """Rank of each caption's own image among all images."""
-    return count_ranks(sims, captions_per_image)[1]
+    return count_ranks(sims, captions_per_image, image_of_caption)[1]
 
 
 def summarize(ranks: np.ndarray) -> dict[str, float]:
@@ -136,10 +160,12 @@ def _direction(ranks: QueryRanks) -> dict:
     return main
 
 
-def full_recall(sims: np.ndarray, captions_per_image: int = 5) -> dict:
-    """Recall of one full matrix (COCO 5K, F30K 1K, or any images x captions matrix)."""
-    sims = check_matrix(sims, captions_per_image)
-    i2t, t2i = count_ranks(sims, captions_per_image)
+def full_recall(sims: np.ndarray, captions_per_image: int = 5, image_of_caption: np.ndarray | None = None) -> dict:
+    """Recall of one full matrix (COCO 5K, F30K 1K, or any images x captions matrix).
+
+    `image_of_caption` (captions grouped by image, any number each) replaces the j // k rule."""
+    sims = check_matrix(sims, captions_per_image, image_of_caption=image_of_caption)
+    i2t, t2i = count_ranks(sims, captions_per_image, image_of_caption)
     return _with_sums(_direction(i2t), _direction(t2i))
 
 
@@ -197,7 +223,8 @@ def _mean_tree(items: list):
     return float(np.mean(items))
 
 
-def recall_metrics(sims: np.ndarray, protocol: str, captions_per_image: int = 5) -> dict:
+def recall_metrics(sims: np.ndarray, protocol: str, captions_per_image: int = 5,
+                   image_of_caption: np.ndarray | None = None) -> dict:
     """The recall protocol `protocol` (coco1k, coco5k, f30k1k, recall) of an images x captions matrix.
 
     Returns {"protocol", "i2t": {r1, r5, r10, medr, meanr, ...}, "t2i": {...}, "rsum", "ties": {...}}
@@ -206,15 +233,17 @@ def recall_metrics(sims: np.ndarray, protocol: str, captions_per_image: int = 5)
     sims = np.asarray(sims)
     if protocol in ("coco5k", "f30k1k"):
         want = PROTOCOL_SIZES[protocol]
-        if sims.shape != want:
+        if sims.shape[0] != want[0] or (image_of_caption is None and sims.shape != want):
             raise MatrixError(f"{protocol} needs a {want[0]} x {want[1]} matrix, got {sims.shape[0]} x {sims.shape[1]}")
-        result = full_recall(sims, captions_per_image)
+        result = full_recall(sims, captions_per_image, image_of_caption)
     elif protocol == "coco1k":
+        if image_of_caption is not None and not np.array_equal(image_of_caption, np.arange(sims.shape[1]) // 5):
+            raise MatrixError("coco1k folds need exactly 5 captions per image in canonical order")
         if sims.shape != PROTOCOL_SIZES["coco1k"]:
             raise MatrixError(f"coco1k needs the 5000 x 25000 COCO 5K matrix (5 folds), got {sims.shape}")
         result = fold_recall(sims, 5, captions_per_image)
     elif protocol == "recall":
-        result = full_recall(sims, captions_per_image)
+        result = full_recall(sims, captions_per_image, image_of_caption)
     else:
         raise MatrixError(f"unknown recall protocol '{protocol}'; valid: coco1k, coco5k, f30k1k, recall")
     return {"protocol": protocol, **result}

@@ -10,7 +10,8 @@ Options (registry variant options, build `options`):
   each batch; identical features, several times faster than the official fixed 77 tokens.
 - the flat loss keys of `config.STANDARD_LOSS_DEFAULTS` (temperatures, clamp ranges, weights).
 Recipe keys used by `configure_training`: lr, min_lr, weight_decay, epochs, text_teacher (a local
-sentence-transformers folder, or `minilm`), teacher_image_features (a converted .npz), and the loss keys.
+sentence-transformers folder, or `minilm`), text_teacher_cache (encode each caption once; small sets),
+teacher_image_features (a converted .npz), and the loss keys.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from methods.cusa.config import (
     clip_config,
     standard_loss_config,
 )
-from methods.cusa.data import TeacherFeatures, clip_preprocess, pre_caption
+from methods.cusa.data import CusaSplit, TeacherFeatures, clip_preprocess, load_cusa_split, pre_caption
 from methods.cusa.model import CUSAModel, l2_normalise
 from methods.cusa.official import (
     clip_config_from_state,
@@ -109,7 +110,7 @@ class CUSAAdapter(Adapter):
         self.truncate_text = bool(self.options.get("truncate_text", True))
         self.preprocess = clip_preprocess(model.image_size)
         self.official = dict(official) if official is not None else None  # the loaded checkpoint's config
-        self._fresh = official is None  # temperatures may still take the recipe's initial values
+        self._fresh = official is None  # untrained: configure_training may still set geometry, objective, taus
         self.text_teacher: TextTeacher | None = None
         self.image_teacher: TeacherFeatures | None = None
         self.recipe: dict[str, Any] = {}
@@ -121,6 +122,9 @@ class CUSAAdapter(Adapter):
         objective = opts.get("objective", "cusa")
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown CUSA objective '{objective}'; valid: {', '.join(OBJECTIVES)}")
+        if opts.get("reported_only"):
+            raise ValueError(f"CUSA variant '{variant}' holds reported numbers only (backbones without released "
+                             "code); it cannot be built")
         if variant not in VARIANT_CLIP_NAMES and "clip_config" not in opts:
             raise ValueError(f"unknown CUSA variant '{variant}'; valid: {', '.join(VARIANT_CLIP_NAMES)} "
                              "(the other backbones of the paper have no released code)")
@@ -146,12 +150,14 @@ class CUSAAdapter(Adapter):
         geometry = clip_config_from_state(state, path)
         if variant is not None:
             if variant not in VARIANT_CLIP_NAMES:
-                raise CheckpointError(f"{path}: unknown CUSA variant '{variant}'; valid: {', '.join(VARIANT_CLIP_NAMES)}")
+                raise CheckpointError(f"{path}: unknown CUSA variant '{variant}'; "
+                                      f"valid: {', '.join(VARIANT_CLIP_NAMES)}")
             if file_variant != variant:
                 raise CheckpointError(f"{path}: a '{clip_name}' checkpoint, not variant {variant} "
                                       f"({VARIANT_CLIP_NAMES[variant]})")
             expected = clip_config(variant)
-            if geometry != expected:
+            declared = config.get("itrbench_clip_config")  # a reduced geometry (e.g. the demo's) written by us
+            if geometry != expected and declared != geometry:
                 raise CheckpointError(f"{path}: weights have CLIP geometry {geometry}, not the {clip_name} geometry "
                                       f"{expected}")
         file_dataset = dataset_of_config(config)
@@ -162,7 +168,7 @@ class CUSAAdapter(Adapter):
         model = CUSAModel(geometry, loss_cfg)
         load_strict(model, state, path=path, part="model")
         options = {"objective": loss_cfg.objective}
-        if file_variant is None:
+        if file_variant is None or geometry != clip_config(file_variant):
             options["clip_config"] = geometry
         adapter = cls(model, variant=variant or file_variant or clip_name, dataset=dataset or file_dataset or "unknown",
                       options=options, official=config)
@@ -176,10 +182,30 @@ class CUSAAdapter(Adapter):
         else:
             clip_name = VARIANT_CLIP_NAMES.get(self.variant, self.variant)
             config = official_config(clip_name, self.model.loss_cfg, self.recipe)
-        out: dict[str, Any] = {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-                               "config": config, "epoch": 0, "best": 0, "best_epoch": 0}
+            if self.variant not in VARIANT_CLIP_NAMES or self.model.clip_cfg != clip_config(self.variant):
+                # not the released geometry: say so, so that load_official(variant=...) accepts it knowingly
+                config["itrbench_clip_config"] = self.model.clip_cfg
+        out: dict[str, Any] = {"model": self.model.state_dict(), "config": config, "epoch": 0, "best": 0,
+                               "best_epoch": 0}
         out.update(extra)
         return out
+
+    # ---- data ------------------------------------------------------------------------------------
+    def eval_split(self, data_root: str | Path, split: str) -> CusaSplit:
+        """The CUSA json split `<data_root>/new_{split}.json` in evaluation order (images must exist)."""
+        return load_cusa_split(data_root, split)
+
+    def eval_data(self, data_root: str | Path, split: str, dataset: str | None = None) -> tuple[Any, list[str]]:
+        """(lazy preprocessed pixel batches, raw captions) in the official test order.
+
+        Captions are grouped by image but an image may have any number of them: the caption -> image
+        map is `eval_split(...).image_of_caption`, not j // 5.
+        """
+        data = self.eval_split(data_root, split)
+        return data.pixel_images(self.preprocess), data.captions
+
+    def image_of_caption(self, data_root: str | Path, split: str, dataset: str | None = None) -> np.ndarray:
+        return np.asarray(self.eval_split(data_root, split).image_of_caption)
 
     # ---- inference ----------------------------------------------------------------------------
     @property
@@ -242,8 +268,8 @@ class CUSAAdapter(Adapter):
         """AdamW (no decay on 1-D parameters and biases; the 0-dim temperatures decay), cosine lr per epoch."""
         r = dict(recipe)
         self.recipe = r
-        if self._fresh and any(k in r for k in STANDARD_LOSS_DEFAULTS):
-            self._apply_loss_recipe(r)
+        if self._fresh:
+            self._apply_recipe_to_fresh_model(r)
         self._fresh = False
         cfg = self.model.loss_cfg
         if cfg.csa or cfg.usa:
@@ -251,9 +277,13 @@ class CUSAAdapter(Adapter):
             if not teacher:
                 raise ValueError(f"objective '{cfg.objective}' needs recipe key text_teacher "
                                  "(a local sentence-transformers folder, or 'minilm')")
-            self.text_teacher = TextTeacher(minilm_teacher_path() if teacher == "minilm" else teacher, self.device)
+            self.text_teacher = TextTeacher(minilm_teacher_path() if teacher == "minilm" else teacher, self.device,
+                                            cache=bool(r.get("text_teacher_cache", False)))
             if r.get("teacher_image_features"):
-                self.image_teacher = TeacherFeatures.from_file(r["teacher_image_features"])
+                path = Path(r["teacher_image_features"])
+                if not path.is_absolute() and r.get("data_root"):
+                    path = Path(r["data_root"]) / path
+                self.image_teacher = TeacherFeatures.from_file(path)
         lr, min_lr = float(r.get("lr", 1e-5)), float(r.get("min_lr", 1e-6))
         epochs = int(r.get("epochs", 30))
         decay, no_decay = [], []
@@ -265,23 +295,36 @@ class CUSAAdapter(Adapter):
                                        {"params": decay, "weight_decay": float(r.get("weight_decay", 1e-4))}], lr=lr)
 
         def lr_at_epoch(epoch: int) -> list[float]:
-            value = min_lr if epoch >= epochs else min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * epoch / epochs))
+            if epoch >= epochs:
+                return [min_lr, min_lr]
+            value = min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * epoch / epochs))
             return [value, value]
 
         return TrainingSetup(optimizer=optimizer, grad_clip=None, lr_at_epoch=lr_at_epoch)
 
-    def _apply_loss_recipe(self, recipe: Mapping[str, Any]) -> None:
-        """Recipe temperatures/weights for a model that has not been trained or loaded yet."""
-        new = standard_loss_config(self.objective, {**self.options, **recipe})
-        old = [t.name for t in self.model.loss_cfg.temperatures]
-        if [t.name for t in new.temperatures] != old:
-            raise ValueError(f"recipe changes the temperature layout {old}; build the adapter with those options")
-        with torch.no_grad():
-            for t in new.temperatures:
-                param = getattr(self.model, t.name)
-                param.fill_(t.init)
-                param.requires_grad_(t.learnable)
-        self.model.loss_cfg = new
+    def _apply_recipe_to_fresh_model(self, recipe: Mapping[str, Any]) -> None:
+        """A model not yet trained or loaded takes the recipe's geometry (`clip_config`), `objective`,
+        temperatures and loss weights; recipe keys override the build options."""
+        opts = {**self.options, **{k: v for k, v in recipe.items()
+                                   if k in STANDARD_LOSS_DEFAULTS or k in ("clip_config", "objective")}}
+        objective = opts.get("objective", "cusa")
+        geometry = clip_config(self.variant, opts.get("clip_config"))
+        loss_cfg = standard_loss_config(objective, opts)
+        if geometry != self.model.clip_cfg or loss_cfg.objective != self.objective:
+            device = self.device
+            model = CUSAModel(geometry, loss_cfg)
+            if opts.get("clip_weights"):
+                load_clip_weights(model, opts["clip_weights"])
+            self.model = model.to(device)
+            self.preprocess = clip_preprocess(model.image_size)
+        else:
+            with torch.no_grad():
+                for t in loss_cfg.temperatures:
+                    param = getattr(self.model, t.name)
+                    param.fill_(t.init)
+                    param.requires_grad_(t.learnable)
+            self.model.loss_cfg = loss_cfg
+        self.options = opts
 
     def make_train_batch(self, images: Any, captions: Sequence[str], rng: np.random.Generator | None = None, *,
                          image_ids: Sequence[Hashable] | None = None,
@@ -327,6 +370,9 @@ class CUSAAdapter(Adapter):
 
         out = []
         for im in images:
+            if isinstance(im, torch.Tensor):  # already preprocessed (e.g. items of a PixelImages view)
+                out.append(im.float())
+                continue
             if isinstance(im, np.ndarray):
                 im = Image.fromarray(im)
             out.append(self.preprocess(im))

@@ -180,7 +180,7 @@ def standard_loss_config(objective: str = "cusa", options: Mapping[str, Any] | N
         add("cross_tau", o["cross_tau"], o["cross_tau_range"], o["cross_tau_learnable"], "csa_i2t", "csa_t2i")
     if csa:
         add("cross_the_softlabel_tau", o["softlabel_tau"], o["softlabel_tau_range"], o["softlabel_tau_learnable"],
-            "csa_teacher_image", "csa_teacher_text", "usa_teacher_image", "usa_teacher_text")
+            "csa_teacher_image", "csa_teacher_text", *(("usa_teacher_image", "usa_teacher_text") if usa else ()))
     if usa:
         add("uni_tau_image", o["uni_tau_image"], o["uni_tau_range"], o["uni_tau_learnable"], "usa_image")
         add("uni_tau_text", o["uni_tau_text"], o["uni_tau_range"], o["uni_tau_learnable"], "usa_text")

@@ -191,6 +191,25 @@ def load_cusa_split(root: str | Path, split: str, *, check_images: bool = True) 
     return split_obj
 
 
+def check_cusa_json(root: str | Path, split: str) -> list[str]:
+    """Problems of `<root>/new_{split}.json` and its images ([] when usable), for `check-data`."""
+    try:
+        data = load_cusa_split(root, split, check_images=False)
+    except CusaDataError as exc:
+        return [str(exc)]
+    problems = []
+    missing = data.missing_images()
+    if missing:
+        shown = ", ".join(str(p) for p in missing[:3])
+        problems.append(f"{data.path}: {len(missing)} of {data.n_images} images are missing (e.g. {shown})")
+    for n, caption in enumerate(data.captions):
+        try:
+            pre_caption(caption)
+        except ValueError as exc:
+            problems.append(f"{data.path}: caption {n}: {exc}")
+    return problems
+
+
 # ---- teacher image features ---------------------------------------------------------------------
 
 def _numpy_attr(module: str, name: str) -> Any:

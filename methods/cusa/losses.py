@@ -18,16 +18,16 @@ def _reduce(x: torch.Tensor, reduction: str) -> torch.Tensor:
     return x.mean(dim=1) if reduction == "mean" else x.sum(dim=1)
 
 
-def same_image_targets(image_index: torch.Tensor) -> torch.Tensor:
+def same_image_targets(image_index: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Row-normalised targets: every caption of the same image in the batch is a positive."""
-    pos = (image_index.view(-1, 1) == image_index.view(1, -1)).float()
+    pos = (image_index.view(-1, 1) == image_index.view(1, -1)).to(dtype)
     return pos / pos.sum(dim=1, keepdim=True)
 
 
 def soft_itc_loss(logits_i2t: torch.Tensor, logits_t2i: torch.Tensor, image_index: torch.Tensor,
                   tau: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """(L_i2t + L_t2i) / 2 with soft same-image targets; `mean` keeps the official 1/B scale."""
-    targets = same_image_targets(image_index)
+    targets = same_image_targets(image_index, logits_i2t.dtype)
     l_i2t = -_reduce(F.log_softmax(logits_i2t / tau, dim=1) * targets, reduction).mean()
     l_t2i = -_reduce(F.log_softmax(logits_t2i / tau, dim=1) * targets, reduction).mean()
     return (l_i2t + l_t2i) / 2
@@ -49,7 +49,7 @@ def soft_label_loss(logits: torch.Tensor, teacher_sim: torch.Tensor, tau: torch.
 
 def teacher_similarity(features: torch.Tensor) -> torch.Tensor:
     """Cosine similarity matrix of teacher features (as sentence_transformers.util.cos_sim)."""
-    f = F.normalize(features.float(), p=2, dim=1)
+    f = F.normalize(features if features.is_floating_point() else features.float(), p=2, dim=1)
     return f @ f.t()
 
 

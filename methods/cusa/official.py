@@ -211,11 +211,13 @@ def official_config(clip_name: str, cfg: LossConfig, recipe: Mapping[str, Any] |
     r = dict(recipe or {})
     batch = int(r.get("batch_size", 128))
     return {
-        "save_path": str(r.get("save_path", "")), "dataset_name": "cross_coco", "data_path": str(r.get("data_path", "")),
+        "save_path": str(r.get("save_path", "")), "dataset_name": "cross_coco",
+        "data_path": str(r.get("data_path", "")),
         "batch_size_train": batch, "batch_size_test": int(r.get("batch_size_test", batch)),
         "batch_size_testall": int(r.get("batch_size_test", batch)), "clip_model": clip_name,
         "is_all_gather": False, "loss_config": loss_config_to_official(cfg),
-        "optimizer": {"opt": "adamW", "lr": float(r.get("lr", 1e-5)), "weight_decay": float(r.get("weight_decay", 1e-4))},
+        "optimizer": {"opt": "adamW", "lr": float(r.get("lr", 1e-5)),
+                      "weight_decay": float(r.get("weight_decay", 1e-4))},
         "schedular": {"sched": "cosine", "epochs": int(r.get("epochs", 30)), "min_lr": float(r.get("min_lr", 1e-6)),
                       "decay_rate": 1, "warmup_lr": float(r.get("lr", 1e-5)),
                       "warmup_epochs": int(r.get("warmup_epochs", 0)), "cooldown_epochs": 0},

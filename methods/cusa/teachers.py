@@ -30,7 +30,7 @@ def minilm_teacher_path() -> Path:
 class TextTeacher:
     """Frozen sentence-transformers encoder; `encode` returns (N, D) float32 tensors without grad."""
 
-    def __init__(self, path: str | Path, device: torch.device | str = "cpu"):
+    def __init__(self, path: str | Path, device: torch.device | str = "cpu", cache: bool = False):
         path = Path(path)
         if not (path.is_dir() and ((path / "modules.json").is_file() or (path / "config.json").is_file())):
             raise TeacherError(
@@ -42,6 +42,9 @@ class TextTeacher:
         self.path = path
         self.model = SentenceTransformer(str(path), device=str(device), local_files_only=True)
         self.model.eval()
+        # The teacher is frozen, so a caption's embedding never changes: with `cache` each caption is
+        # encoded once per run (for small sets such as the demo; COCO's 566k captions would not fit).
+        self.cache: dict[str, torch.Tensor] | None = {} if cache else None
         for p in self.model.parameters():
             p.requires_grad_(False)
 
@@ -55,6 +58,14 @@ class TextTeacher:
 
     @torch.no_grad()
     def encode(self, captions: Sequence[str]) -> torch.Tensor:
+        if self.cache is None:
+            return self._encode(captions)
+        new = sorted({c for c in captions if c not in self.cache})
+        if new:
+            self.cache.update(zip(new, self._encode(new).cpu()))
+        return torch.stack([self.cache[c] for c in captions]).to(self.device)
+
+    def _encode(self, captions: Sequence[str]) -> torch.Tensor:
         out = self.model.encode(list(captions), convert_to_tensor=True, show_progress_bar=False,
                                 batch_size=max(1, len(captions)))
         return out.float()

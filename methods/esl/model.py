@@ -215,8 +215,9 @@ class ESLHead(nn.Module):
 def esl_pair_scores(image_side: torch.Tensor, text_side: torch.Tensor, lengths: torch.Tensor,
                     smooth: torch.Tensor) -> torch.Tensor:
     """(n_img, n_cap) scores of every pair: image_side U (i, R, F), caption levels T (c, L, F) with
-    true lengths (c,). With A = T U^T and G = LeakyReLU_0.1(tanh(A)):
-    t2i = mean_w sum_r A * softmax_r(s G / ||G[:, r]||_words); i2t = mean_r sum_w A * softmax_w(s G / ||G[w, :]||_regions).
+    true lengths (c,). With A = T U^T, G = LeakyReLU_0.1(tanh(A)) and s = exp(tau):
+    t2i = mean_w sum_r A * softmax_r(s G / ||G[:, r]||_words),
+    i2t = mean_r sum_w A * softmax_w(s G / ||G[w, :]||_regions).
     """
     n_img, n_reg, dim = image_side.shape
     n_cap, width, _ = text_side.shape
@@ -231,8 +232,9 @@ def esl_pair_scores(image_side: torch.Tensor, text_side: torch.Tensor, lengths: 
     t2i = (attn * torch.softmax(logits, dim=1)).sum(dim=1)  # (i, c, L)
     t2i = t2i.sum(dim=2) / lengths.to(t2i)[None, :]
     # image -> text: per region, a softmax over words of G normalised over the regions of each word
-    logits = smooth * gated / (squared.sum(dim=1, keepdim=True).sqrt() + EPS)
-    logits = logits.masked_fill(~words[None, None], float("-inf"))
+    # (padded words get a dummy norm: sqrt(0) would put NaN into the gradients)
+    norms = squared.sum(dim=1, keepdim=True).masked_fill(~words[None, None], 1.0).sqrt()
+    logits = (smooth * gated / (norms + EPS)).masked_fill(~words[None, None], float("-inf"))
     i2t = (attn * torch.softmax(logits, dim=3)).sum(dim=3).mean(dim=1)  # (i, c)
     return t2i + i2t
 

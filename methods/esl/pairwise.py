@@ -35,8 +35,9 @@ DEFAULT_RECIPE: dict[str, Any] = dict(
     lr=5e-4, lr_decay_epochs=[15], lr_decay=0.1, margin=0.2, warmup_epochs=1, grad_clip=2.0,
     region_keep=0.8, word_aug_prob=0.2, weight_decay=1e-4, bert_lr_factor=0.1,
 )
-# Elements of one (images x regions x captions x words) intermediate per scoring chunk.
-SCORE_BUDGET = 1 << 22
+# Scoring chunks per device type: (elements of the largest intermediate, captions per chunk). On CPU
+# small chunks keep the intermediates in cache (measured fastest); on GPUs large ones fill the device.
+SCORE_CHUNKS = {"cpu": (1 << 19, 32), "cuda": (1 << 25, 512)}
 
 
 @dataclass
@@ -69,7 +70,9 @@ class PairwiseAdapter(Adapter):
 
     scoring: ClassVar[Literal["embedding", "pairwise"]] = "pairwise"
     image_input: ClassVar[Literal["regions", "pixels"]] = "regions"
-    score_budget: int = SCORE_BUDGET
+    score_chunks: ClassVar[dict[str, tuple[int, int]]] = SCORE_CHUNKS
+    score_budget: int | None = None  # overrides score_chunks[device][0]
+    score_captions: int | None = None  # overrides score_chunks[device][1]
 
     def __init__(self, model: nn.Module, variant: str, dataset: str, options: dict[str, Any]) -> None:
         self.model = model
@@ -118,17 +121,21 @@ class PairwiseAdapter(Adapter):
         return int(images.shape[1])
 
     def score(self, image_block: torch.Tensor, text_block: PaddedFeatures) -> torch.Tensor:
-        """(images, captions) scores of every pair, computed in chunks of at most `score_budget` elements
-        per (images x regions x captions x words) intermediate."""
+        """(images, captions) scores of every pair of the blocks, batched over chunks of up to
+        `score_captions` captions and as many images as keep the largest intermediate (images x
+        captions x words x `score_elements_per_word`) within `score_budget` elements (defaults by device)."""
         images = image_block.to(self.device)
         text = text_block.to(self.device)
-        n_img = images.shape[0]
-        per_image = self.score_elements_per_word(images) * max(1, text.feats.shape[1])
-        img_chunk = max(1, min(n_img, self.score_budget // per_image))
-        cap_chunk = max(1, self.score_budget // (img_chunk * per_image))
-        out = torch.empty(n_img, len(text), dtype=images.dtype, device=images.device)
+        n_img, n_cap = images.shape[0], len(text)
+        default = self.score_chunks.get(images.device.type, self.score_chunks["cuda"])
+        budget = self.score_budget or default[0]
+        max_captions = self.score_captions or default[1]
+        per_caption = self.score_elements_per_word(images) * max(1, text.feats.shape[1])
+        cap_chunk = max(1, min(n_cap, max_captions, budget // per_caption))
+        img_chunk = max(1, min(n_img, budget // (cap_chunk * per_caption)))
+        out = torch.empty(n_img, n_cap, dtype=images.dtype, device=images.device)
         with self._inference():
-            for c in range(0, len(text), cap_chunk):
+            for c in range(0, n_cap, cap_chunk):
                 sub = text[c:c + cap_chunk]
                 for a in range(0, n_img, img_chunk):
                     out[a:a + img_chunk, c:c + cap_chunk] = self.model.pair_scores(

@@ -36,7 +36,7 @@ from methods.vsl.model import SGRAF, length_mask
 MODULES = {"sgr": "SGR", "saf": "SAF"}
 DEFAULT_OPTIONS: dict[str, Any] = dict(
     img_dim=2048, word_dim=300, embed_size=1024, sim_dim=256, num_layers=1, bi_gru=True, sgr_step=3,
-    no_imgnorm=False, no_txtnorm=False,
+    no_imgnorm=False, no_txtnorm=False, num_regions=36,
 )
 DEFAULT_RECIPE: dict[str, Any] = dict(
     batch_size=128, lr=3e-4, lr_update=10, lr_decay=0.1, margin=0.2, max_violation=True, grad_clip=2.0,
@@ -76,8 +76,9 @@ class VSLAdapter(Adapter):
     @classmethod
     def build(cls, variant: str, dataset: str, options: Mapping[str, Any] | None = None) -> VSLAdapter:
         """A fresh SGRAF network with module SGR ('sgr') or SAF ('saf'). Options: img_dim, word_dim,
-        embed_size, sim_dim, num_layers, bi_gru, sgr_step, no_imgnorm, no_txtnorm, vocab ('coco'/'f30k';
-        default: the dataset's, coco for other datasets)."""
+        embed_size, sim_dim, num_layers, bi_gru, sgr_step, no_imgnorm, no_txtnorm, num_regions (36 in the
+        official code; the demo's synthetic images have fewer), vocab ('coco'/'f30k'; default: the
+        dataset's, coco for other datasets)."""
         if variant not in MODULES:
             raise ValueError(f"VSL variant {variant!r} is not a single model; valid: sgr, saf "
                              "(sgraf is the mean of an sgr and an saf similarity matrix)")
@@ -91,7 +92,7 @@ class VSLAdapter(Adapter):
                       word_dim=int(opts["word_dim"]), embed_size=int(opts["embed_size"]),
                       sim_dim=int(opts["sim_dim"]), num_layers=int(opts["num_layers"]), bi_gru=bool(opts["bi_gru"]),
                       sgr_step=int(opts["sgr_step"]), no_imgnorm=bool(opts["no_imgnorm"]),
-                      no_txtnorm=bool(opts["no_txtnorm"]))
+                      no_txtnorm=bool(opts["no_txtnorm"]), num_regions=int(opts["num_regions"]))
         return cls(model, variant, dataset, opts, vocab)
 
     @classmethod

@@ -159,18 +159,32 @@ class GraphReasoning(nn.Module):
         for layer in (self.graph_query_w, self.graph_key_w, self.sim_graph_w):
             xavier_linear_(layer)
 
-    def forward(self, nodes: torch.Tensor, node_mask: torch.Tensor, first_only: bool = False) -> torch.Tensor:
+    def query_key(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Wq^T Wk, Wk^T bq): q_a . k_b = s_a^T Wq^T Wk s_b + (Wk^T bq) . s_b + terms constant in b,
+        which the softmax over b removes."""
+        wq, bq, wk = self.graph_query_w.weight, self.graph_query_w.bias, self.graph_key_w.weight
+        return wq.t() @ wk, wk.t() @ bq
+
+    def forward(self, nodes: torch.Tensor, node_mask: torch.Tensor, first_only: bool = False,
+                query_key: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """nodes (..., N, s); node_mask broadcastable to (..., N). With `first_only`, the new value of
-        node 0 only, (..., 1, s)."""
-        wq, bq = self.graph_query_w.weight, self.graph_query_w.bias
-        wk = self.graph_key_w.weight
-        # q_a . k_b = s_a^T Wq^T Wk s_b + (Wk^T bq) . s_b + (terms constant in b, removed by softmax)
-        queries = nodes[..., :1, :] if first_only else nodes
-        proj = torch.matmul(queries, wq.t() @ wk) + wk.t() @ bq
+        node 0 only, (..., 1, s). `query_key` passes a precomputed self.query_key()."""
+        qk, bias = query_key if query_key is not None else self.query_key()
+        s = nodes.shape[-1]
+        flat = nodes.reshape(-1, s)
+        if first_only:  # W_g (E S) for node 0 only
+            proj = torch.addmm(bias, nodes[..., 0, :].reshape(-1, s), qk).view(*nodes.shape[:-2], 1, s)
+            values = nodes
+        else:  # one GEMM for the query projection and W_g S; W_g (E S) = E (S W_g^T), rows of E sum to 1
+            both = flat @ torch.cat([qk, self.sim_graph_w.weight.t()], dim=1)
+            proj = (both[:, :s] + bias).view(nodes.shape)
+            values = both[:, s:].view(nodes.shape)
         logits = torch.matmul(proj, nodes.transpose(-1, -2))
         logits = logits.masked_fill(~node_mask[..., None, :], float("-inf"))
         edges = torch.softmax(logits, dim=-1)
-        return torch.relu(self.sim_graph_w(torch.matmul(edges, nodes)))
+        if first_only:
+            return torch.relu(self.sim_graph_w(torch.matmul(edges, values)))
+        return torch.relu(torch.matmul(edges, values) + self.sim_graph_w.bias)
 
 
 class AttentionFiltration(nn.Module):
@@ -251,31 +265,41 @@ class SimilarityHead(nn.Module):
     def pair_scores(self, regions: torch.Tensor, img_glo: torch.Tensor, words: torch.Tensor,
                     cap_glo: torch.Tensor, mask: torch.Tensor,
                     chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
-        """Scores of all pairs given precomputed global vectors; chunked so no intermediate of
-        (pairs x words x embed) exceeds `chunk_elements` (in training: caption chunks only, because the
-        SAF batch norm needs all images of a caption)."""
-        words = words * mask[..., None].to(words.dtype)  # padded word slots must be exactly zero
-        n_img, n_cap = regions.shape[0], words.shape[0]
-        per_pair = max(1, words.shape[1] * words.shape[2])
+        """Scores of all pairs given precomputed global vectors.
+
+        Captions are processed longest first, in chunks of similar length (little padding), and images
+        and captions are chunked so that no (pairs x words x embed) intermediate exceeds
+        `chunk_elements`. In training only captions are chunked: SAF's batch norm needs all images of
+        a caption at once.
+        """
+        n_img, n_cap, d = regions.shape[0], words.shape[0], words.shape[2]
+        lengths = mask.sum(dim=1)
+        order = torch.sort(lengths, descending=True, stable=True).indices
+        words = (words * mask[..., None].to(words.dtype))[order]  # padded word slots must be exactly zero
+        mask, lengths, cap_glo = mask[order], lengths[order], cap_glo[order]
+        longest = max(1, int(lengths[0])) if n_cap else 1
         if self.training:
             img_step = n_img
         else:
-            img_step = max(1, min(n_img, int(math.sqrt(chunk_elements / per_pair))))
-        cap_step = max(1, min(n_cap, chunk_elements // (per_pair * img_step)))
-        rows = []
+            img_step = max(1, min(n_img, int(math.sqrt(chunk_elements / (longest * d)))))
+        query_keys = [step.query_key() for step in self.SGR_module] if self.module_name == "SGR" else None
+        chunks, c = [], 0
+        while c < n_cap:
+            width = max(1, int(lengths[c]))
+            step = max(1, chunk_elements // (width * d * img_step))
+            chunks.append((c, min(n_cap, c + step), width))
+            c += step
+        out = regions.new_empty(n_img, n_cap)
         for a in range(0, n_img, img_step):
-            cols = []
-            for c in range(0, n_cap, cap_step):
-                m = mask[c:c + cap_step]
-                width = max(1, int(m.sum(dim=1).max()))
-                cols.append(self._score_chunk(regions[a:a + img_step], img_glo[a:a + img_step],
-                                              words[c:c + cap_step, :width], cap_glo[c:c + cap_step],
-                                              m[:, :width]))
-            rows.append(torch.cat(cols, dim=1))
-        return torch.cat(rows, dim=0)
+            b = min(n_img, a + img_step)
+            for c0, c1, width in chunks:
+                out[a:b, c0:c1] = self._score_chunk(regions[a:b], img_glo[a:b], words[c0:c1, :width],
+                                                    cap_glo[c0:c1], mask[c0:c1, :width], query_keys)
+        return out[:, torch.argsort(order)]
 
     def _score_chunk(self, regions: torch.Tensor, img_glo: torch.Tensor, words: torch.Tensor,
-                     cap_glo: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+                     cap_glo: torch.Tensor, mask: torch.Tensor,
+                     query_keys: list[tuple[torch.Tensor, torch.Tensor]] | None) -> torch.Tensor:
         n_img, n_reg, d = regions.shape
         n_cap, n_word, _ = words.shape
         # SCAN text-to-image attention: LeakyReLU(v . w), l2norm over words, softmax over regions
@@ -285,16 +309,19 @@ class SimilarityHead(nn.Module):
         attn = attn.permute(0, 2, 3, 1).reshape(n_img, n_cap * n_word, n_reg)
         context = torch.bmm(attn, regions).view(n_img, n_cap, n_word, d)
         inv_norm = 1.0 / (torch.linalg.vector_norm(context, dim=-1, keepdim=True) + 1e-8)
-        diff = torch.addcmul(-words, context, inv_norm)  # l2norm(context) - word
-        sim_loc = l2norm(self.sim_tranloc_w(diff.square_()))  # (n_img, n_cap, L, s)
-        sim_glo = l2norm(self.sim_tranglo_w((img_glo[:, None, :] - cap_glo[None, :, :]).square_()))
+        if context.requires_grad:  # training: autograd needs the intermediate values
+            diff = (context * inv_norm - words[None]).square()
+        else:  # (l2norm(context) - word)^2 in place: no extra full-size buffers
+            diff = context.mul_(inv_norm).sub_(words[None]).square_()
+        sim_loc = l2norm(self.sim_tranloc_w(diff))  # (n_img, n_cap, L, s)
+        sim_glo = l2norm(self.sim_tranglo_w((img_glo[:, None, :] - cap_glo[None, :, :]).square()))
         nodes = torch.cat([sim_glo[:, :, None, :], sim_loc], dim=2)  # global node first
         node_mask = torch.cat([mask.new_ones(n_cap, 1), mask], dim=1)  # (n_cap, L + 1)
         if self.module_name == "SGR":
             steps = list(self.SGR_module)
             for i, step in enumerate(steps):
-                last = i == len(steps) - 1
-                nodes = step(nodes, node_mask[None], first_only=last)
+                nodes = step(nodes, node_mask[None], first_only=i == len(steps) - 1,
+                             query_key=query_keys[i] if query_keys else None)
             sim_vec = nodes[..., 0, :]
         else:
             sim_vec = self.SAF_module(nodes, node_mask)

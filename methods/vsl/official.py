@@ -112,6 +112,9 @@ def read_official(path: str | Path, *, variant: str | None = None, dataset: str 
 
     options = options_from_opt(opt, word_dim=word_dim)
     options["vocab"] = vocab_ds
+    bn = sim_state.get("v_global_w.embedding_local.1.weight")
+    if bn is not None:  # VisualSA's BatchNorm has one channel per region slot (36 in official files)
+        options["num_regions"] = int(bn.shape[0])
     adapter = VSLAdapter.build(found_variant, found_dataset, options)
     load_strict(adapter.model.img_enc, img_state, path=path, part="img_enc (model[0])")
     load_strict(adapter.model.txt_enc, txt_state, path=path, part="txt_enc (model[1])")

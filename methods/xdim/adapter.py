@@ -25,7 +25,7 @@ VARIANTS = ("bert",)
 
 class XDimAdapter(PairwiseAdapter):
     method: ClassVar[str] = "xdim"
-    score_budget: int = 1 << 23
+    score_chunks: ClassVar[dict[str, tuple[int, int]]] = {"cpu": (1 << 20, 8), "cuda": (1 << 25, 512)}
 
     @classmethod
     def build(cls, variant: str, dataset: str, options: Mapping[str, Any] | None = None) -> XDimAdapter:

@@ -87,15 +87,18 @@ class XDimHead(nn.Module):
 
 
 def _region_attention(regions: torch.Tensor, words: torch.Tensor, g: torch.Tensor,
-                      smooth: torch.Tensor) -> torch.Tensor:
-    """Context vectors (i, c*L, D), unnormalised: sum_r beta_lr v_r for every image, caption and word."""
+                      smooth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(context, numerator): unnormalised context vectors sum_r beta_lr v_r (i, c*L, D) of every image,
+    caption and word, and sum_r beta_lr (u_l g) . v_r = (u_l * context_l) . g (i, c, L)."""
     n_img, n_reg, dim = regions.shape
     n_cap, width, _ = words.shape
-    aff = regions.reshape(n_img * n_reg, dim) @ (words * g).reshape(n_cap * width, dim).t()
-    aff = F.leaky_relu(torch.tanh(aff.view(n_img, n_reg, n_cap, width)), 0.1)
-    aff = aff / (aff.pow(2).sum(dim=3, keepdim=True).sqrt() + EPS)  # over the words of each region
+    raw = (regions.reshape(n_img * n_reg, dim) @ (words * g).reshape(n_cap * width, dim).t())
+    raw = raw.view(n_img, n_reg, n_cap, width)
+    aff = F.leaky_relu(torch.tanh(raw), 0.1)
+    aff = aff / (torch.linalg.vector_norm(aff, dim=3, keepdim=True) + EPS)  # over the words of each region
     beta = torch.softmax(aff * smooth, dim=1)  # over regions
-    return torch.bmm(beta.view(n_img, n_reg, n_cap * width).transpose(1, 2), regions)
+    ctx = torch.bmm(beta.view(n_img, n_reg, n_cap * width).transpose(1, 2), regions)
+    return ctx, (beta * raw).sum(dim=1)
 
 
 def _mask_words(words: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,27 +111,27 @@ def xdim_pair_scores(regions: torch.Tensor, words: torch.Tensor, lengths: torch.
     """(n_img, n_cap) scores, the direct form (s @ A^T then l2n and sum), differentiable: training."""
     words, keep = _mask_words(words, lengths)
     n_img, n_cap, width = regions.shape[0], words.shape[0], words.shape[1]
-    ctx = l2norm(_region_attention(regions, words, g, smooth), dim=-1).view(n_img, n_cap, width, -1)
-    word_scores = l2norm((ctx * words) @ agg.t(), dim=-1).sum(dim=-1)  # (i, c, L)
-    word_scores = word_scores.masked_fill(~keep[None], 0.0)
+    ctx = l2norm(_region_attention(regions, words, g, smooth)[0], dim=-1).view(n_img, n_cap, width, -1)
+    proj = (ctx * words) @ agg.t()
+    # padded words (all-zero projections) get a dummy norm: sqrt(0) would put NaN into the gradients
+    norms = proj.pow(2).sum(dim=-1, keepdim=True).masked_fill(~keep[None, ..., None], 1.0).sqrt()
+    word_scores = (proj / (norms + EPS)).sum(dim=-1).masked_fill(~keep[None], 0.0)  # (i, c, L)
     return word_scores.sum(dim=2) / lengths.to(word_scores)[None, :]
 
 
 def xdim_pair_scores_fast(regions: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor, g: torch.Tensor,
                           r_blocks: list, smooth: torch.Tensor) -> torch.Tensor:
-    """The same scores via (g . s) / (||R s|| + eps ||c||): evaluation."""
+    """The same scores via (g . s) / (||R s|| + eps ||c||), g . s from the affinities: evaluation."""
     words, keep = _mask_words(words, lengths)
     n_img, n_cap, width = regions.shape[0], words.shape[0], words.shape[1]
-    ctx = _region_attention(regions, words, g, smooth)  # (i, c*L, D), unnormalised
-    ctx_norm = ctx.pow(2).sum(dim=-1).sqrt() + EPS  # the official l2n denominator of the context
-    s = (ctx.view(n_img, n_cap, width, -1) * words).view(n_img * n_cap * width, -1)  # = s_l * ||c||
-    numer = s @ g
-    sq = torch.zeros_like(numer)
+    ctx, numer = _region_attention(regions, words, g, smooth)  # (i, c*L, D) unnormalised; (i, c, L)
+    ctx_norm = torch.linalg.vector_norm(ctx, dim=-1) + EPS  # the official l2n denominator of the context
+    s = ctx.view(n_img, n_cap, width, -1).mul_(words).view(n_img * n_cap * width, -1)  # = s_l * ||c||
+    squares = torch.zeros(s.shape[0], dtype=s.dtype, device=s.device)
     for start, block in r_blocks:
-        part = s[:, start:] @ block
-        sq += part.pow(2).sum(dim=1)
-    word_scores = numer / (sq.sqrt() + EPS * ctx_norm.reshape(-1))
-    word_scores = word_scores.view(n_img, n_cap, width).masked_fill(~keep[None], 0.0)
+        squares += torch.linalg.vector_norm(s[:, start:] @ block, dim=1).square()
+    denom = squares.sqrt() + EPS * ctx_norm.reshape(-1)
+    word_scores = (numer / denom.view(n_img, n_cap, width)).masked_fill(~keep[None], 0.0)
     return word_scores.sum(dim=2) / lengths.to(word_scores)[None, :]
 
 

@@ -1,0 +1,140 @@
+"""VSL (SGRAF) scoring throughput: our blockwise engine vs the official shard loop, same run.
+
+Real shapes: 36 regions x 1024 (encoded), sim_dim 256, captions of 12-16 tokens, random weights with
+random batch-norm statistics. The official-style reference (tests/test_vsl_reference.py) scores one
+100 x 100 shard (float64 buffers, float32 shard, one caption at a time, VisualSA once per shard); ours
+scores a larger block through harness.scoring.score_blocks with its default pairwise tiles, including
+the global vectors that our encoders precompute. The two matrices are compared on the shared
+100 x 100 sub-block. Finally the peak memory of a COCO 5K-shaped run (5000 x 25000) is estimated from
+the encoded block sizes and a measured tile.
+
+    python bench/scoring_vsl.py [--threads 2] [--images 128] [--captions 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from harness.scoring import DEFAULT_TILES, score_blocks  # noqa: E402
+from methods.base import PaddedFeatures  # noqa: E402
+from methods.vsl.adapter import VSLAdapter  # noqa: E402
+from methods.vsl.model import CHUNK_ELEMENTS, length_mask  # noqa: E402
+
+EMBED, SIM, REGIONS = 1024, 256, 36
+
+
+def reference_module():
+    spec = importlib.util.spec_from_file_location("test_vsl_reference", ROOT / "tests" / "test_vsl_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_adapter(variant: str, seed: int) -> VSLAdapter:
+    torch.manual_seed(seed)
+    adapter = VSLAdapter.build(variant, "coco", dict(embed_size=EMBED, sim_dim=SIM))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in adapter.model.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+        adapter.model.sim_enc.sim_eval_w.weight.mul_(30.0)  # spread the scores
+    adapter.model.eval()
+    return adapter
+
+
+def encoded_inputs(n_img: int, n_cap: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    regions = torch.nn.functional.normalize(torch.randn(n_img, REGIONS, EMBED, generator=g).relu(), dim=-1)
+    lengths = torch.randint(12, 17, (n_cap,), generator=g)
+    words = torch.nn.functional.normalize(torch.randn(n_cap, 16, EMBED, generator=g), dim=-1)
+    return regions, words * length_mask(lengths, 16)[..., None], lengths
+
+
+def our_blocks(adapter: VSLAdapter, regions: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor):
+    """What encode_images / encode_texts hand to score (global vector in slot 0)."""
+    head = adapter.model.sim_enc
+    with torch.no_grad():
+        img = torch.cat([head.image_global(regions)[:, None], regions], dim=1)
+        glob = head.caption_global(words, length_mask(lengths, words.shape[1]))
+        txt = PaddedFeatures(torch.cat([glob[:, None], words], dim=1), lengths + 1)
+    return img, txt
+
+
+def bench_variant(variant: str, ref, n_img: int, n_cap: int) -> dict:
+    adapter = make_adapter(variant, seed=1)
+    regions, words, lengths = encoded_inputs(max(n_img, 100), max(n_cap, 100), seed=2)
+    sim_state = adapter.model.sim_enc.state_dict()
+    img64, cap64 = regions[:100].double().numpy(), words[:100].double().numpy()
+    t = time.perf_counter()
+    ref_sims = ref.shard_scores(sim_state, variant.upper(), img64, cap64, lengths[:100].tolist(), shard_size=100)
+    ref_rate = 100 * 100 / (time.perf_counter() - t)
+
+    t = time.perf_counter()
+    img, txt = our_blocks(adapter, regions[:n_img], words[:n_cap], lengths[:n_cap])
+    ours = score_blocks(adapter, img, txt)
+    our_rate = n_img * n_cap / (time.perf_counter() - t)
+    diff = float(np.abs(ours[:100, :100] - ref_sims).max())
+    return {"variant": variant, "ref": ref_rate, "ours": our_rate, "ratio": our_rate / ref_rate, "diff": diff,
+            "std": float(ref_sims.std())}
+
+
+def peak_tile_rss(variant: str) -> float:
+    """Growth of the process's peak RSS (GB) while scoring one default tile with COCO-like lengths."""
+    adapter = make_adapter(variant, seed=3)
+    n_img, n_cap = DEFAULT_TILES["pairwise"]
+    regions, words, lengths = encoded_inputs(n_img, n_cap, seed=4)
+    img, txt = our_blocks(adapter, regions, words, lengths)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    score_blocks(adapter, img, txt)
+    return max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1e6
+
+
+def coco5k_memory(tile_gb: float) -> None:
+    n_img, n_cap, gb = 5000, 25000, 1e9
+    images = n_img * (1 + REGIONS) * EMBED * 4 / gb
+    sims = n_img * n_cap * 4 / gb
+    mean_tokens, max_tokens = 13.3, 52  # COCO testall with our tokenizer (<start>/<end> included)
+    text_padded = n_cap * (1 + max_tokens) * EMBED * 4 / gb
+    text_packed = n_cap * (1 + mean_tokens) * EMBED * 4 / gb
+    print(f"COCO 5K memory estimate: images {images:.2f} GB + similarity matrix {sims:.2f} GB + tile work "
+          f"{tile_gb:.2f} GB (chunks of {CHUNK_ELEMENTS:,} elements)")
+    print(f"  + captions padded to the longest ({max_tokens} tokens), as one block: {text_padded:.2f} GB "
+          f"-> total {images + sims + tile_gb + text_padded:.2f} GB")
+    print(f"  + captions without padding (13.3 tokens on average):            {text_packed:.2f} GB "
+          f"-> total {images + sims + tile_gb + text_packed:.2f} GB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--images", type=int, default=128)
+    parser.add_argument("--captions", type=int, default=256)
+    parser.add_argument("--variants", nargs="+", default=["sgr", "saf"])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    tile_gb = peak_tile_rss("sgr")  # first, while the process's peak RSS is still low
+    ref = reference_module()
+    print(f"torch {torch.__version__}, {args.threads} thread(s); ours: {args.images} x {args.captions} pairs "
+          f"through score_blocks (tiles {DEFAULT_TILES['pairwise']}); reference: one official 100 x 100 shard")
+    for variant in args.variants:
+        r = bench_variant(variant, ref, args.images, args.captions)
+        print(f"{variant.upper()}: reference {r['ref']:8.1f} pairs/s | ours {r['ours']:8.1f} pairs/s | "
+              f"ratio {r['ratio']:.2f}x | max |diff| {r['diff']:.2e} (score std {r['std']:.3f})")
+    coco5k_memory(tile_gb)
+
+
+if __name__ == "__main__":
+    main()

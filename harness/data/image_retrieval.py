@@ -1,0 +1,157 @@
+"""Image retrieval test sets as CUSA's `dataset_evalimg/` reads them (CUB-200, SOP, In-shop, iNaturalist).
+
+The data is downloaded by users; `root` is the folder CUSA's loaders take:
+
+- CUB-200-2011: `root/cub/CUB_200_2011/images/<class folder>/<image>`, read with torchvision's ImageFolder
+  rules (classes = sorted folder names, numbered from 0; files sorted); evaluation classes 100-199; files
+  starting with `._` are skipped.
+- Stanford Online Products: `root/sop/Stanford_Online_Products/Ebay_test.txt` (header, then image_id
+  class_id super_class_id path); label = class_id - 1, kept when in 11318-22633.
+- In-shop: `root/inshop/Eval/list_eval_partition.txt` (a count line, a header line, then image_name
+  item_id evaluation_status); query and gallery rows, labels numbered over their item ids together; image
+  paths `root/inshop/Img/<image_name>`.
+- iNaturalist 2018: `root/inaturalist/Inat_dataset_splits/Inaturalist_test_set1.txt` (one relative path a
+  line); label = the path's class folder (second to last component), numbered in sorted order.
+
+Only the lists are read here (paths and labels); images are loaded by the caller with the model's own
+preprocessing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DATASETS = ("cub", "sop", "inshop", "inaturalist")
+CUB_EVAL_CLASSES = range(100, 200)
+SOP_EVAL_CLASSES = range(11318, 22634)
+
+
+class ImageRetrievalDataError(ValueError):
+    """A retrieval list file that is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class RetrievalSet:
+    """Image paths and class labels of one test set; In-shop also has a separate gallery."""
+
+    name: str
+    paths: list[str]
+    labels: np.ndarray
+    gallery_paths: list[str] | None = None
+    gallery_labels: np.ndarray | None = None
+
+    @property
+    def has_gallery(self) -> bool:
+        return self.gallery_paths is not None
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        raise ImageRetrievalDataError(f"{path}: not found")
+    return path
+
+
+def load_cub(root: str | Path) -> RetrievalSet:
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    images = _need(Path(root) / "cub" / "CUB_200_2011" / "images")
+    _, class_to_idx = find_classes(str(images))
+    items = make_dataset(str(images), class_to_idx, extensions=IMG_EXTENSIONS)
+    keep = [(p, y) for p, y in items if y in CUB_EVAL_CLASSES and not Path(p).name.startswith("._")]
+    if not keep:
+        raise ImageRetrievalDataError(f"{images}: no images in classes 100-199 (expected 200 class folders)")
+    return RetrievalSet("cub", [p for p, _ in keep], np.asarray([y for _, y in keep], dtype=np.int64))
+
+
+def load_sop(root: str | Path) -> RetrievalSet:
+    base = Path(root) / "sop" / "Stanford_Online_Products"
+    listing = _need(base / "Ebay_test.txt")
+    paths, labels = [], []
+    with open(listing) as f:
+        for i, line in enumerate(f):
+            if i == 0:
+                continue
+            fields = line.split()
+            if len(fields) != 4:
+                raise ImageRetrievalDataError(f"{listing}:{i + 1}: expected image_id class_id super_class_id path")
+            label = int(fields[1]) - 1
+            if label in SOP_EVAL_CLASSES:
+                labels.append(label)
+                paths.append(str(base / fields[3]))
+    return RetrievalSet("sop", paths, np.asarray(labels, dtype=np.int64))
+
+
+def load_inshop(root: str | Path) -> RetrievalSet:
+    base = Path(root) / "inshop"
+    listing = _need(base / "Eval" / "list_eval_partition.txt")
+    rows = {"query": [], "gallery": []}
+    with open(listing) as f:
+        lines = f.read().splitlines()
+    if len(lines) < 2 or lines[1].split()[:3] != ["image_name", "item_id", "evaluation_status"]:
+        raise ImageRetrievalDataError(f"{listing}: expected a count line, then 'image_name item_id "
+                                      "evaluation_status'")
+    for i, line in enumerate(lines[2:], start=3):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 3:
+            raise ImageRetrievalDataError(f"{listing}:{i}: expected image_name item_id evaluation_status")
+        if fields[2] in rows:
+            rows[fields[2]].append((fields[0], int(fields[1].split("_")[-1])))
+    items = sorted({item for part in rows.values() for _, item in part})
+    index = {item: k for k, item in enumerate(items)}
+
+    def split(part: str) -> tuple[list[str], np.ndarray]:
+        return ([str(base / "Img" / name) for name, _ in rows[part]],
+                np.asarray([index[item] for _, item in rows[part]], dtype=np.int64))
+
+    q_paths, q_labels = split("query")
+    g_paths, g_labels = split("gallery")
+    if not q_paths or not g_paths:
+        raise ImageRetrievalDataError(f"{listing}: no query or no gallery rows")
+    return RetrievalSet("inshop", q_paths, q_labels, g_paths, g_labels)
+
+
+def load_inaturalist(root: str | Path) -> RetrievalSet:
+    base = Path(root) / "inaturalist"
+    listing = _need(base / "Inat_dataset_splits" / "Inaturalist_test_set1.txt")
+    with open(listing) as f:
+        rel = [p for p in f.read().split("\n") if p != ""]
+    try:
+        names = [int(p.split("/")[-2]) for p in rel]
+    except (ValueError, IndexError):
+        raise ImageRetrievalDataError(f"{listing}: expected paths like <group>/<class id>/<file>.jpg") from None
+    index = {c: k for k, c in enumerate(sorted(set(names)))}
+    return RetrievalSet("inaturalist", [str(base / p) for p in rel],
+                        np.asarray([index[c] for c in names], dtype=np.int64))
+
+
+LOADERS = {"cub": load_cub, "sop": load_sop, "inshop": load_inshop, "inaturalist": load_inaturalist}
+
+
+def load_image_retrieval(root: str | Path, name: str) -> RetrievalSet:
+    if name not in LOADERS:
+        raise ImageRetrievalDataError(f"unknown image retrieval set '{name}'; valid: {', '.join(DATASETS)}")
+    return LOADERS[name](root)
+
+
+def check_image_retrieval(root: str | Path, names: tuple[str, ...] = DATASETS,
+                          check_images: bool = True) -> list[str]:
+    """Problems with the listed datasets under `root`, each naming its file; [] when valid."""
+    problems = []
+    for name in names:
+        try:
+            ds = load_image_retrieval(root, name)
+        except (ImageRetrievalDataError, FileNotFoundError, OSError) as exc:
+            problems.append(f"{name}: {exc}")
+            continue
+        if check_images:
+            paths = ds.paths + (ds.gallery_paths or [])
+            missing = [p for p in paths if not Path(p).is_file()]
+            if missing:
+                problems.append(f"{name}: {len(missing)} of {len(paths)} listed images are missing "
+                                f"(first: {missing[0]})")
+    return problems

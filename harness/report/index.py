@@ -1,0 +1,67 @@
+"""reports/index.md: links to every report and plot, the date, the code revision and the environments."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.registry import Registry
+from harness.report.markdown import MISSING, escape, table
+from harness.results import JobResult, git_revision
+
+ENV_PACKAGES = ("torch", "numpy", "transformers", "open_clip_torch")
+
+
+def _revision_text(git: dict) -> str:
+    rev = git.get("revision")
+    if not rev:
+        return "unknown"
+    return f"`{rev[:12]}`" + (" (uncommitted changes)" if git.get("dirty") else "")
+
+
+def _environments(results: Sequence[JobResult]) -> list[str]:
+    counts: Counter = Counter()
+    for r in results:
+        env = r.env or {}
+        pk = env.get("packages") or {}
+        gpus = ", ".join(env.get("gpus") or []) or None
+        key = (_revision_text(env.get("git") or {}), env.get("device") or MISSING, gpus or MISSING,
+               env.get("python") or MISSING, *(pk.get(p) or MISSING for p in ENV_PACKAGES),
+               env.get("platform") or MISSING)
+        counts[key] += 1
+    if not counts:
+        return ["No finished result yet.", ""]
+    header = ["code revision", "device", "GPUs", "python", *ENV_PACKAGES, "platform", "results"]
+    rows = [[escape(k) if i else k for i, k in enumerate(key)] + [str(n)] for key, n in counts.items()]
+    return table(header, rows, ["l"] * (len(header) - 1) + ["r"]) + [""]
+
+
+def index_report(registry: Registry, reports: Path, results: Sequence[JobResult], results_root: Path) -> str:
+    now = dt.datetime.now(dt.timezone.utc)
+    out = ["# itrbench reports", "",
+           f"Generated {now:%Y-%m-%d %H:%M} UTC from `{escape(results_root)}` at code revision "
+           f"{_revision_text(git_revision())}. Reports read stored results only; no model was run to make them.",
+           ""]
+    pages = sorted(p for p in reports.glob("*.md") if p.name != "index.md")
+    datasets = [p for p in pages if p.stem in registry.datasets]
+    papers = [p for p in pages if p.stem in registry.methods]
+    other = [p for p in pages if p not in datasets and p not in papers]
+    if datasets:
+        out += ["## Datasets: all methods x all protocols", ""]
+        out += [f"- [{p.stem}]({p.name}) — {escape(registry.datasets[p.stem].description.split('.')[0])}"
+                for p in datasets] + [""]
+    if papers:
+        out += ["## Papers: reported tables reproduced", ""]
+        out += [f"- [{p.stem}]({p.name}) — {escape(registry.methods[p.stem].title)}" for p in papers] + [""]
+    if other:
+        out += ["## Other pages", ""] + [f"- [{p.stem}]({p.name})" for p in other] + [""]
+    plots = sorted((reports / "plots").glob("*.png")) if (reports / "plots").is_dir() else []
+    if plots:
+        out += ["## Plots", ""] + [f"- [{p.stem}](plots/{p.name})" for p in plots] + [""]
+    out += ["## Environments of the results", "",
+            "Each row is one distinct combination of code revision, hardware and package versions found in the "
+            "results' env.json files.", ""]
+    out += _environments(results)
+    return "\n".join(out).rstrip() + "\n"

@@ -1,0 +1,84 @@
+"""Paired significance of rsum differences, from the stored similarity matrices.
+
+rsum = mean over images of i2t hits + mean over captions of t2i hits (hits summed over R@1/5/10, x100).
+Every image has the same number of captions, so rsum is also the mean over images of
+`v_i = i2t hits of image i + mean t2i hits of image i's captions`. Resampling images (each with its caption
+queries) and comparing two methods' `v` on the same resamples is the paired bootstrap over queries; COCO 1K
+resamples inside each fold. Ranks are the tie-pessimistic ones of the headline numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from harness.metrics.recall import RECALL_KS, check_matrix, count_ranks, fold_slices
+from harness.results import JobResult
+
+RECALL_PROTOCOLS = ("coco1k", "coco5k", "f30k1k", "recall")
+RESAMPLES = 1000
+SIMS_FILES = ("sims.npy", "sims.h5")
+
+
+def load_sims(result_dir: Path) -> np.ndarray | None:
+    """The stored images x captions matrix of a result (memory-mapped .npy, or .h5 dataset 'sims')."""
+    for name in SIMS_FILES:
+        path = result_dir / name
+        if not path.is_file():
+            continue
+        if path.suffix == ".npy":
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            if "sims" not in f:
+                raise ValueError(f"{path}: HDF5 file has no 'sims' dataset (has {list(f)})")
+            return f["sims"][...]
+    return None
+
+
+def _block_values(block: np.ndarray, captions_per_image: int) -> np.ndarray:
+    i2t, t2i = count_ranks(block, captions_per_image)
+    a = sum((i2t.pessimistic < k).astype(np.float64) for k in RECALL_KS) * 100.0
+    b = sum((t2i.pessimistic < k).astype(np.float64) for k in RECALL_KS) * 100.0
+    return a + b.reshape(-1, captions_per_image).mean(axis=1)
+
+
+def per_image_rsum(sims: np.ndarray, protocol: str,
+                   captions_per_image: int = 5) -> tuple[np.ndarray, np.ndarray | None]:
+    """(v, strata): per-image rsum contributions whose mean is the protocol's rsum; strata = COCO 1K folds."""
+    if protocol not in RECALL_PROTOCOLS:
+        raise ValueError(f"per-image rsum is defined for {', '.join(RECALL_PROTOCOLS)}, not '{protocol}'")
+    if protocol == "coco1k":
+        parts, strata = [], []
+        for k, (rows, cols) in enumerate(fold_slices(sims.shape[0], 5, captions_per_image)):
+            block = check_matrix(np.asarray(sims[rows, cols]), captions_per_image, name=f"fold {k}")
+            parts.append(_block_values(block, captions_per_image))
+            strata.append(np.full(len(parts[-1]), k))
+        return np.concatenate(parts), np.concatenate(strata)
+    return _block_values(check_matrix(np.asarray(sims), captions_per_image), captions_per_image), None
+
+
+def group_values(runs: Sequence[JobResult], protocol: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """Per-image rsum contributions averaged over a row's runs; None when a run has no stored matrix."""
+    total, strata = None, None
+    for run in runs:
+        sims = load_sims(run.path)
+        if sims is None:
+            return None
+        v, strata = per_image_rsum(sims, protocol)
+        if total is not None and total.shape != v.shape:
+            return None
+        total = v if total is None else total + v
+    if total is None:
+        return None
+    return total / len(runs), strata
+
+
+def paired_p(a: np.ndarray, b: np.ndarray, strata: np.ndarray | None, resamples: int = RESAMPLES) -> float:
+    """Two-sided paired bootstrap p-value for mean(a) != mean(b) over the same images."""
+    from harness.metrics.bootstrap import paired_bootstrap_p
+
+    return float(paired_bootstrap_p(a, b, n=resamples, seed=0, strata=strata))

@@ -1,0 +1,168 @@
+"""Plan expansion: stages, seeds, ensembles, dependencies, identities and input errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import pytest
+import yaml
+from test_orchestrate_fixtures import campaign, write_official
+
+from harness import plan as plan_mod
+from harness.executors.base import Task
+from harness.jobs import RunSettings
+from harness.plan import Job, build_plan, code_version, data_fingerprint, split_files
+from harness.registry import RegistryError, load_registry_file
+
+
+@pytest.fixture
+def setup(tmp_path):
+    campaign(tmp_path)
+    return tmp_path, load_registry_file(tmp_path / "registry.yaml")
+
+
+def _plan(tmp, registry, **kw):
+    kw.setdefault("data_root", tmp / "data")
+    kw.setdefault("checkpoint_dir", tmp / "checkpoints")
+    kw.setdefault("code", "code-v1")
+    return build_plan(registry, ["tiny"], "demo", **kw)
+
+
+def test_all_stage_trains_evaluates_and_waits_for_members(setup):
+    tmp, registry = setup
+    plan = _plan(tmp, registry, seeds=[0, 1], stage="all")
+    jobs = plan.by_name()
+    trains = sorted(n for n, j in jobs.items() if j.stage == "train")
+    # the ensemble of two `a` models trains its second member with seed + 1000
+    assert trains == ["demo/tiny-a-seed0/train", "demo/tiny-a-seed1/train", "demo/tiny-a-seed1000/train",
+                      "demo/tiny-a-seed1001/train"]
+    assert jobs["demo/tiny-a-seed1/eval"].depends == ("demo/tiny-a-seed1/train",)
+    assert jobs["demo/tiny-pair-seed1/eval"].depends == ("demo/tiny-a-seed1/eval", "demo/tiny-a-seed1001/eval")
+    assert jobs["demo/tiny-pair-seed1/eval"].config["members"] == list(jobs["demo/tiny-pair-seed1/eval"].depends)
+    order = [j.name for j in plan.order()]
+    for job in plan.jobs:
+        assert all(order.index(d) < order.index(job.name) for d in job.depends)
+    # no official checkpoints on disk: nothing official is planned, and the notes say where to get them
+    assert not any("official" in n for n in jobs)
+    assert any("https://example.org/tiny" in note for note in plan.notes)
+
+
+def test_train_stage_only_trains(setup):
+    tmp, registry = setup
+    plan = _plan(tmp, registry, stage="train", variants=["pair"])
+    assert {j.stage for j in plan.jobs} == {"train"}
+    assert [j.seed for j in plan.jobs] == [0, 1000]
+
+
+def test_evaluate_stage_uses_official_checkpoints(setup):
+    tmp, registry = setup
+    first = write_official(tmp / "checkpoints" / "tiny" / "a" / "demo" / "a.pth", 1)
+    write_official(tmp / "checkpoints" / "tiny" / "a" / "demo" / "a2.pth", 2)
+    plan = _plan(tmp, registry, stage="evaluate")
+    jobs = plan.by_name()
+    assert sorted(jobs) == ["demo/tiny-a-official/eval", "demo/tiny-a-official2/eval", "demo/tiny-pair-official/eval"]
+    assert jobs["demo/tiny-a-official/eval"].config["checkpoint"] == str(first)
+    assert jobs["demo/tiny-pair-official/eval"].depends == ("demo/tiny-a-official/eval", "demo/tiny-a-official2/eval")
+    # a replaced checkpoint file is another job
+    key = jobs["demo/tiny-a-official/eval"].key
+    write_official(first, 7)
+    assert _plan(tmp, registry, stage="evaluate").by_name()["demo/tiny-a-official/eval"].key != key
+
+
+def test_missing_official_checkpoint_names_path_and_link(setup):
+    tmp, registry = setup
+    with pytest.raises(FileNotFoundError) as err:
+        _plan(tmp, registry, stage="evaluate", variants=["a"])
+    msg = str(err.value)
+    assert str(tmp / "checkpoints" / "tiny" / "a" / "demo" / "a.pth") in msg
+    assert "https://example.org/tiny" in msg
+
+
+def test_unknown_names_suggest_the_nearest(setup):
+    tmp, registry = setup
+    with pytest.raises(RegistryError, match="Did you mean 'tiny'"):
+        build_plan(registry, ["tinny"], "demo")
+    with pytest.raises(RegistryError, match="Did you mean 'demo'"):
+        build_plan(registry, ["tiny"], "dmeo")
+    with pytest.raises(RegistryError, match="Did you mean 'pair'"):
+        build_plan(registry, ["tiny"], "demo", variants=["piar"])
+    with pytest.raises(RegistryError, match="unknown stage"):
+        build_plan(registry, ["tiny"], "demo", stage="both")
+
+
+def test_identity_follows_config_data_and_code_not_runtime(setup):
+    tmp, registry = setup
+    base = _plan(tmp, registry, stage="all").by_name()
+    again = _plan(tmp, registry, stage="all").by_name()
+    assert {n: j.key for n, j in base.items()} == {n: j.key for n, j in again.items()}
+    # GPUs are a runtime setting: the global batch, hence the result, does not change
+    more_gpus = _plan(tmp, registry, stage="all", gpus=4).by_name()
+    assert more_gpus["demo/tiny-a-seed0/train"].gpus == 4
+    assert {n: j.key for n, j in more_gpus.items()} == {n: j.key for n, j in base.items()}
+    # code version: every job changes
+    code2 = _plan(tmp, registry, stage="all", code="code-v2").by_name()
+    assert all(code2[n].key != base[n].key for n in base)
+    assert code2["demo/tiny-a-seed0/train"].identity["code"] == "code-v2"
+    # a recipe change reruns the training and everything downstream of it
+    doc = yaml.safe_load((tmp / "registry.yaml").read_text())
+    doc["methods"]["tiny"]["recipes"]["demo"]["lr"] = 0.02
+    (tmp / "registry2.yaml").write_text(yaml.safe_dump(doc))
+    changed = _plan(tmp, load_registry_file(tmp / "registry2.yaml"), stage="all").by_name()
+    assert all(changed[n].key != base[n].key for n in base)
+    # test-split data: evaluations change, training (train + dev splits) does not
+    caps = tmp / "data" / "demo" / "precomp" / "test_caps.txt"
+    caps.write_text(caps.read_text().replace("a", "the", 1))
+    data2 = _plan(tmp, registry, stage="all").by_name()
+    assert data2["demo/tiny-a-seed0/train"].key == base["demo/tiny-a-seed0/train"].key
+    assert data2["demo/tiny-a-seed0/eval"].key != base["demo/tiny-a-seed0/eval"].key
+    assert data2["demo/tiny-a-seed0/eval"].identity["data"] != base["demo/tiny-a-seed0/eval"].identity["data"]
+
+
+def test_data_fingerprint_is_content_not_timestamps(tmp_path):
+    campaign(tmp_path)
+    files = split_files(tmp_path / "data", "demo", "train")
+    assert sorted(p.name for p in files) == ["train_caps.txt", "train_ids.txt", "train_ims.npy"]
+    fp = data_fingerprint(files)
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "data", copy)
+    for p in copy.rglob("*"):
+        os.utime(p, (1, 1))
+    assert data_fingerprint(split_files(copy, "demo", "train")) == fp
+
+
+def test_code_version_tracks_the_method_package(tmp_path, monkeypatch):
+    pkg = tmp_path / "fakemethod"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "adapter.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("fakemethod", None)
+    before = code_version("fakemethod.adapter:A")
+    (pkg / "model.py").write_text("Y = 2\n")
+    code_version.cache_clear()
+    after = code_version("fakemethod.adapter:A")
+    assert before != after
+    assert code_version("fakemethod.adapter:A") == after
+
+
+def test_reported_only_variants_are_not_run(setup):
+    tmp, _ = setup
+    doc = yaml.safe_load((tmp / "registry.yaml").read_text())
+    doc["methods"]["tiny"]["variants"]["paper"] = {"description": "numbers only", "options": {"reported_only": True}}
+    (tmp / "registry3.yaml").write_text(yaml.safe_dump(doc))
+    plan = _plan(tmp, load_registry_file(tmp / "registry3.yaml"), stage="train")
+    assert not any("paper" in j.name for j in plan.jobs)
+    assert any("tiny/paper" in n for n in plan.notes)
+    with pytest.raises(RegistryError, match="no jobs"):
+        _plan(tmp, load_registry_file(tmp / "registry3.yaml"), stage="train", variants=["paper"])
+
+
+def test_task_round_trips_through_json(setup):
+    tmp, registry = setup
+    job = _plan(tmp, registry, stage="train", gpus=2).jobs[0]
+    task = Task(job, RunSettings(results=str(tmp / "r"), checkpoint_steps=3), processes=2)
+    back = Task.from_json(task.to_json())
+    assert back == task and isinstance(back.job, Job)
+    assert plan_mod.RUNTIME_RECIPE_KEYS == ("gpus",) and "gpus" not in back.job.config["recipe"]

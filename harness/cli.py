@@ -56,6 +56,24 @@ def recall_table(metrics: dict[str, Any], title: str) -> Table:
     return table
 
 
+def protocol_summary(result: dict[str, Any], title: str) -> Table:
+    """A two-column table of the per-direction numbers of an ECCV / CxC result."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for direction in ("i2t", "t2i", "t2t", "i2i"):
+        block = result.get(direction)
+        if not isinstance(block, dict):
+            continue
+        if block.get("defined") is False:
+            table.add_row(f"{direction}", f"not defined: {block.get('reason', '')}")
+            continue
+        for key, value in block.items():
+            if isinstance(value, (int, float)):
+                table.add_row(f"{direction} {key}", f"{value:.2f}")
+    return table
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="itrbench", description="Image-text retrieval reproducibility harness")
     sub = p.add_subparsers(dest="command")
@@ -99,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--batch-size", type=int, default=128)
     ev.add_argument("--cache-dir", default=None, help="tile cache folder (resume an interrupted scoring)")
+    ev.add_argument("--sts-root", default=None, help="SentEval data folder: also evaluate STS (uni-modal text)")
+    ev.add_argument("--recall-only", action="store_true", help="skip ECCV / CxC / STS")
 
     me = sub.add_parser("metrics", help="metrics of a saved similarity matrix")
     me.add_argument("--sims", required=True)
@@ -107,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     me.add_argument("--data-root", default=None, help="folder with testall_ids.txt / testall_capids.txt (eccv, cxc)")
 
     cd = sub.add_parser("check-data", help="validate a data folder and name every problem")
-    cd.add_argument("--dataset", required=True)
+    cd.add_argument("--dataset", required=True, help="coco, f30k, demo, senteval or image_retrieval")
+    cd.add_argument("--layout", choices=("precomp", "cusa_json"), default=None,
+                    help="cusa_json: CUSA/ALBEF json + images (pixel methods)")
     cd.add_argument("--data-root", required=True)
     cd.add_argument("--splits", default=None, help="comma-separated splits (default: the dataset's test split)")
 
@@ -148,8 +170,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         split = load_registry().dataset(args.dataset).split
     result = evaluate_checkpoints(args.method, args.variant, args.checkpoint, args.data_root, split, args.dataset,
                                   device=args.device, batch_size=args.batch_size,
-                                  cache_dir=Path(args.cache_dir) if args.cache_dir else None, progress=True)
+                                  cache_dir=Path(args.cache_dir) if args.cache_dir else None, progress=True,
+                                  sts_root=Path(args.sts_root) if args.sts_root else None,
+                                  all_protocols=not args.recall_only)
     console.print(recall_table(result.metrics, f"{args.method}/{args.variant} on {args.dataset or ''} {split}"))
+    for name in ("eccv", "cxc"):
+        if name in result.metrics:
+            console.print(protocol_summary(result.metrics[name], name))
     if args.save_sims:
         save_npy(args.save_sims, result.sims)
         console.print(f"wrote {args.save_sims} ({result.sims.shape[0]} x {result.sims.shape[1]}, float32)")
@@ -162,10 +189,16 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     from harness.results import write_json
 
     sims = load_sims(args.sims)
-    if args.protocol in ("eccv", "cxc"):
-        from harness.metrics import protocols
+    if args.protocol == "eccv":
+        from harness.metrics.eccv import eccv_protocol
 
-        out = protocols.matrix_protocol(sims, args.protocol, data_root=args.data_root)
+        out = eccv_protocol(sims, args.data_root)
+        console.print(protocol_summary(out, "eccv"))
+    elif args.protocol == "cxc":
+        from harness.metrics.cxc import cxc_protocol
+
+        out = cxc_protocol(sims, args.data_root, method="the matrix (no embeddings given)")
+        console.print(protocol_summary(out, "cxc"))
     else:
         from harness.metrics.recall import recall_metrics
 
@@ -179,7 +212,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def cmd_check_data(args: argparse.Namespace) -> int:
     from harness.data.checks import check_dataset
 
-    problems = check_dataset(args.dataset, args.data_root, args.splits.split(",") if args.splits else None)
+    problems = check_dataset(args.dataset, args.data_root, args.splits.split(",") if args.splits else None,
+                             layout=args.layout)
     if problems:
         for prob in problems:
             console.print(f"[red]x[/] {prob}", highlight=False, soft_wrap=True)

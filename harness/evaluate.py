@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from harness.metrics.recall import recall_metrics
 from harness.registry import Method, RegistryError, load_registry
-from harness.scoring import encode_images, encode_texts, score_blocks
+from harness.scoring import encode_images, encode_texts, eval_mode, score_blocks
 from methods.base import Adapter, parameter_count
 
 RECALL_PROTOCOLS = ("coco1k", "coco5k", "f30k1k", "recall")
@@ -66,6 +67,78 @@ def compute_metrics(sims: np.ndarray, protocols: Sequence[str],
             if p in RECALL_PROTOCOLS}
 
 
+def unimodal_embeddings(adapter: Adapter, images: Any, captions: Sequence[str],
+                        batch_size: int = 128) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(text, image) vectors in the method's uni-modal spaces, or None where the method has none.
+
+    Adapters with dedicated uni-modal heads (CUSA) return them; other embedding methods use their joint
+    embedding; cross-attention scorers have none (CxC t2t / i2i and STS are then "not defined").
+    """
+    if adapter.scoring != "embedding":
+        return None, None
+    with eval_mode(adapter):
+        text = adapter.text_embeddings(list(captions))
+    text = encode_texts(adapter, captions, batch_size) if text is None else text
+    image = None
+    chunks = []
+    with eval_mode(adapter):
+        for a in range(0, len(images), batch_size):
+            chunk = images[a:a + batch_size]
+            x = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)) if isinstance(chunk, np.ndarray) \
+                else (chunk if isinstance(chunk, torch.Tensor) else torch.stack(list(chunk)))
+            emb = adapter.image_embeddings(x.to(adapter.device))
+            if emb is None:
+                break
+            chunks.append(emb.cpu())
+    image = torch.cat(chunks) if chunks else encode_images(adapter, images, batch_size)
+    return text.float().cpu().numpy(), image.float().cpu().numpy()
+
+
+def extra_protocols(sims: np.ndarray, members: Sequence[Adapter], images: Any, captions: Sequence[str],
+                    protocols: Sequence[str], ids_dir: Path | None, sts_root: Path | None = None,
+                    batch_size: int = 128) -> dict[str, Any]:
+    """ECCV Caption and CxC (COCO 5K matrices) and STS (when SentEval data is given)."""
+    out: dict[str, Any] = {}
+    if sims.shape != (5000, 25000):
+        return out
+    single = members[0] if len(members) == 1 else None
+    text_emb = image_emb = None
+    if "cxc" in protocols or sts_root is not None:
+        if single is not None:
+            text_emb, image_emb = unimodal_embeddings(single, images, captions, batch_size)
+    if "eccv" in protocols:
+        from harness.metrics.eccv import eccv_protocol
+
+        out["eccv"] = eccv_protocol(sims, ids_dir)
+    if "cxc" in protocols:
+        from harness.metrics.cxc import cxc_protocol
+
+        scoring = members[0].scoring
+        out["cxc"] = cxc_protocol(sims, ids_dir, text_emb, image_emb, scoring=scoring, method=members[0].method)
+        if single is None and scoring == "embedding":
+            for task in ("t2t", "i2i"):
+                out["cxc"][task] = {"defined": False,
+                                    "reason": "an ensemble of two models has no single uni-modal space"}
+    if sts_root is not None:
+        out["sts"] = sts_protocol(single, sts_root) if single is not None and text_emb is not None else {
+            "defined": False, "reason": "STS needs one model with a uni-modal text space"}
+    return out
+
+
+def sts_protocol(adapter: Adapter, root: Path) -> dict[str, Any]:
+    """STS12-16 / STS-B / SICK-R with the method's uni-modal text vectors (cosine, Spearman x 100)."""
+    from harness.metrics.sts import sts_evaluate
+
+    if adapter.scoring != "embedding":
+        return {"defined": False, "reason": f"{adapter.method} scores pairs by cross attention: no text space"}
+
+    def embed(sentences: Sequence[str]) -> np.ndarray:
+        text, _ = unimodal_embeddings(adapter, np.zeros((0, 1, 1), np.float32), sentences)
+        return text
+
+    return sts_evaluate(embed, root)
+
+
 def similarity_for(members: Sequence[Adapter], images: Any, captions: Sequence[str], *, batch_size: int = 128,
                    cache_dir: Path | None = None, progress: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
     """The (mean, for ensembles) similarity matrix and the efficiency record of computing it."""
@@ -97,7 +170,8 @@ def similarity_for(members: Sequence[Adapter], images: Any, captions: Sequence[s
 
 def evaluate_checkpoints(method: str, variant: str, checkpoints: Sequence[str | Path], data_root: str | Path,
                          split: str, dataset: str | None = None, *, device: str = "cpu", batch_size: int = 128,
-                         cache_dir: Path | None = None, progress: bool = False) -> Evaluation:
+                         cache_dir: Path | None = None, progress: bool = False, sts_root: Path | None = None,
+                         all_protocols: bool = True) -> Evaluation:
     registry = load_registry()
     m = registry.method(method)
     members = [a.to(device) for a in load_members(m, variant, checkpoints, dataset)]
@@ -106,4 +180,18 @@ def evaluate_checkpoints(method: str, variant: str, checkpoints: Sequence[str | 
                                progress=progress)
     owner = members[0].image_of_caption(data_root, split, dataset)
     metrics = compute_metrics(sims, protocols_for(dataset, split, sims.shape[0]), owner)
+    if all_protocols:
+        wanted = load_registry().dataset(dataset).protocols if dataset else ("eccv", "cxc")
+        ids_dir = _ids_dir(data_root, split, dataset)
+        metrics.update(extra_protocols(sims, members, images, captions, wanted, ids_dir, sts_root, batch_size))
     return Evaluation(sims=sims, metrics=metrics, efficiency=eff)
+
+
+def _ids_dir(data_root: str | Path, split: str, dataset: str | None) -> Path | None:
+    """The folder holding testall_ids.txt / testall_capids.txt, if the data has them."""
+    from harness.data.precomp import candidate_dirs
+
+    for d in [*candidate_dirs(data_root, dataset), Path(data_root) / (dataset or "coco") / "cxc_annots"]:
+        if (d / f"{split}_ids.txt").is_file() or (d / f"{split}_capids.txt").is_file():
+            return d
+    return None

@@ -8,6 +8,7 @@ Result layout (read by harness.report): `<results>/<dataset>/<method>-<variant>-
   train_job (retrained) or members (ensembles: the member evaluation jobs);
 - `env.json` (versions, device, git revision), `job.log` (everything the job said), `status.json`
   (live state for the orchestrator), `work/` (training checkpoints, the scoring tile cache);
+- `loss_curve.tsv` (train jobs: epoch, step, loss of every optimizer step);
 - `sims.npy` (evaluations: float32 images x captions) and `metrics.json`, written last: a job is
   finished exactly when metrics.json exists.
 
@@ -51,6 +52,7 @@ from harness.training import BEST, StepInfo, TrainingInterrupted, train
 from methods.base import Adapter, parameter_count
 from methods.common.checkpoint import load_container
 
+CURVE = "loss_curve.tsv"
 KILL_ENV = "ITRBENCH_KILL_AT"  # test hook: "step:N" / "tile:N" -> SIGKILL this process after N steps / tiles
 
 
@@ -114,7 +116,7 @@ def reset_job(store: ResultStore, name: str, reason: str) -> None:
     d = store.job_dir(name)
     if not d.exists():
         return
-    for item in ("work", "metrics.json", "sims.npy", "sims.h5", STATUS):
+    for item in ("work", "metrics.json", "sims.npy", "sims.h5", STATUS, CURVE):
         p = d / item
         if p.is_dir():
             shutil.rmtree(p)
@@ -287,7 +289,7 @@ class _Runner:
                         val_captions=val_caps, log=self.log, on_step=on_step,
                         checkpoint_every_steps=ctx.settings.checkpoint_steps,
                         checkpoint_every_seconds=minutes * 60 if minutes else None,
-                        should_stop=ctx.should_stop, dist=ctx.dist)
+                        should_stop=ctx.should_stop, dist=ctx.dist, curve=self.dir / CURVE)
         peaks = distributed.all_gather_objects(_peak_memory(ctx.device))
         known = [p for p, _ in peaks if p is not None]
         gpus = ctx.processes if ctx.device.startswith("cuda") else 0

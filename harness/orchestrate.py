@@ -199,6 +199,9 @@ class Scheduler:
                     waiting = [r for r in self.rows.values() if r.state == "waiting"]
                     if cancelled or not any(self.deps_done(r.job) for r in waiting):
                         break
+        except KeyboardInterrupt:  # the second Ctrl-C: stop now
+            self.executor.cancel(graceful=False)
+            raise
         finally:
             if live is not None:
                 live.stop()
@@ -314,8 +317,6 @@ def run_campaign(args: argparse.Namespace) -> int:
     if force:
         for job in plan.jobs:
             reset_job(store, job.name, "rerun forced (--force)")
-            if store.is_finished(job.name):
-                (store.job_dir(job.name) / "metrics.json").unlink()
     stop = StopFlag()
     options = parse_options(_arg(args, "executor_opt"))
     kind = args.executor
@@ -337,6 +338,10 @@ def run_campaign(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_sigint)
     try:
         problems = Scheduler(plan, store, executor, settings, stop).run()
+    except KeyboardInterrupt:
+        console.print("[red]aborted[/]: unfinished jobs resume from their last checkpoint when you rerun the "
+                      "same command")
+        return 130
     finally:
         signal.signal(signal.SIGINT, previous)
     from harness.report import write_reports

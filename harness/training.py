@@ -100,12 +100,13 @@ def train(adapter: Adapter, train_images: Any, train_captions: list[str], recipe
           on_step: Callable[[StepInfo], None] | None = None, stop_after_steps: int | None = None,
           checkpoint_every_steps: int | None = None, checkpoint_every_seconds: float | None = None,
           should_stop: Callable[[], bool] | None = None,
-          dist: distributed.DistContext | None = None) -> TrainSummary:
+          dist: distributed.DistContext | None = None, curve: str | Path | None = None) -> TrainSummary:
     """Train `adapter` in place on captions paired with their images (caption j -> image j // k).
 
     Recipe keys used here: epochs, batch_size (the global batch), seed (plus whatever the adapter's
     configure_training reads). `stop_after_steps` ends the run early without a checkpoint (a simulated
     crash). Raises TrainingInterrupted after checkpointing when `should_stop()` becomes true.
+    `curve`: a TSV file receiving one line per step (epoch, step, loss), kept in step with the checkpoints.
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -128,9 +129,12 @@ def train(adapter: Adapter, train_images: Any, train_captions: list[str], recipe
     wall_base, t0 = summary.wall_seconds, time.perf_counter()
     last_save = time.perf_counter()
     steps_here = 0
+    curve_file = _open_curve(Path(curve), pos.eiters) if curve and main else None
 
     def save(is_best: bool = False) -> None:
         nonlocal last_save
+        if curve_file:
+            curve_file.flush()
         summary.wall_seconds = wall_base + time.perf_counter() - t0
         torch_rngs = distributed.all_gather_objects(torch.get_rng_state())
         if main:
@@ -165,6 +169,8 @@ def train(adapter: Adapter, train_images: Any, train_captions: list[str], recipe
                         f"{dist.world_size} processes computes its loss over its own shard of the batch")
                 pos.step, pos.eiters = step + 1, pos.eiters + 1
                 pos.losses.append(value)
+                if curve_file:
+                    curve_file.write(f"{epoch}\t{step + 1}\t{value:.9g}\n")
                 summary.steps += 1
                 steps_here += 1
                 if on_step:
@@ -202,8 +208,17 @@ def train(adapter: Adapter, train_images: Any, train_captions: list[str], recipe
     finally:
         if step_fn:
             step_fn.close()
+        if curve_file:
+            curve_file.close()
     summary.wall_seconds = wall_base + time.perf_counter() - t0
     return summary
+
+
+def _open_curve(path: Path, keep: int) -> Any:
+    """The loss-curve file for appending, cut back to the `keep` steps the checkpoint holds."""
+    lines = path.read_text().splitlines(keepends=True)[:keep + 1] if keep and path.is_file() else []  # + header
+    path.write_text("".join(lines) if lines else "epoch\tstep\tloss\n")
+    return open(path, "a", encoding="utf-8")
 
 
 def _gather(images: Any, idx: np.ndarray) -> Any:

@@ -7,76 +7,57 @@ tower has BatchNorm, so per-shard losses or per-shard statistics would give a di
 from __future__ import annotations
 
 import json
-import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
-from test_orchestrate_fixtures import DIM, TinyAdapter, tiny_data
+from test_orchestrate_fixtures import campaign, run_args, worker_env
 from torch import nn
 
 from harness import distributed
-from harness.data.precomp import load_precomp
-from harness.training import CHECKPOINT, train
+from harness.cli import main
+from harness.training import CHECKPOINT
 from methods.base import PaddedTokens, slice_samples
 from methods.common.checkpoint import load_container
 
-RECIPE = {"epochs": 2, "batch_size": 30, "lr": 0.01, "lr_decay_epochs": [1], "seed": 3, "grad_clip": 2.0}
-N_CAPTIONS = 124  # batches of 30, 30, 30, 30, 4: the last one splits 2 + 2
+TRAIN = "demo/tiny-a-seed0/train"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _curve(tmp: Path) -> np.ndarray:
+    return np.loadtxt(tmp / "results" / TRAIN / "loss_curve.tsv", skiprows=1, ndmin=2)
 
 
-def _train(data_root: Path, work: Path, dist_ctx=None) -> tuple[list[float], TinyAdapter]:
-    torch.manual_seed(RECIPE["seed"])
-    adapter = TinyAdapter.build("a", "demo", {"img_dim": DIM, "embed_size": 8})
-    split = load_precomp(data_root, "train", "demo")
-    losses: list[float] = []
-    train(adapter, split.images, split.captions[:N_CAPTIONS], RECIPE, work, log=lambda m: None,
-          on_step=lambda info: losses.append(info.loss), dist=dist_ctx)
-    return losses, adapter
+def _result(tmp: Path, name: str) -> dict:
+    return json.loads((tmp / "results" / TRAIN / name).read_text())
 
 
-def _rank(rank: int, world: int, port: int, data_root: str, work: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    ctx = distributed.init_from_env("cpu")
-    try:
-        losses, adapter = _train(Path(data_root), Path(work), ctx)
-        if rank == 0:
-            state = {k: v.tolist() for k, v in adapter.model.state_dict().items()}
-            Path(out).write_text(json.dumps({"losses": losses, "state": state,
-                                             "bn": type(adapter.model.bn).__name__}))
-    finally:
-        distributed.shutdown()
+def test_two_gloo_processes_under_torchrun_match_one_process(tmp_path, monkeypatch):
+    """One training job on 2 CPU processes (local executor -> torchrun -> gloo) against the same job in one
+    process: the same loss at every step, the same weights and BatchNorm statistics.
 
-
-def test_two_gloo_processes_match_one_process(tmp_path):
-    data = tiny_data(tmp_path / "data")
-    out = tmp_path / "rank0.json"
-    mp.start_processes(_rank, args=(2, _free_port(), str(data), str(tmp_path / "ddp"), str(out)), nprocs=2,
-                       join=True, start_method="spawn")
-    ddp = json.loads(out.read_text())
-    single_losses, single = _train(data, tmp_path / "single")
-    assert ddp["bn"] == "GlobalBatchNorm"
-    assert len(ddp["losses"]) == len(single_losses) == 10
-    np.testing.assert_allclose(ddp["losses"], single_losses, rtol=2e-5, atol=1e-5)
-    for key, value in single.model.state_dict().items():  # weights and BatchNorm running statistics
-        np.testing.assert_allclose(np.asarray(ddp["state"][key], dtype=np.float64), value.double().numpy(),
-                                   rtol=1e-4, atol=2e-5, err_msg=key)
-    # rank 0 wrote a checkpoint with the plain BatchNorm keys, loadable by the single-process model
-    container = load_container(tmp_path / "ddp" / CHECKPOINT)
-    single.model.load_state_dict(container["itrbench"]["model_state"])
-    assert container["itrbench"]["epoch"] == 2 and len(container["itrbench"]["torch_rng_ranks"]) == 2
+    50 captions in batches of 30 and 20: shards of 15 and 10 per rank; hardest negatives and BatchNorm
+    statistics over a shard alone would give another loss curve."""
+    for key, value in worker_env().items():
+        monkeypatch.setenv(key, value)
+    splits = (("train", 10), ("dev", 6), ("test", 6))
+    recipe = {"epochs": 3, "lr_decay_epochs": [2]}
+    ddp, single = (campaign(tmp_path / name, recipe, splits) for name in ("ddp", "single"))
+    args = ("--variants", "a", "--stage", "train", "--device", "cpu")
+    assert main(run_args(ddp, *args, "--executor", "local", "--gpus", "2")) == 0
+    assert main(run_args(single, *args)) == 0
+    assert "on cpu, 2 process(es)" in (ddp / "results" / TRAIN / "job.log").read_text()
+    assert _result(ddp, "metrics.json")["efficiency"]["processes"] == 2
+    curve, reference = _curve(ddp), _curve(single)
+    assert curve.shape == reference.shape == (6, 3)
+    np.testing.assert_array_equal(curve[:, :2], reference[:, :2])
+    np.testing.assert_allclose(curve[:, 2], reference[:, 2], rtol=2e-5, atol=1e-5)
+    mine = load_container(ddp / "results" / TRAIN / "work" / CHECKPOINT)["itrbench"]
+    theirs = load_container(single / "results" / TRAIN / "work" / CHECKPOINT)["itrbench"]
+    assert len(mine["torch_rng_ranks"]) == 2 and len(theirs["torch_rng_ranks"]) == 1
+    for key in theirs["model_state"]:  # weights and BatchNorm running statistics, in the plain BatchNorm keys
+        torch.testing.assert_close(mine["model_state"][key], theirs["model_state"][key], rtol=1e-4, atol=2e-5)
 
 
 def test_shard_bounds_partition_every_batch():

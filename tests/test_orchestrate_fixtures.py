@@ -8,6 +8,7 @@ name, so the tests put this folder on PYTHONPATH.
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -118,6 +119,8 @@ class TinyAdapter(Adapter):
         return TinyBatch(batch.images[start:stop], batch.keep[:, start:stop], batch.tokens[start:stop])
 
     def train_step(self, batch: TinyBatch, epoch: int) -> dict[str, torch.Tensor]:
+        if self.recipe.get("step_sleep"):  # lets a test signal a job while it is surely mid-training
+            time.sleep(float(self.recipe["step_sleep"]))
         img = self.gather(self.model.images(batch.images.to(self.device), batch.keep.t().to(self.device)))
         cap = self.gather(self.model.texts(batch.tokens.to(self.device)))
         cost_im, cost_s = triplet_costs(img @ cap.t(), margin=0.2, hardest_negative=epoch >= 1)
@@ -179,8 +182,9 @@ def run_args(tmp: Path, *extra: str) -> list[str]:
             "--reports", str(tmp / "reports"), "--checkpoint-dir", str(tmp / "checkpoints"), *extra]
 
 
-def campaign(tmp: Path, recipe: Mapping[str, Any] | None = None) -> Path:
-    tiny_data(tmp / "data")
+def campaign(tmp: Path, recipe: Mapping[str, Any] | None = None,
+             splits: Sequence[tuple[str, int]] = SPLITS) -> Path:
+    tiny_data(tmp / "data", splits)
     tiny_registry(tmp / "registry.yaml", recipe)
     return tmp
 

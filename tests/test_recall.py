@@ -123,3 +123,23 @@ def test_caption_map_must_be_grouped():
     sims = np.zeros((2, 4), np.float32)
     with pytest.raises(MatrixError, match="grouped by image"):
         full_recall(sims, image_of_caption=np.array([0, 1, 0, 1]))
+
+
+def test_bootstrap_intervals_contain_the_value_and_shrink_with_more_queries():
+    small = recall_metrics(random_sims(40, 1), "recall", bootstrap=500)
+    big = recall_metrics(random_sims(400, 1), "recall", bootstrap=500)
+    for res in (small, big):
+        for key, (lo, hi) in res["ci"].items():
+            d, _, m = key.partition(".")
+            value = res["rsum"] if key == "rsum" else res[d][m]
+            assert lo <= value <= hi, key
+    width = {k: v[1] - v[0] for k, v in small["ci"].items()}
+    assert big["ci"]["rsum"][1] - big["ci"]["rsum"][0] < width["rsum"]
+    again = recall_metrics(random_sims(40, 1), "recall", bootstrap=500)
+    assert again["ci"] == small["ci"]  # seeded
+
+
+def test_fold_intervals_use_folds_as_strata():
+    res = fold_recall(random_sims(50, 2), bootstrap=300)
+    lo, hi = res["ci"]["rsum"]
+    assert lo <= res["rsum"] <= hi

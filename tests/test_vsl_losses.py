@@ -143,10 +143,15 @@ def test_tfidf_matches_scikit_learn_when_available():
 
 
 def test_caption_lookup_by_text():
-    corpus = TfidfCorpus(CORPUS + ["man riding horse"] * 5)  # this text now belongs to two images
+    images = np.arange(4, dtype=np.float32)[:, None, None] * np.ones((4, 2, 3), np.float32)
+    corpus = TfidfCorpus(CORPUS + ["man riding horse"] * 5, images=images)  # a text of two images
     assert corpus.caption_ids(["cats on the couch", "Pizza !"]).tolist() == [6, 13]
+    assert corpus.caption_ids(["man riding horse"], images[[3]]).tolist() == [15]  # told apart by features
+    assert corpus.caption_ids(["man riding horse"], images[[0]]).tolist() == [2]
     with pytest.raises(KeyError, match="several images"):
         corpus.caption_ids(["man riding horse"])
+    with pytest.raises(KeyError, match="match 0 of them"):
+        corpus.caption_ids(["man riding horse"], images[[1]])
     with pytest.raises(KeyError, match="not in the VSL training corpus"):
         corpus.caption_ids(["an unseen caption"])
     with pytest.raises(ValueError, match="cannot be grouped"):

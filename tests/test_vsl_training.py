@@ -116,3 +116,21 @@ def test_training_loop_writes_an_official_checkpoint(tmp_path):
     for a, b in zip(adapter.model.state_dict().values(), loaded.model.state_dict().values()):
         assert torch.equal(a, b)
     assert loaded.checkpoint_info["epoch"] == 1
+
+
+def test_reading_the_train_split_fits_its_tfidf_and_resolves_shared_captions(tmp_path):
+    """The job runner reads the train split through eval_data; VSL fits the TF-IDF there (as the official
+    dataset does) and tells apart images that share a caption text by their features."""
+    caps = captions_for(3)
+    caps[12] = caps[2]  # image 2 gets a caption of image 0
+    images = np.random.default_rng(0).random((3, 6, 16)).astype(np.float32)
+    np.save(tmp_path / "train_ims.npy", images)
+    (tmp_path / "train_caps.txt").write_text("\n".join(caps) + "\n")
+    adapter = VSLAdapter.build("sgr", "demo", DIMS)
+    got_images, got_caps = adapter.eval_data(tmp_path, "train")
+    assert got_caps == caps and adapter.corpus is not None and adapter.corpus.n_images == 3
+    batch = adapter.make_train_batch(images[[2, 0]], [caps[12], caps[2]], np.random.default_rng(0))
+    expected = adapter.make_train_batch(images[[2, 0]], [caps[12], caps[2]], np.random.default_rng(0),
+                                        caption_ids=[12, 2])
+    assert torch.equal(batch.semantic, expected.semantic)
+    assert batch.semantic[0, 1] < batch.semantic[0, 0]

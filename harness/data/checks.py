@@ -11,14 +11,26 @@ EXPECTED_IMAGES = {"coco": {"testall": 5000, "dev": 5000, "train": 113287},
                    "f30k": {"test": 1000, "dev": 1014, "train": 29000}}
 
 
-def check_dataset(dataset: str, data_root: str | Path, splits: list[str] | None = None) -> list[str]:
-    """Problems of `dataset` under `data_root` for `splits` (default: its test split); [] when valid."""
+def check_dataset(dataset: str, data_root: str | Path, splits: list[str] | None = None,
+                  layout: str | None = None) -> list[str]:
+    """Problems of `dataset` under `data_root` for `splits` (default: its test split); [] when valid.
+
+    `dataset` may also be `senteval` (STS data) or `image_retrieval` (CUB/SOP/In-shop/iNaturalist).
+    `layout` overrides the registry's (e.g. cusa_json for pixel methods on coco/f30k)."""
+    if dataset == "senteval":
+        from harness.data.senteval import check_senteval
+
+        return check_senteval(data_root)
+    if dataset == "image_retrieval":
+        from harness.data.image_retrieval import check_image_retrieval
+
+        return check_image_retrieval(data_root)
     ds = load_registry().dataset(dataset)
     splits = splits or [ds.split]
     root = Path(data_root)
     if not root.exists():
         return [f"{root}: data root does not exist"]
-    if ds.layout == "cusa_json":
+    if (layout or ds.layout) == "cusa_json":
         from methods.cusa.data import check_cusa_json  # noqa: PLC0415 - optional method package
 
         return [p for s in splits for p in check_cusa_json(root, s)]

@@ -136,8 +136,8 @@ class Executor(abc.ABC):
         """Outcomes of tasks that ended since the last call; blocks up to `timeout` seconds for one."""
 
     @abc.abstractmethod
-    def cancel(self) -> None:
-        """Stop every running task; they save their progress first where they can."""
+    def cancel(self, graceful: bool = True) -> None:
+        """Stop every running task; graceful: they save their progress first where they can."""
 
     @property
     @abc.abstractmethod

@@ -44,5 +44,5 @@ class InlineExecutor(Executor):
         ended, self._ended = self._ended, []
         return ended
 
-    def cancel(self) -> None:
+    def cancel(self, graceful: bool = True) -> None:
         self.stop.set()

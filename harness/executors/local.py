@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.executors.base import INTERRUPTED_EXIT, Executor, Outcome, Task
-from harness.executors.status import LOG, error_lines
+from harness.executors.status import LOG, error_lines, read_status
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # so workers import this very checkout
 CANCEL_GRACE_SECONDS = 60.0  # after SIGTERM, time to write a checkpoint before SIGKILL
@@ -135,7 +135,7 @@ class LocalExecutor(Executor):
             rc = r.process.returncode
             if rc == 0:
                 out.append(Outcome(r.task.name, ok=True))
-            elif rc == INTERRUPTED_EXIT:
+            elif rc == INTERRUPTED_EXIT or read_status(r.task.job_dir()).get("state") == "interrupted":
                 out.append(Outcome(r.task.name, ok=False, interrupted=True, error="stopped; progress saved"))
             else:
                 lines = error_lines(r.task.job_dir()) or [f"worker exited with code {rc}"]
@@ -143,11 +143,11 @@ class LocalExecutor(Executor):
                 out.append(Outcome(r.task.name, ok=False, error="\n".join([*lines, f"({reason})"])))
         return out
 
-    def cancel(self) -> None:
+    def cancel(self, graceful: bool = True) -> None:
         """SIGTERM every worker group (they checkpoint and exit), SIGKILL what is left after the grace."""
         for r in self._running:
             _signal_group(r.process, signal.SIGTERM)
-        deadline = time.monotonic() + CANCEL_GRACE_SECONDS
+        deadline = time.monotonic() + (CANCEL_GRACE_SECONDS if graceful else 0.0)
         while any(r.process.poll() is None for r in self._running) and time.monotonic() < deadline:
             time.sleep(0.1)
         for r in self._running:

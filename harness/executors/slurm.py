@@ -47,13 +47,13 @@ class JobRunner(submitit.helpers.Checkpointable):
         usr = env._usr_sig()
         previous = signal.getsignal(usr)
         stop = StopFlag()
-        stop.install([usr])
+        stop.install([usr, signal.SIGTERM])  # USR2: preemption/time limit (requeue); TERM: scancel (stop)
         watchdog = threading.Thread(target=_late_requeue, args=(stop, previous, env.global_rank), daemon=True)
         watchdog.start()
         try:
             execute_task(task, should_stop=stop)
         except JobInterrupted:
-            if env.global_rank == 0 and callable(previous) and stop.signal is not None:
+            if env.global_rank == 0 and callable(previous) and stop.signal == usr:
                 stop.signal = None  # handled here: the watchdog stands down
                 previous(usr, None)  # submitit: checkpoint() -> requeue -> exit
             return "interrupted"
@@ -65,7 +65,7 @@ def _late_requeue(stop: StopFlag, previous: Any, rank: int) -> None:
     while not stop():
         time.sleep(1.0)
     time.sleep(LATE_REQUEUE_SECONDS)
-    if stop.signal is None or rank != 0 or not callable(previous):
+    if stop.signal is None or stop.signal == signal.SIGTERM or rank != 0 or not callable(previous):
         return
     try:
         previous(stop.signal, None)
@@ -158,6 +158,7 @@ class SlurmExecutor(Executor):
                 [*lines, f"(slurm job {job.job_id}, {job.state}; submitit log: {job.paths.stdout})"])))
         return out
 
-    def cancel(self) -> None:
+    def cancel(self, graceful: bool = True) -> None:
+        """scancel: Slurm sends SIGTERM, on which a job saves its progress at the next step or tile."""
         for _, job in self._jobs:
             job.cancel(check=False)

@@ -227,20 +227,24 @@ def sweep(sims: np.ndarray, row_thr: np.ndarray, col_thr: np.ndarray, folds: int
             above, at_least = blk > row_thr[a:b], blk >= row_thr[a:b]
             i2t[0][a:b] = row_counts(above)
             i2t[1][a:b] = row_counts(at_least)
-            i2t[2][a:b] = row_counts(above[:, fs])
-            i2t[3][a:b] = row_counts(at_least[:, fs])
+            if folds > 1:
+                i2t[2][a:b] = row_counts(above[:, fs])
+                i2t[3][a:b] = row_counts(at_least[:, fs])
             np.greater(blk, col_thr, out=above)
             np.greater_equal(blk, col_thr, out=at_least)
             gt_c, ge_c = col_counts(above), col_counts(at_least)
             c_gt += gt_c
             c_ge += ge_c
-            cf_gt[fs] += gt_c[fs]
-            cf_ge[fs] += ge_c[fs]
+            if folds > 1:
+                cf_gt[fs] += gt_c[fs]
+                cf_ge[fs] += ge_c[fs]
             if len(keep_cols):
                 kept_cols[:, a:b] = np.take(blk, keep_cols, axis=1).T
 
     parallel_map(work, range(len(parts)))
     t2i = tuple(np.sum([acc[i] for acc in col_acc], axis=0) for i in range(4))
+    if folds == 1:  # a single fold is the whole matrix
+        i2t, t2i = (i2t[0], i2t[1], i2t[0], i2t[1]), (t2i[0], t2i[1], t2i[0], t2i[1])
     return SweepResult(i2t, t2i, kept_cols)
 
 
@@ -497,6 +501,8 @@ def pm_gt_from_instances(instances_json: str | Path, threshold: int = PM_THRESHO
     cat = np.asarray([int(a["category_id"]) for a in data["annotations"]], dtype=np.int64)
     at = np.minimum(np.searchsorted(img_keys, iid), len(img_keys) - 1)
     keep = img_keys[at] == iid
+    if ((cat < 1) | (cat > 90)).any():
+        raise IdError(f"{path}: category ids must be COCO's 1..90, found {int(cat[(cat < 1) | (cat > 90)][0])}")
     codes = np.zeros((len(canon.image_ids), 90), dtype=np.float32)
     codes[img_pos[at[keep]], cat[keep] - 1] = 1.0
     has = codes.any(axis=1)
@@ -544,8 +550,9 @@ def matrix_scores(sims: np.ndarray, ks=KS) -> list[QueryScores]:
     """Per-query COCO 5K, COCO 1K, CxC and ECCV values of a canonical-order 5000 x 25000 matrix.
 
     One sweep over the matrix counts, for every image row and caption column, the items above its best
-    COCO positive (whole gallery and own fold), and copies out the ECCV query rows and columns; CxC reuses
-    those counts wherever its best positive scores the same and counts the rest separately.
+    COCO positive (whole gallery and own fold) and copies out the ECCV query columns; CxC reuses those
+    counts wherever its best positive scores the same and counts the rest separately; ECCV ranks its
+    positives within each query's top scores.
     """
     coco, cxc, eccv = package_gt("original"), package_gt("cxc"), package_gt("eccv")
     fold_img = sims.shape[0] // FOLDS
@@ -634,13 +641,14 @@ def eccv_protocol(sims: np.ndarray, ids: CocoTestIds | str | Path | None = None,
     `ids`: a CocoTestIds, a data folder holding testall_ids.txt / testall_capids.txt, or None (package
     order, with a warning). Keys under "i2t" / "t2i" follow eccv_caption's metric names (eccv_map_at_r,
     eccv_rprecision, eccv_r1, eccv_r5, eccv_r10, coco_1k_r1, ..., coco_5k_r1, ..., cxc_r1, ..., pmrp) and
-    are in percent; "rsum" holds the coco_1k / coco_5k / cxc sums; "ci95" the bootstrap intervals.
+    are in percent; "rsum" holds the coco_1k / coco_5k / cxc sums; "ci95" the bootstrap intervals;
+    "pmrp_status" says whether PMRP could be computed and from what (or why not).
     """
     groups, pm_status, ids = eccv_query_scores(sims, ids, ks=ks, extra_file_dir=extra_file_dir,
                                                instances_json=instances_json, pm_threshold=pm_threshold)
     out = {"protocol": "eccv", **summarize(groups, n=bootstrap, seed=seed)}
-    out["pmrp"] = pm_status
+    out["pmrp_status"] = pm_status
     out["ids"] = ids.to_json()
-    out["ties"] = ("headline values are tie-pessimistic (negatives tied with a positive ranked first); "
-                   "tie_optimistic holds the other bound")
+    out["tie_rule"] = ("headline values are tie-pessimistic (negatives tied with a positive ranked first); "
+                       "tie_optimistic holds the other bound")
     return out

@@ -160,13 +160,40 @@ def _direction(ranks: QueryRanks) -> dict:
     return main
 
 
-def full_recall(sims: np.ndarray, captions_per_image: int = 5, image_of_caption: np.ndarray | None = None) -> dict:
+def full_recall(sims: np.ndarray, captions_per_image: int = 5, image_of_caption: np.ndarray | None = None,
+                bootstrap: int = 0, seed: int = 0) -> dict:
     """Recall of one full matrix (COCO 5K, F30K 1K, or any images x captions matrix).
 
-    `image_of_caption` (captions grouped by image, any number each) replaces the j // k rule."""
+    `image_of_caption` (captions grouped by image, any number each) replaces the j // k rule.
+    `bootstrap` > 0 adds 95% intervals over queries ("ci")."""
     sims = check_matrix(sims, captions_per_image, image_of_caption=image_of_caption)
     i2t, t2i = count_ranks(sims, captions_per_image, image_of_caption)
-    return _with_sums(_direction(i2t), _direction(t2i))
+    out = _with_sums(_direction(i2t), _direction(t2i))
+    if bootstrap:
+        owner = owners(sims.shape[0], sims.shape[1], captions_per_image, image_of_caption)
+        out["ci"] = recall_intervals(i2t.pessimistic, t2i.pessimistic, np.arange(sims.shape[0]), owner,
+                                     n=bootstrap, seed=seed)
+    return out
+
+
+def recall_intervals(i2t: np.ndarray, t2i: np.ndarray, i2t_units: np.ndarray, t2i_units: np.ndarray,
+                     strata: np.ndarray | None = None, n: int = 1000, seed: int = 0) -> dict[str, list[float]]:
+    """95% bootstrap intervals of R@K (per direction, queries resampled) and of rsum (each image resampled
+    with its caption queries). `strata` (one per image) keeps resamples inside COCO 1K folds."""
+    from harness.metrics.bootstrap import bootstrap_ci, rsum_ci
+
+    out: dict[str, list[float]] = {}
+    for name, ranks, units in (("i2t", i2t, i2t_units), ("t2i", t2i, t2i_units)):
+        hits = np.stack([100.0 * (ranks < k) for k in RECALL_KS], axis=1)
+        q_strata = None if strata is None else strata[units]
+        ci = bootstrap_ci(hits, n=n, seed=seed, strata=q_strata)
+        for i, k in enumerate(RECALL_KS):
+            out[f"{name}.r{k}"] = [float(ci[0, i]), float(ci[1, i])]
+    per_query = [sum(100.0 * (r < k) for k in RECALL_KS) for r in (i2t, t2i)]
+    lo, hi = rsum_ci(per_query[0], per_query[1], i2t_units=i2t_units, t2i_units=t2i_units,
+                     n_units=len(i2t_units), strata=strata, n=n, seed=seed)
+    out["rsum"] = [lo, hi]
+    return out
 
 
 def _with_sums(i2t: dict, t2i: dict) -> dict:
@@ -193,15 +220,18 @@ def fold_slices(n_img: int, folds: int = 5, captions_per_image: int = 5) -> list
              slice(f * size * captions_per_image, (f + 1) * size * captions_per_image)) for f in range(folds)]
 
 
-def fold_recall(sims: np.ndarray, folds: int = 5, captions_per_image: int = 5) -> dict:
+def fold_recall(sims: np.ndarray, folds: int = 5, captions_per_image: int = 5, bootstrap: int = 0,
+                seed: int = 0) -> dict:
     """COCO 1K: each metric is the mean of its per-fold values (medr may be fractional)."""
     sims = np.asarray(sims)
     if sims.ndim != 2 or sims.shape[1] != captions_per_image * sims.shape[0]:
         check_matrix(sims, captions_per_image)  # raises the shape error
     per_fold = []
+    ranks = []
     for k, (r, c) in enumerate(fold_slices(sims.shape[0], folds, captions_per_image)):
         block = check_matrix(sims[r, c], captions_per_image, name=f"fold {k} of the similarity matrix")
         i2t, t2i = count_ranks(block, captions_per_image)
+        ranks.append((i2t.pessimistic, t2i.pessimistic))
         per_fold.append(_with_sums(_direction(i2t), _direction(t2i)))
     out = _mean_tree(per_fold)
     # counts are totals over folds, not means
@@ -213,6 +243,11 @@ def fold_recall(sims: np.ndarray, folds: int = 5, captions_per_image: int = 5) -
     out["folds"] = [{"i2t": {k: f["i2t"][k] for k in ("r1", "r5", "r10", "medr", "meanr")},
                      "t2i": {k: f["t2i"][k] for k in ("r1", "r5", "r10", "medr", "meanr")},
                      "rsum": f["rsum"]} for f in per_fold]
+    if bootstrap:  # equal-sized folds: the mean over folds is the mean over all queries, folds as strata
+        n_img = sims.shape[0]
+        out["ci"] = recall_intervals(np.concatenate([a for a, _ in ranks]), np.concatenate([b for _, b in ranks]),
+                                     np.arange(n_img), np.arange(n_img * captions_per_image) // captions_per_image,
+                                     strata=np.arange(n_img) // (n_img // folds), n=bootstrap, seed=seed)
     return out
 
 
@@ -224,26 +259,27 @@ def _mean_tree(items: list):
 
 
 def recall_metrics(sims: np.ndarray, protocol: str, captions_per_image: int = 5,
-                   image_of_caption: np.ndarray | None = None) -> dict:
+                   image_of_caption: np.ndarray | None = None, bootstrap: int = 1000, seed: int = 0) -> dict:
     """The recall protocol `protocol` (coco1k, coco5k, f30k1k, recall) of an images x captions matrix.
 
     Returns {"protocol", "i2t": {r1, r5, r10, medr, meanr, ...}, "t2i": {...}, "rsum", "ties": {...}}
     with recalls in percent. The headline values are tie-pessimistic; "tie_optimistic" holds the bound.
+    `bootstrap` resamples (0 to skip) give "ci": {"i2t.r1": [lo, hi], ..., "rsum": [lo, hi]}.
     """
     sims = np.asarray(sims)
     if protocol in ("coco5k", "f30k1k"):
         want = PROTOCOL_SIZES[protocol]
         if sims.shape[0] != want[0] or (image_of_caption is None and sims.shape != want):
             raise MatrixError(f"{protocol} needs a {want[0]} x {want[1]} matrix, got {sims.shape[0]} x {sims.shape[1]}")
-        result = full_recall(sims, captions_per_image, image_of_caption)
+        result = full_recall(sims, captions_per_image, image_of_caption, bootstrap, seed)
     elif protocol == "coco1k":
         if image_of_caption is not None and not np.array_equal(image_of_caption, np.arange(sims.shape[1]) // 5):
             raise MatrixError("coco1k folds need exactly 5 captions per image in canonical order")
         if sims.shape != PROTOCOL_SIZES["coco1k"]:
             raise MatrixError(f"coco1k needs the 5000 x 25000 COCO 5K matrix (5 folds), got {sims.shape}")
-        result = fold_recall(sims, 5, captions_per_image)
+        result = fold_recall(sims, 5, captions_per_image, bootstrap, seed)
     elif protocol == "recall":
-        result = full_recall(sims, captions_per_image, image_of_caption)
+        result = full_recall(sims, captions_per_image, image_of_caption, bootstrap, seed)
     else:
         raise MatrixError(f"unknown recall protocol '{protocol}'; valid: coco1k, coco5k, f30k1k, recall")
     return {"protocol": protocol, **result}

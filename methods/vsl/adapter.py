@@ -82,11 +82,9 @@ class VSLAdapter(Adapter):
         if variant not in MODULES:
             raise ValueError(f"VSL variant {variant!r} is not a single model; valid: sgr, saf "
                              "(sgraf is the mean of an sgr and an saf similarity matrix)")
-        opts = {**DEFAULT_OPTIONS, **dict(options or {})}
-        unknown = sorted(set(opts) - set(DEFAULT_OPTIONS) - {"vocab"})
-        if unknown:
-            raise ValueError(f"unknown VSL options {unknown}; valid: {sorted(DEFAULT_OPTIONS) + ['vocab']}")
-        opts.setdefault("vocab", dataset if dataset in ("coco", "f30k") else "coco")
+        given = dict(options or {})  # the harness passes {**options, **recipe}: recipe keys are not ours
+        opts = {k: given.get(k, v) for k, v in DEFAULT_OPTIONS.items()}
+        opts["vocab"] = given.get("vocab") or (dataset if dataset in ("coco", "f30k") else "coco")
         vocab = load_scan_vocab(opts["vocab"])
         model = SGRAF(len(vocab), module=MODULES[variant], img_dim=int(opts["img_dim"]),
                       word_dim=int(opts["word_dim"]), embed_size=int(opts["embed_size"]),
@@ -151,13 +149,20 @@ class VSLAdapter(Adapter):
             return self.model.sim_enc.pair_scores(image_block[:, 1:], image_block[:, 0], feats[:, 1:],
                                                   feats[:, 0], mask)
 
-    # ---- training -----------------------------------------------------------------------------
-    def attach_training_corpus(self, captions: Sequence[str], captions_per_image: int = 5) -> None:
-        """Fit the TF-IDF of the whole training split (the official loader does it at construction).
-        Needed before make_train_batch when the VSL term is on."""
-        self.corpus = TfidfCorpus(captions, captions_per_image)
+    # ---- data and training -------------------------------------------------------------------
+    def eval_data(self, data_root: str | Path, split: str, dataset: str | None = None) -> tuple[Any, list[str]]:
+        """As the base class; reading the 'train' split also fits its TF-IDF (VSL's semantic matrix), as
+        the official dataset does when it is constructed."""
+        images, captions = super().eval_data(data_root, split, dataset)
+        if split == "train":
+            self.attach_training_corpus(captions, images=images)
+        return images, captions
 
-    prepare_training_data = attach_training_corpus
+    def attach_training_corpus(self, captions: Sequence[str], captions_per_image: int = 5,
+                               images: np.ndarray | None = None) -> None:
+        """Fit the TF-IDF of the whole training split. Needed before make_train_batch when the VSL term is
+        on. `images` (the split's region features) resolve captions whose text several images share."""
+        self.corpus = TfidfCorpus(captions, captions_per_image, images=images)
 
     def configure_training(self, recipe: Mapping[str, Any]) -> TrainingSetup:
         """Adam over all parameters (one group, no weight decay); lr = lr * lr_decay ** (epoch // lr_update);
@@ -192,7 +197,7 @@ class VSLAdapter(Adapter):
                 raise RuntimeError("VSL training needs the TF-IDF of the training captions: call "
                                    "adapter.attach_training_corpus(train_captions) first")
             ids = (np.asarray(caption_ids, dtype=np.int64) if caption_ids is not None
-                   else self.corpus.caption_ids(captions))
+                   else self.corpus.caption_ids(captions, regions.numpy()))
             semantic = self.corpus.image_similarity(ids[order] // self.corpus.captions_per_image)
         else:
             semantic = torch.zeros(len(seqs), len(seqs))

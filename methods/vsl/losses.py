@@ -69,9 +69,11 @@ class TfidfCorpus:
     Kept sparse (the official dense float64 array of COCO's train split would take ~100 GB).
     Caption j belongs to image j // captions_per_image; an image's semantic vector is the sum of the
     TF-IDF rows of its captions, so image_similarity = the mean cosine over all caption pairs.
+    `images` (optional, e.g. a memmap) lets caption_ids resolve texts shared by several images.
     """
 
-    def __init__(self, captions: Sequence[str], captions_per_image: int = 5) -> None:
+    def __init__(self, captions: Sequence[str], captions_per_image: int = 5,
+                 images: np.ndarray | None = None) -> None:
         if captions_per_image < 1 or len(captions) % captions_per_image:
             raise ValueError(f"{len(captions)} captions cannot be grouped {captions_per_image} per image")
         self.captions_per_image = captions_per_image
@@ -99,8 +101,9 @@ class TfidfCorpus:
         groups = sp.csr_matrix((np.ones(len(captions)), (np.arange(len(captions)) // k,
                                                          np.arange(len(captions)))))
         self.image_vectors = sp.csr_matrix(groups @ self.tfidf)
-        self._index: dict[str, int | None] | None = None
+        self._index: dict[str, list[int]] | None = None
         self._captions = list(captions)
+        self.images = images  # (N_img, R, D), optional: tells apart images that share a caption text
 
     @property
     def n_images(self) -> int:
@@ -115,26 +118,33 @@ class TfidfCorpus:
         c = (u @ u.T).toarray() / float(self.captions_per_image ** 2)
         return torch.from_numpy(c.astype(np.float32))
 
-    def caption_ids(self, captions: Sequence[str]) -> np.ndarray:
-        """Caption indices found by text, for loops that pass no indices. A caption text that belongs to
-        several images is ambiguous and raises (pass caption ids instead)."""
+    def caption_ids(self, captions: Sequence[str], images: np.ndarray | None = None) -> np.ndarray:
+        """Caption indices found by text, for training loops that pass no indices. A text that occurs
+        under several images is resolved by comparing the batch's region features (`images`, row i for
+        caption i) with the corpus images; it raises if that is impossible."""
         if self._index is None:
-            index: dict[str, int | None] = {}
-            k = self.captions_per_image
+            index: dict[str, list[int]] = {}
             for j, caption in enumerate(self._captions):
-                prev = index.get(caption, -1)
-                if prev == -1:
-                    index[caption] = j
-                elif prev is not None and prev // k != j // k:
-                    index[caption] = None
+                index.setdefault(caption, []).append(j)
             self._index = index
+        k = self.captions_per_image
         out = []
-        for caption in captions:
-            j = self._index.get(caption, -1)
-            if j == -1:
+        for i, caption in enumerate(captions):
+            found = self._index.get(caption)
+            if found is None:
                 raise KeyError(f"caption not in the VSL training corpus: {caption[:80]!r}")
-            if j is None:
-                raise KeyError(f"caption {caption[:80]!r} belongs to several images of the training corpus; "
-                               "pass caption_ids to make_train_batch")
-            out.append(j)
+            if len({j // k for j in found}) > 1:
+                found = self._match_image(caption, found, None if images is None else images[i])
+            out.append(found[0])
         return np.asarray(out, dtype=np.int64)
+
+    def _match_image(self, caption: str, found: list[int], regions: np.ndarray | None) -> list[int]:
+        if regions is None or self.images is None:
+            raise KeyError(f"caption {caption[:80]!r} belongs to several images of the training corpus and "
+                           "no image features were given to tell them apart; pass caption_ids")
+        k = self.captions_per_image
+        same = [j for j in found if np.array_equal(np.asarray(self.images[j // k]), np.asarray(regions))]
+        if len({j // k for j in same}) != 1:
+            raise KeyError(f"caption {caption[:80]!r} belongs to several images and the batch features match "
+                           f"{len(same)} of them; pass caption_ids")
+        return same

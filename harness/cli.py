@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-steps", type=int, default=None, help="also checkpoint every N steps")
     run.add_argument("--tiles", default=None, metavar="IMAGES,CAPTIONS",
                      help="scoring tile size (default: per scoring kind); smaller tiles use less memory")
+    run.add_argument("--sts-root", default=None, help="SentEval data folder: adds STS to COCO evaluations")
 
     ev = sub.add_parser("evaluate", help="evaluate official checkpoints on a data split")
     ev.add_argument("--method", required=True)

@@ -9,7 +9,8 @@ Result layout (read by harness.report): `<results>/<dataset>/<method>-<variant>-
 - `env.json` (versions, device, git revision), `job.log` (everything the job said), `status.json`
   (live state for the orchestrator), `work/` (training checkpoints, the scoring tile cache);
 - `loss_curve.tsv` (train jobs: epoch, step, loss of every optimizer step);
-- `sims.npy` (evaluations: float32 images x captions) and `metrics.json`, written last: a job is
+- `sims.npy` (evaluations: float32 images x captions; `image_of_caption.npy` beside it when captions are
+  not 5 per image in order) and `metrics.json`, written last: a job is
   finished exactly when metrics.json exists.
 
 metrics.json: train `{stage: "train", best_rsum, best_epoch, history: [{epoch, loss, lr, val_rsum}],
@@ -42,7 +43,7 @@ import numpy as np
 import torch
 
 from harness import distributed
-from harness.evaluate import compute_metrics, protocols_for
+from harness.evaluate import _ids_dir, compute_metrics, extra_protocols, protocols_for
 from harness.executors.status import LOG, STATUS, StatusWriter
 from harness.plan import Job
 from harness.registry import Registry
@@ -53,6 +54,7 @@ from methods.base import Adapter, parameter_count
 from methods.common.checkpoint import load_container
 
 CURVE = "loss_curve.tsv"
+OWNER = "image_of_caption.npy"  # evaluations whose captions are not 5 per image in order (CUSA json)
 KILL_ENV = "ITRBENCH_KILL_AT"  # test hook: "step:N" / "tile:N" -> SIGKILL this process after N steps / tiles
 
 
@@ -75,6 +77,7 @@ class RunSettings:
     checkpoint_minutes: float | None = 15.0  # mid-epoch training checkpoints
     checkpoint_steps: int | None = None
     image_tile: int | None = None  # scoring tiles (default: the scoring engine's per scoring kind)
+    sts_root: str | None = None  # SentEval data for the STS protocol (evaluations of COCO models)
     caption_tile: int | None = None
     encode_batch: int = 128
 
@@ -116,7 +119,7 @@ def reset_job(store: ResultStore, name: str, reason: str) -> None:
     d = store.job_dir(name)
     if not d.exists():
         return
-    for item in ("work", "metrics.json", "sims.npy", "sims.h5", STATUS, CURVE):
+    for item in ("work", "metrics.json", "sims.npy", "sims.h5", STATUS, CURVE, OWNER):
         p = d / item
         if p.is_dir():
             shutil.rmtree(p)
@@ -160,11 +163,14 @@ def run_job(job: Job, ctx: JobContext, force: bool = False) -> dict[str, Any]:
             log(f"interrupted: {exc}")
             status.state("interrupted", error=str(exc))
             raise JobInterrupted(str(exc)) from exc
-        except BaseException as exc:
-            tb = traceback.format_exc()
-            log(tb.rstrip())
-            status.state("failed", error="".join(traceback.format_exception_only(type(exc), exc)).strip()
-                         + "\n" + "\n".join(tb.rstrip().splitlines()[-8:]))
+        except KeyboardInterrupt:
+            log("interrupted: KeyboardInterrupt (progress since the last checkpoint is lost)")
+            status.state("interrupted", error="KeyboardInterrupt")
+            raise
+        except BaseException:
+            tb = traceback.format_exc().rstrip()
+            log(tb)
+            status.state("failed", error="\n".join(tb.splitlines()[-8:]))
             raise
         if main:
             store.finish(job.name, metrics)
@@ -318,23 +324,39 @@ class _Runner:
         cfg = job.config
         split = cfg["split"]
         t_start = time.perf_counter()
+        method = ctx.registry.method(job.method)
         if "members" in cfg:  # ensemble: average the members' stored matrices
             sims, eff = self.ensemble(cfg["members"])
+            owner_file = ctx.store.job_dir(cfg["members"][0]) / OWNER
+            owner = np.load(owner_file) if owner_file.is_file() else None
+            members: list[Any] = [method.adapter_class()] * len(cfg["members"])  # scoring kind and name only
+            images, captions = None, None
         else:
             if cfg.get("source") == "official":
-                method = ctx.registry.method(job.method)
                 adapter = method.adapter_class().load_official(cfg["checkpoint"], variant=job.variant,
                                                                dataset=job.dataset).to(ctx.device)
             else:
                 adapter = self.load_trained(cfg["train_job"])
             images, captions = adapter.eval_data(ctx.data_root, split, job.dataset)
             sims, eff = self.similarity(adapter, images, captions)
+            owner = adapter.image_of_caption(ctx.data_root, split, job.dataset)
+            if owner is not None:
+                save_npy(self.dir / OWNER, np.asarray(owner))
+            members = [adapter]
+        save_npy(self.dir / "sims.npy", sims)
+        metrics = compute_metrics(sims, protocols_for(job.dataset, split, sims.shape[0]), owner)
+        wanted = ctx.registry.dataset(job.dataset).protocols
+        if sims.shape == (5000, 25000) and (images is not None or "members" in cfg):
+            self.progress("metrics", 0, 1, "ECCV / CxC" + (" / STS" if ctx.settings.sts_root else ""))
+            sts = Path(ctx.settings.sts_root) if ctx.settings.sts_root else None
+            metrics.update(extra_protocols(sims, members, images, captions, wanted,
+                                           _ids_dir(ctx.data_root, split, job.dataset), sts,
+                                           ctx.settings.encode_batch))
+        if "members" not in cfg:
             wall = time.perf_counter() - t_start
             peak, kind = _peak_memory(ctx.device)
             eff.update(eval_wall_seconds=wall, peak_memory_mb=peak, peak_memory_kind=kind, device=ctx.device,
                        processes=1, gpu_hours=wall / 3600.0 if ctx.device.startswith("cuda") else 0.0)
-        save_npy(self.dir / "sims.npy", sims)
-        metrics = compute_metrics(sims, protocols_for(job.dataset, split, sims.shape[0]))
         return {"stage": "evaluate", "protocols": metrics, "efficiency": eff, "shape": list(sims.shape)}
 
     def ensemble(self, members: list[str]) -> tuple[np.ndarray, dict[str, Any]]:

@@ -84,6 +84,10 @@ def parse_seeds(text: str | None) -> list[int]:
         raise ValueError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from exc
 
 
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).resolve()) if path else None
+
+
 def _arg(args: argparse.Namespace, name: str, default: Any = None) -> Any:
     return getattr(args, name, default)
 
@@ -310,10 +314,11 @@ def run_campaign(args: argparse.Namespace) -> int:
         return 0
     image_tile, caption_tile = parse_tiles(_arg(args, "tiles"))
     minutes = _arg(args, "checkpoint_minutes", 15.0)
-    settings = RunSettings(results=str(args.results), data_root=str(data_root), registry=_arg(args, "registry"),
+    settings = RunSettings(results=str(Path(args.results).resolve()), data_root=str(data_root.resolve()),
+                           registry=_absolute(_arg(args, "registry")),
                            device=args.device, checkpoint_minutes=minutes if minutes and minutes > 0 else None,
                            checkpoint_steps=_arg(args, "checkpoint_steps"), image_tile=image_tile,
-                           caption_tile=caption_tile)
+                           caption_tile=caption_tile, sts_root=_absolute(_arg(args, "sts_root")))
     if force:
         for job in plan.jobs:
             reset_job(store, job.name, "rerun forced (--force)")

@@ -28,6 +28,7 @@ from harness.registry import Registry, RegistryError
 
 ENSEMBLE_SEED_STRIDE = 1000  # member k of an ensemble of one variant trained with seed + k * stride
 RUNTIME_RECIPE_KEYS = ("gpus",)  # recipe keys that say where a job runs, not what it computes
+UNHASHED = ("checkpoint",)  # where a file is; its content is in the identity (checkpoint_fingerprint)
 ROOT = Path(__file__).resolve().parents[1]
 HARNESS_CODE = ("methods/base.py", "methods/common", "harness/training.py", "harness/scoring.py",
                 "harness/evaluate.py", "harness/jobs.py", "harness/distributed.py", "harness/metrics",
@@ -277,7 +278,8 @@ class _Builder:
 
     def make(self, name: str, stage: str, method: str, variant: str, seed: int | None, config: dict[str, Any],
              splits: Sequence[str], depends: Sequence[Job] = (), gpus: int = 1) -> Job:
-        hashed = {**config, **{f"key_of_{d.name}": d.key for d in depends}}
+        hashed = {k: v for k, v in config.items() if k not in UNHASHED}
+        hashed.update({f"key_of_{d.name}": d.key for d in depends})
         parts = identity(hashed, self.data_fp(splits), self.code(method))
         return self.add(Job(name, stage, method, variant, self.dataset, seed, config,
                             depends=tuple(d.name for d in depends), key=job_key(hashed, parts["data"], parts["code"]),

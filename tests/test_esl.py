@@ -351,7 +351,7 @@ def test_training_steps_reduce_the_loss_and_switch_to_hardest_negatives():
         loss.backward()
         torch.nn.utils.clip_grad_norm_(adapter.model.parameters(), setup.grad_clip)
         setup.optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_orchestrate_fixtures import campaign, run_args, worker_env
+from test_orchestrate_fixtures import campaign, one_thread, run_args, worker_env  # noqa: F401 - one_thread: autouse fixture
 
 from harness.cli import main
 from harness.executors import make_executor

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 import yaml
 from torch import nn
@@ -27,6 +28,15 @@ from methods.common.text_bert import pad_ids
 from methods.common.triplet import triplet_costs
 
 HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is much faster (no spin-waiting)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 VOCAB = 211
 REGIONS, DIM = 8, 16
 SPLITS = (("train", 40), ("dev", 10), ("test", 12))

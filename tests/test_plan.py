@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import yaml
-from test_orchestrate_fixtures import campaign, write_official
+from test_orchestrate_fixtures import campaign, one_thread, write_official  # noqa: F401 - one_thread: autouse fixture
 
 from harness import plan as plan_mod
 from harness.executors.base import Task
@@ -65,8 +65,11 @@ def test_evaluate_stage_uses_official_checkpoints(setup):
     assert sorted(jobs) == ["demo/tiny-a-official/eval", "demo/tiny-a-official2/eval", "demo/tiny-pair-official/eval"]
     assert jobs["demo/tiny-a-official/eval"].config["checkpoint"] == str(first)
     assert jobs["demo/tiny-pair-official/eval"].depends == ("demo/tiny-a-official/eval", "demo/tiny-a-official2/eval")
-    # a replaced checkpoint file is another job
+    # the checkpoint's content is its identity: moved elsewhere it is the same job, replaced it is another one
     key = jobs["demo/tiny-a-official/eval"].key
+    shutil.copytree(tmp / "checkpoints", tmp / "moved")
+    assert _plan(tmp, registry, stage="evaluate", checkpoint_dir=tmp / "moved").by_name()[
+        "demo/tiny-a-official/eval"].key == key
     write_official(first, 7)
     assert _plan(tmp, registry, stage="evaluate").by_name()["demo/tiny-a-official/eval"].key != key
 

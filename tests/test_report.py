@@ -241,14 +241,14 @@ def test_dataset_report_significance_efficiency_and_plots(tmp_path):
             ("alpha-a-official", {"method": "alpha", "variant": "a", "source": "official"}, strong, 0.5),
             ("alpha-b-official", {"method": "alpha", "variant": "b", "source": "official"}, weak, 0.05),
             ("beta-x-official", {"method": "beta", "variant": "x", "source": "official"}, strong, 2.0)):
-        add_eval(store, "toy", run, cfg, {"recall": recall_metrics(sims, "recall")}, sims=sims,
+        add_eval(store, "toy", run, cfg, {"recall": recall_metrics(sims, "recall", bootstrap=0)}, sims=sims,
                  efficiency={"parameters": 2_500_000, "encode_ms_per_image": 0.25, "encode_ms_per_caption": 0.125,
                              "scoring_seconds": secs})
     for seed, gpu_h, wall in ((0, 0.5, 1800.0), (1, 1.5, 5400.0)):
         train = add_train(store, "toy", f"beta-x-seed{seed}", seed, gpu_h, wall)
         add_eval(store, "toy", f"beta-x-seed{seed}", {"method": "beta", "variant": "x", "source": f"seed{seed}",
                                                       "seed": seed, "train_job": train},
-                 {"recall": recall_metrics(weak, "recall")}, sims=weak, efficiency={"scoring_seconds": 1.0})
+                 {"recall": recall_metrics(weak, "recall", bootstrap=0)}, sims=weak, efficiency={"scoring_seconds": 1.0})
     paths = write_reports(tmp_path / "results", tmp_path / "reports", registry=registry())
     ds = (tmp_path / "reports" / "toy.md").read_text()
     rec = section(ds, "## recall")
@@ -261,7 +261,7 @@ def test_dataset_report_significance_efficiency_and_plots(tmp_path):
     assert p["alpha/a official"] == "best" and p["beta/x official"] == "1.000"
     assert p["alpha/b official"] == "≤0.001" and p["beta/x retrained,"] == "≤0.001"
     # rsum reproduces the stored metrics (computed by the project's recall module) to the printed digit
-    rsum = recall_metrics(strong, "recall")["rsum"]
+    rsum = recall_metrics(strong, "recall", bootstrap=0)["rsum"]
     # no interval stored in this metrics.json: the far-off reported number is shown but cannot be flagged
     assert rows[("alpha/a", "official checkpoint")]["rsum"] == f"{rsum:.1f} (300.0, {rsum - 300:+.1f})"
     eff = section(ds, "## Efficiency")

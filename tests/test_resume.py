@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from test_orchestrate_fixtures import campaign, run_args, worker_env, write_official
+from test_orchestrate_fixtures import campaign, one_thread, run_args, worker_env, write_official  # noqa: F401 - one_thread: autouse fixture
 
 from harness.cli import main
 from harness.jobs import KILL_ENV

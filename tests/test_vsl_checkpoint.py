@@ -10,6 +10,15 @@ import torch
 from methods.base import CheckpointError
 from methods.vsl.adapter import VSLAdapter
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small shapes: one thread is faster, and steady on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 DIMS = dict(embed_size=16, sim_dim=8, img_dim=12, word_dim=6)
 OPT_FIELDS = ("data_path data_name vocab_path model_name logger_name batch_size num_epochs lr_update learning_rate "
               "workers log_step val_step grad_clip margin max_violation img_dim word_dim embed_size sim_dim "
@@ -174,3 +183,19 @@ def test_demo_checkpoint_keeps_its_dataset_and_region_count(tmp_path):
     assert loaded.dataset == "demo" and loaded.options["vocab"] == "coco" and loaded.options["num_regions"] == 12
     with pytest.raises(ValueError, match="12 regions"):
         loaded.encode_images(torch.zeros(1, 36, 12))
+
+
+def test_sgraf_pair_loads_one_file_of_each_module(tmp_path):
+    from methods.vsl.adapter import load_sgraf_pair
+
+    sgr = save(tmp_path, container_of("sgr", "f30k"), "SGR+VSL_F30K.pth.tar")
+    saf = save(tmp_path, container_of("saf", "f30k"), "SAF+VSL_F30K.pth.tar")
+    a, b = load_sgraf_pair(sgr, saf)
+    assert (a.variant, b.variant, a.dataset, b.dataset) == ("sgr", "saf", "f30k", "f30k")
+    with pytest.raises(CheckpointError, match="variant 'sgr' was asked") as exc:
+        load_sgraf_pair(saf, sgr)
+    one_line(exc, saf)
+    coco_saf = save(tmp_path, container_of("saf", "coco"), "SAF+VSL_COCO.pth.tar")
+    with pytest.raises(CheckpointError, match="trained on coco") as exc:
+        load_sgraf_pair(sgr, coco_saf)
+    one_line(exc, coco_saf)

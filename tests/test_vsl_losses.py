@@ -11,6 +11,15 @@ import torch
 from methods.vsl.losses import TfidfCorpus, soft_rank, triplet_loss, visual_semantic_loss
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small shapes: one thread is faster, and steady on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def brute_sigmoid(x: float, temperature: float) -> float:
     exponent = min(50.0, max(-50.0, -x / temperature))
     return 1.0 / (1.0 + math.exp(exponent))

@@ -1,6 +1,6 @@
 """The embedded demo dataset: real COCO captions, SYNTHETIC image features generated from them.
 
-Captions are the first 1300 images (6500 captions) of the COCO Karpathy test split (CC BY 4.0; see
+Captions are the first 800 images (4000 captions) of the COCO Karpathy test split (CC BY 4.0; see
 harness/assets/ATTRIBUTION.md). The image side is synthetic: every content word of the corpus gets a
 fixed random "concept" direction; an image's regions are noisy copies of the concepts its own five
 captions mention (most frequent first), plus background regions. So a model can learn a real
@@ -22,9 +22,9 @@ import numpy as np
 from harness.results import save_npy, write_text
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "demo"
-SPLITS = {"train": (0, 1000), "dev": (1000, 1100), "test": (1100, 1300)}  # image index ranges
+SPLITS = {"train": (0, 500), "dev": (500, 600), "test": (600, 800)}  # image index ranges
 REGIONS, FEATURE_DIM = 12, 512
-VERSION = "demo-v1"
+VERSION = "demo-v2"
 STOPWORDS = frozenset(
     "a an the of on in at to with and is are it its this that there their while for from by as some two three "
     "one up down near next into out his her he she they them over under has have be being been other very".split())
@@ -71,6 +71,25 @@ def build_demo(root: str | Path) -> Path:
         save_npy(folder / f"{split}_ims.npy", feats)
         write_text(folder / f"{split}_caps.txt", "\n".join(caps[5 * a:5 * b]) + "\n")
         write_text(folder / f"{split}_ids.txt", "\n".join(ids[5 * a:5 * b:5]) + "\n")
+    write_text(stamp, VERSION + "\n")
+    return folder
+
+
+def build_demo_images(root: str | Path) -> Path:
+    """Write the demo's raw-image form under `root/demo/cusa/` (CUSA/ALBEF json layout; idempotent).
+
+    Small SYNTHETIC images drawn from each image's captions (methods.cusa.demo_images), same splits and
+    captions as the region-feature form, for methods with a pixel tower."""
+    from methods.cusa.demo_images import write_demo_split
+
+    folder = Path(root) / "demo" / "cusa"
+    stamp = folder / "VERSION"
+    if stamp.is_file() and stamp.read_text().strip() == VERSION:
+        return folder
+    caps, ids = demo_captions()
+    for split, (a, b) in SPLITS.items():
+        groups = [caps[5 * i:5 * i + 5] for i in range(a, b)]
+        write_demo_split(folder, split, groups, image_ids=[f"demo_{i:06d}" for i in range(a, b)])
     write_text(stamp, VERSION + "\n")
     return folder
 

@@ -62,6 +62,9 @@ class LocalExecutor(Executor):
 
     @classmethod
     def from_options(cls, options: Mapping[str, str], device: str | None = None) -> LocalExecutor:
+        if device not in (None, "cpu", "cuda"):
+            raise ValueError(f"--device {device} with --executor local: the pool gives each worker its GPU(s); "
+                             "choose them with --executor-opt gpus=0,1 (or --device cpu)")
         unknown = set(options) - {"gpus", "workers"}
         if unknown:
             raise ValueError(f"unknown local executor option(s) {', '.join(sorted(unknown))}; valid: gpus "

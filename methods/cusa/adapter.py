@@ -191,9 +191,14 @@ class CUSAAdapter(Adapter):
         return out
 
     # ---- data ------------------------------------------------------------------------------------
-    def eval_split(self, data_root: str | Path, split: str) -> CusaSplit:
-        """The CUSA json split `<data_root>/new_{split}.json` in evaluation order (images must exist)."""
-        return load_cusa_split(data_root, split)
+    def eval_split(self, data_root: str | Path, split: str, dataset: str | None = None) -> CusaSplit:
+        """The CUSA json split `new_{split}.json` in evaluation order (images must exist), found in
+        `data_root`, `data_root/<dataset>` or `data_root/<dataset>/cusa` (the demo's raw-image form)."""
+        root = Path(data_root)
+        for cand in ([root] + ([root / dataset, root / dataset / "cusa"] if dataset else [])):
+            if (cand / f"new_{split}.json").is_file():
+                return load_cusa_split(cand, split)
+        return load_cusa_split(root, split)  # raises the not-found error naming the expected file
 
     def eval_data(self, data_root: str | Path, split: str, dataset: str | None = None) -> tuple[Any, list[str]]:
         """(lazy preprocessed pixel batches, raw captions) in the official test order.
@@ -201,11 +206,11 @@ class CUSAAdapter(Adapter):
         Captions are grouped by image but an image may have any number of them: the caption -> image
         map is `eval_split(...).image_of_caption`, not j // 5.
         """
-        data = self.eval_split(data_root, split)
+        data = self.eval_split(data_root, split, dataset)
         return data.pixel_images(self.preprocess), data.captions
 
     def image_of_caption(self, data_root: str | Path, split: str, dataset: str | None = None) -> np.ndarray:
-        return np.asarray(self.eval_split(data_root, split).image_of_caption)
+        return np.asarray(self.eval_split(data_root, split, dataset).image_of_caption)
 
     # ---- inference ----------------------------------------------------------------------------
     @property

@@ -143,3 +143,18 @@ def test_reading_the_train_split_fits_its_tfidf_and_resolves_shared_captions(tmp
                                         caption_ids=[12, 2])
     assert torch.equal(batch.semantic, expected.semantic)
     assert batch.semantic[0, 1] < batch.semantic[0, 0]
+
+
+def test_warmup_epochs_sum_every_negative_before_hardest_negatives():
+    torch.manual_seed(0)
+    adapter = VSLAdapter.build("saf", "demo", DIMS)
+    caps = captions_for(4)
+    adapter.attach_training_corpus(caps)
+    adapter.configure_training({"warmup_epochs": 1})
+    idx = np.array([0, 5, 10, 15])
+    batch = adapter.make_train_batch(np.random.default_rng(0).random((4, 6, 16)).astype(np.float32),
+                                     [caps[i] for i in idx], np.random.default_rng(0), caption_ids=idx)
+    adapter.model.eval()  # same scores in both calls
+    with torch.no_grad():
+        warm, hard = adapter.train_step(batch, epoch=0), adapter.train_step(batch, epoch=1)
+    assert float(warm["triplet"]) > float(hard["triplet"]) > 0

@@ -40,7 +40,7 @@ DEFAULT_OPTIONS: dict[str, Any] = dict(
 )
 DEFAULT_RECIPE: dict[str, Any] = dict(
     batch_size=128, lr=3e-4, lr_update=10, lr_decay=0.1, margin=0.2, max_violation=True, grad_clip=2.0,
-    vsl=True, vsl_weight=VSL_WEIGHT, rank_temperature=RANK_TEMPERATURE,
+    vsl=True, vsl_weight=VSL_WEIGHT, rank_temperature=RANK_TEMPERATURE, warmup_epochs=0,
 )
 
 
@@ -204,11 +204,14 @@ class VSLAdapter(Adapter):
         return VSLTrainBatch(regions[order], pad_ids([seqs[i] for i in order], pad=PAD), semantic)
 
     def train_step(self, batch: VSLTrainBatch, epoch: int) -> dict[str, torch.Tensor]:
-        """Triplet (hardest negative, summed) + VSL on the batch score matrix."""
+        """Triplet (summed; hardest negative with max_violation) + VSL on the batch score matrix.
+        The official recipe has no warm-up (warmup_epochs 0): with warmup_epochs > 0 every negative
+        counts before that epoch (used by the demo, where hardest negatives from step 0 collapse)."""
         batch = batch.to(self.device)
         r = self.recipe
         scores = self.model(batch.images, batch.tokens.ids, batch.tokens.lengths)
-        triplet = triplet_loss(scores, float(r["margin"]), bool(r["max_violation"]))
+        hardest = bool(r["max_violation"]) and epoch >= int(r.get("warmup_epochs", 0))
+        triplet = triplet_loss(scores, float(r["margin"]), hardest)
         out = {"triplet": triplet.detach()}
         loss = triplet
         if r.get("vsl", True):

@@ -29,7 +29,7 @@ NUM_REGIONS = 36  # VisualSA's BatchNorm1d has one channel per region index
 SCAN_SMOOTH = 9.0  # lambda of the SCAN text-to-image attention, hard-coded in the official code
 DROPOUT = 0.4
 # Elements of the largest per-chunk intermediate (pairs x words x embed) when scoring a block.
-CHUNK_ELEMENTS = 1 << 22
+CHUNK_ELEMENTS = 1 << 23
 
 
 def l2norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:

@@ -100,3 +100,33 @@ def test_default_shard_slices_rows_per_sample():
     assert part.epoch_flag == 7
     with pytest.raises(ValueError, match="override Adapter.shard_batch"):
         slice_samples(torch.zeros(2, 6, 3), 0, 3, 6)
+
+
+def test_esa_loss_over_shards_is_the_loss_over_the_global_batch():
+    """ESA's shard_batch and gather: shard 0's loss, with shard 1's embeddings gathered in, equals the
+    loss of the whole batch (eval mode: no word dropout, so both sides are deterministic)."""
+    from methods.esa import ESAAdapter
+
+    torch.manual_seed(0)
+    adapter = ESAAdapter.build("bigru", "coco", {"embed_size": 32, "word_dim": 16, "img_dim": 8})
+    adapter.configure_training({"warmup_epochs": 1, "hardnum": 2})
+    captions = ["a man riding a wave on a surfboard", "two giraffes in a field", "a bowl of soup",
+                "a red bus on a street", "a cat on a bench"]
+    rng = np.random.default_rng(0)
+    batch = adapter.make_train_batch(rng.random((5, 6, 8)).astype(np.float32), captions, rng)
+    adapter.model.eval()
+    first, second = adapter.shard_batch(batch, 0, 3, 5), adapter.shard_batch(batch, 3, 5, 5)
+    assert first.images.shape[0] == 3 and first.region_keep.shape[1] == 3 and len(first.tokens) == 6
+    with torch.no_grad():
+        rest = [adapter.model.img_enc.views(second.images, second.region_keep),
+                adapter.model.txt_enc(second.tokens.ids, second.tokens.lengths)]
+    calls = iter(rest)
+    adapter._gather_fn = lambda t: torch.cat([t, next(calls)])
+    try:
+        sharded = adapter.train_step(first, epoch=1)["loss"]
+    finally:
+        adapter._gather_fn = None
+    whole = adapter.train_step(batch, epoch=1)["loss"]
+    torch.testing.assert_close(sharded, whole, rtol=1e-5, atol=1e-5)
+    alone = adapter.train_step(first, epoch=1)["loss"]  # without the gather the loss is another one
+    assert abs(alone.item() - whole.item()) > 1e-3

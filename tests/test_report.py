@@ -248,7 +248,8 @@ def test_dataset_report_significance_efficiency_and_plots(tmp_path):
         train = add_train(store, "toy", f"beta-x-seed{seed}", seed, gpu_h, wall)
         add_eval(store, "toy", f"beta-x-seed{seed}", {"method": "beta", "variant": "x", "source": f"seed{seed}",
                                                       "seed": seed, "train_job": train},
-                 {"recall": recall_metrics(weak, "recall", bootstrap=0)}, sims=weak, efficiency={"scoring_seconds": 1.0})
+                 {"recall": recall_metrics(
+                     weak, "recall", bootstrap=0)}, sims=weak, efficiency={"scoring_seconds": 1.0})
     paths = write_reports(tmp_path / "results", tmp_path / "reports", registry=registry())
     ds = (tmp_path / "reports" / "toy.md").read_text()
     rec = section(ds, "## recall")

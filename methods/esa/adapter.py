@@ -225,11 +225,20 @@ class ESAAdapter(Adapter):
         seqs = [self._augmented_ids(c, rng) for c in captions for _ in range(k)]
         return ESATrainBatch(regions, keep, pad_ids(seqs, pad=PAD))
 
+    def shard_batch(self, batch: ESATrainBatch, start: int, stop: int, size: int) -> ESATrainBatch:
+        """Samples [start, stop) for data-parallel training: region masks hold samples on their second
+        axis, captions k consecutive rows per sample."""
+        k = int(batch.region_keep.shape[0])
+        return ESATrainBatch(batch.images[start:stop], batch.region_keep[:, start:stop],
+                             batch.tokens[start * k:stop * k])
+
     def train_step(self, batch: ESATrainBatch, epoch: int) -> dict[str, torch.Tensor]:
-        """Self-expanding loss (sum over the batch): VSE0 before recipe['warmup_epochs'], VSE++ after."""
+        """Self-expanding loss (sum over the batch): VSE0 before recipe['warmup_epochs'], VSE++ after.
+
+        Under data parallelism the loss sees the global batch: embeddings go through `gather`."""
         batch = batch.to(self.device)
-        img = self.model.img_enc.views(batch.images, batch.region_keep)
-        cap = self.model.txt_enc(batch.tokens.ids, batch.tokens.lengths)
+        img = self.gather(self.model.img_enc.views(batch.images, batch.region_keep))
+        cap = self.gather(self.model.txt_enc(batch.tokens.ids, batch.tokens.lengths))
         hardest = hardest_negative_at(epoch, int(self.recipe["warmup_epochs"]))
         cost_im, cost_s = self._loss(img, cap, hardest_negative=hardest)
         return {"loss": cost_im + cost_s, "loss_im": cost_im.detach(), "loss_s": cost_s.detach()}

@@ -53,7 +53,7 @@ def encode_images(adapter: Adapter, images: np.ndarray | Sequence[Any], batch_si
         for a in range(0, len(images), batch_size):
             chunk = images[a:a + batch_size]
             if isinstance(chunk, np.ndarray):
-                x = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32))
+                x = torch.from_numpy(np.array(chunk, dtype=np.float32))  # a copy: memmaps are read-only
             elif isinstance(chunk, torch.Tensor):
                 x = chunk
             else:

@@ -9,8 +9,9 @@ the loop itself lives in `harness.training` so every method gets checkpointing a
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -153,6 +154,18 @@ class Adapter(abc.ABC):
     def to(self, device: torch.device | str) -> Adapter:
         self.model.to(device)
         return self
+
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        """Eval mode and no grad; every submodule's train/eval flag is restored afterwards."""
+        modes = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            for m, mode in modes:
+                m.training = mode
 
     @abc.abstractmethod
     def tokenize(self, captions: Sequence[str]) -> Any:

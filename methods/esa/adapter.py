@@ -6,8 +6,7 @@ product. The ensemble ESA* (mean of two models' matrices) is assembled by the ha
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -122,18 +121,6 @@ class ESAAdapter(Adapter):
         return int(self.model.txt_enc.bert.config.vocab_size)
 
     # ---- inference --------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _inference(self) -> Iterator[None]:
-        """Eval mode and no grad; the previous train/eval flags are restored afterwards."""
-        modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                yield
-        finally:
-            for m, mode in modes:
-                m.training = mode
-
     def tokenize(self, captions: Sequence[str]) -> PaddedTokens:
         if self.variant == "bigru":
             return vocab_tokenize(self.vocab, captions)

@@ -14,9 +14,8 @@ text_side, lengths)` and `train_scores(regions, ids, lengths)`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -82,18 +81,6 @@ class PairwiseAdapter(Adapter):
         self.recipe: dict[str, Any] = dict(DEFAULT_RECIPE)
 
     # ---- inference --------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _inference(self) -> Iterator[None]:
-        """Eval mode and no grad; the previous train/eval flags are restored afterwards."""
-        modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                yield
-        finally:
-            for m, mode in modes:
-                m.training = mode
-
     def tokenize(self, captions: Sequence[str]) -> PaddedTokens:
         """[CLS] WordPieces [SEP], padded with 0, no truncation (the official BertTokenizer pipeline)."""
         return bert_tokenize(captions)

@@ -12,8 +12,7 @@ The variant 'sgraf' (SGRAF+VSL) is the mean of an SGR and an SAF matrix; the har
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -106,17 +105,6 @@ class VSLAdapter(Adapter):
         return write_official(self, **extra)
 
     # ---- inference --------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _inference(self) -> Iterator[None]:
-        modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                yield
-        finally:
-            for m, mode in modes:
-                m.training = mode
-
     def tokenize(self, captions: Sequence[str]) -> PaddedTokens:
         """The official loader's ids: <start>, nltk.word_tokenize(caption.lower()) words, <end>."""
         return vocab_tokenize(self.vocab, captions)

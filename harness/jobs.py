@@ -279,9 +279,10 @@ class _Runner:
         recipe = dict(job.config["recipe"])
         torch.manual_seed(int(recipe.get("seed", 0)))  # the same initial weights on every rank and rerun
         adapter = self.build({**job.config["options"], **recipe}).to(ctx.device)
-        train_images, train_caps = adapter.eval_data(ctx.data_root, "train", job.dataset)
+        data = adapter.train_data(ctx.data_root, job.dataset)
         val_split = ctx.registry.dataset(job.dataset).validation_split
         val_images, val_caps = adapter.eval_data(ctx.data_root, val_split, job.dataset)
+        val_owner = adapter.image_of_caption(ctx.data_root, val_split, job.dataset)
         kill = _kill_hook("step")
 
         def on_step(info: StepInfo) -> None:
@@ -291,8 +292,9 @@ class _Runner:
             kill()
 
         minutes = ctx.settings.checkpoint_minutes
-        summary = train(adapter, train_images, train_caps, recipe, self.dir / "work", val_images=val_images,
-                        val_captions=val_caps, log=self.log, on_step=on_step,
+        summary = train(adapter, data.images, data.captions, recipe, self.dir / "work", val_images=val_images,
+                        val_captions=val_caps, image_of_caption=data.image_of_caption,
+                        val_image_of_caption=val_owner, log=self.log, on_step=on_step,
                         checkpoint_every_steps=ctx.settings.checkpoint_steps,
                         checkpoint_every_seconds=minutes * 60 if minutes else None,
                         should_stop=ctx.should_stop, dist=ctx.dist, curve=self.dir / CURVE)

@@ -89,9 +89,10 @@ def _restore_rng(rng: np.random.Generator, saved: Mapping[str, Any]) -> None:
                                "has_uint32": saved["has_uint32"], "uinteger": saved["uinteger"]}
 
 
-def validation_rsum(adapter: Adapter, images: Any, captions: list[str], batch_size: int = 128) -> float:
+def validation_rsum(adapter: Adapter, images: Any, captions: list[str], batch_size: int = 128,
+                    image_of_caption: np.ndarray | None = None) -> float:
     sims = similarity_matrix(adapter, images, captions, batch_size=batch_size)
-    return float(full_recall(sims)["rsum"])
+    return float(full_recall(sims, image_of_caption=image_of_caption)["rsum"])
 
 
 def train(adapter: Adapter, train_images: Any, train_captions: list[str], recipe: Mapping[str, Any],
@@ -100,8 +101,11 @@ def train(adapter: Adapter, train_images: Any, train_captions: list[str], recipe
           on_step: Callable[[StepInfo], None] | None = None, stop_after_steps: int | None = None,
           checkpoint_every_steps: int | None = None, checkpoint_every_seconds: float | None = None,
           should_stop: Callable[[], bool] | None = None,
-          dist: distributed.DistContext | None = None, curve: str | Path | None = None) -> TrainSummary:
-    """Train `adapter` in place on captions paired with their images (caption j -> image j // k).
+          dist: distributed.DistContext | None = None, curve: str | Path | None = None,
+          image_of_caption: np.ndarray | None = None,
+          val_image_of_caption: np.ndarray | None = None) -> TrainSummary:
+    """Train `adapter` in place on captions paired with their images (caption j -> image j // k, or
+    `image_of_caption[j]` when given; likewise `val_image_of_caption` for validation).
 
     Recipe keys used here: epochs, batch_size (the global batch), seed (plus whatever the adapter's
     configure_training reads). `stop_after_steps` ends the run early without a checkpoint (a simulated
@@ -125,6 +129,9 @@ def train(adapter: Adapter, train_images: Any, train_captions: list[str], recipe
         pos = _resume(adapter, setup.optimizer, rng, ckpt, summary, dist)
         log(f"resumed from {ckpt} at epoch {pos.epoch}" + (f" step {pos.step}" if pos.step else ""))
     n = len(train_captions)
+    owner = np.arange(n) // captions_per_image if image_of_caption is None else np.asarray(image_of_caption)
+    if owner.shape != (n,):
+        raise ValueError(f"image_of_caption has shape {owner.shape}, expected ({n},) for {n} training captions")
     steps_per_epoch = -(-n // batch_size)
     wall_base, t0 = summary.wall_seconds, time.perf_counter()
     last_save = time.perf_counter()
@@ -152,8 +159,8 @@ def train(adapter: Adapter, train_images: Any, train_captions: list[str], recipe
             adapter.model.train()
             for step in range(pos.step, steps_per_epoch):
                 idx = pos.order[step * batch_size:(step + 1) * batch_size]
-                images = _gather(train_images, idx // captions_per_image)
-                batch = adapter.make_train_batch(images, [train_captions[i] for i in idx], rng)
+                images = _gather(train_images, owner[idx])
+                batch = adapter.make_train_batch(images, [train_captions[i] for i in idx], rng, caption_ids=idx)
                 t_step = time.perf_counter()
                 out = step_fn(batch, len(idx), epoch) if step_fn else adapter.train_step(batch, epoch)
                 loss = out["loss"]
@@ -192,7 +199,8 @@ def train(adapter: Adapter, train_images: Any, train_captions: list[str], recipe
             record: dict[str, Any] = {"epoch": epoch, "loss": float(np.mean(pos.losses)) if pos.losses else None,
                                       "lr": [g["lr"] for g in setup.optimizer.param_groups]}
             if val_images is not None and val_captions and main:
-                record["val_rsum"] = validation_rsum(adapter, val_images, val_captions)
+                record["val_rsum"] = validation_rsum(adapter, val_images, val_captions,
+                                                     image_of_caption=val_image_of_caption)
             summary.history.append(record)
             is_best = record.get("val_rsum", -float(epoch)) >= summary.best_rsum or summary.best_epoch < 0
             if is_best:

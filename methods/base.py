@@ -85,6 +85,16 @@ def concat_blocks(blocks: Sequence[Any]) -> Any:
 
 
 @dataclass
+class TrainData:
+    """A training split as the training loop reads it: images, captions, and which image each caption
+    belongs to (None: caption j -> image j // captions_per_image)."""
+
+    images: Any
+    captions: list[str]
+    image_of_caption: np.ndarray | None = None
+
+
+@dataclass
 class TrainingSetup:
     """What the training loop needs from an adapter: the optimizer and a per-epoch lr rule."""
 
@@ -146,6 +156,15 @@ class Adapter(abc.ABC):
         """Caption -> image index of `eval_data`'s order when it is not j // 5 (None: the uniform rule)."""
         return None
 
+    def train_data(self, data_root: str | Path, dataset: str | None = None) -> TrainData:
+        """The training split for `harness.training.train`. Adapters whose loss needs split-wide state
+        (VSL's TF-IDF, CUSA's image ids and teacher features) prepare it here.
+
+        Default: `eval_data(..., "train")` with `image_of_caption`.
+        """
+        images, captions = self.eval_data(data_root, "train", dataset)
+        return TrainData(images, captions, self.image_of_caption(data_root, "train", dataset))
+
     # ---- inference --------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -197,8 +216,11 @@ class Adapter(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} does not support training")
 
     def make_train_batch(self, images: np.ndarray | torch.Tensor, captions: Sequence[str],
-                         rng: np.random.Generator) -> Any:
-        """Collate one training batch (images already matched to captions); augmentation goes here."""
+                         rng: np.random.Generator, caption_ids: np.ndarray | None = None) -> Any:
+        """Collate one training batch (images already matched to captions); augmentation goes here.
+
+        `caption_ids`: the captions' indices in the training split (`train_data` order), for adapters
+        that look up split-wide state; the others ignore it."""
         raise NotImplementedError
 
     def train_step(self, batch: Any, epoch: int) -> dict[str, torch.Tensor]:

@@ -120,7 +120,8 @@ class TinyAdapter(Adapter):
         return TrainingSetup(optimizer=opt, grad_clip=float(recipe.get("grad_clip", 2.0)),
                              lr_at_epoch=lambda e: [lr * 0.1 ** sum(e >= d for d in decay)])
 
-    def make_train_batch(self, images: np.ndarray, captions: Sequence[str], rng: np.random.Generator) -> TinyBatch:
+    def make_train_batch(self, images: np.ndarray, captions: Sequence[str], rng: np.random.Generator,
+                         caption_ids: np.ndarray | None = None) -> TinyBatch:
         regions = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
         keep = torch.from_numpy(rng.random((regions.shape[1], regions.shape[0])) < 0.8)
         return TinyBatch(regions, keep, self.tokenize(captions))

@@ -128,7 +128,7 @@ def test_training_loop_writes_an_official_checkpoint(tmp_path):
 
 
 def test_reading_the_train_split_fits_its_tfidf_and_resolves_shared_captions(tmp_path):
-    """The job runner reads the train split through eval_data; VSL fits the TF-IDF there (as the official
+    """The job runner reads the train split through train_data; VSL fits the TF-IDF there (as the official
     dataset does) and tells apart images that share a caption text by their features."""
     caps = captions_for(3)
     caps[12] = caps[2]  # image 2 gets a caption of image 0
@@ -136,8 +136,8 @@ def test_reading_the_train_split_fits_its_tfidf_and_resolves_shared_captions(tmp
     np.save(tmp_path / "train_ims.npy", images)
     (tmp_path / "train_caps.txt").write_text("\n".join(caps) + "\n")
     adapter = VSLAdapter.build("sgr", "demo", DIMS)
-    got_images, got_caps = adapter.eval_data(tmp_path, "train")
-    assert got_caps == caps and adapter.corpus is not None and adapter.corpus.n_images == 3
+    data = adapter.train_data(tmp_path)
+    assert data.captions == caps and data.image_of_caption is None and adapter.corpus is not None and adapter.corpus.n_images == 3
     batch = adapter.make_train_batch(images[[2, 0]], [caps[12], caps[2]], np.random.default_rng(0))
     expected = adapter.make_train_batch(images[[2, 0]], [caps[12], caps[2]], np.random.default_rng(0),
                                         caption_ids=[12, 2])

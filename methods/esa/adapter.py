@@ -199,7 +199,7 @@ class ESAAdapter(Adapter):
         return [tok.token_to_id("[CLS]"), *pieces, tok.token_to_id("[SEP]")]
 
     def make_train_batch(self, images: np.ndarray | torch.Tensor | Sequence[Any], captions: Sequence[str],
-                         rng: np.random.Generator) -> ESATrainBatch:
+                         rng: np.random.Generator, caption_ids: np.ndarray | None = None) -> ESATrainBatch:
         """Images (B, R, D) matched to B captions -> hardnum region masks and hardnum augmented copies
         of each caption (all randomness from `rng`)."""
         k = int(self.recipe["hardnum"])

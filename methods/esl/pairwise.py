@@ -163,7 +163,7 @@ class PairwiseAdapter(Adapter):
         return [tok.token_to_id("[CLS]"), *pieces, tok.token_to_id("[SEP]")]
 
     def make_train_batch(self, images: np.ndarray | torch.Tensor, captions: Sequence[str],
-                         rng: np.random.Generator) -> PairwiseTrainBatch:
+                         rng: np.random.Generator, caption_ids: np.ndarray | None = None) -> PairwiseTrainBatch:
         """Images (B, R, D) matched to B captions: region dropping (keep `region_keep`) and word masking
         (`word_aug_prob`: 50% [MASK], 10% random ids, 40% deleted), all randomness from `rng`."""
         regions = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images,

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from methods.base import Adapter, PaddedFeatures, PaddedTokens, TrainingSetup
+from methods.base import Adapter, PaddedFeatures, PaddedTokens, TrainData, TrainingSetup
 from methods.common.text_bert import pad_ids
 from methods.common.vocab import PAD, Vocabulary, encode_caption, load_scan_vocab, vocab_tokenize
 from methods.vsl.losses import (
@@ -138,13 +138,12 @@ class VSLAdapter(Adapter):
                                                   feats[:, 0], mask)
 
     # ---- data and training -------------------------------------------------------------------
-    def eval_data(self, data_root: str | Path, split: str, dataset: str | None = None) -> tuple[Any, list[str]]:
-        """As the base class; reading the 'train' split also fits its TF-IDF (VSL's semantic matrix), as
-        the official dataset does when it is constructed."""
-        images, captions = super().eval_data(data_root, split, dataset)
-        if split == "train":
-            self.attach_training_corpus(captions, images=images)
-        return images, captions
+    def train_data(self, data_root: str | Path, dataset: str | None = None) -> TrainData:
+        """As the base class, and fits the split's TF-IDF (VSL's semantic matrix), as the official
+        dataset does when it is constructed; batches then look captions up by `caption_ids`."""
+        data = super().train_data(data_root, dataset)
+        self.attach_training_corpus(data.captions, images=data.images)
+        return data
 
     def attach_training_corpus(self, captions: Sequence[str], captions_per_image: int = 5,
                                images: np.ndarray | None = None) -> None:

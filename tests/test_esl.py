@@ -13,7 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_esl_reference import TINY_BERT, esl_official_sims  # noqa: E402
+from test_esl_reference import PAIR_CAPTIONS, TINY_BERT, esl_official_sims  # noqa: E402
 
 from harness.scoring import encode_texts, score_blocks  # noqa: E402
 from methods.base import CheckpointError, PaddedFeatures  # noqa: E402
@@ -21,23 +21,7 @@ from methods.esl import ESLAdapter  # noqa: E402
 from methods.esl.model import AdaptiveLevels, ESLHead, esl_pair_scores, level_dims, official_rows  # noqa: E402
 
 EMBED, IMG_DIM, REGIONS = 256, 48, 6
-CAPTIONS = [
-    "a man riding a wave on top of a surfboard",
-    "two dogs",
-    "a plate of food with broccoli and rice, next to a fork",
-    "people walk down the street in the rain",
-    "a red double-decker bus",
-    "a kitchen",
-    "an elephant standing in tall grass near trees",
-    "a small child holding a teddy bear",
-    "the skier goes down a snowy slope",
-    "a bathroom with a white sink and mirror",
-    "cars parked along a city street",
-    "a giraffe",
-    "a laptop computer sitting on a wooden desk",
-    "a group of people flying kites in a park",
-    "a cat sleeping on a couch",
-]
+CAPTIONS = PAIR_CAPTIONS
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -230,3 +230,23 @@ def test_adaptive_masks_keep_the_two_largest_entries_per_row():
     assert [tuple(m.shape) for m in masks] == [(256 >> lvl, 256 >> (lvl - 1)) for lvl in range(1, 9)]
     for m in masks:
         assert bool(((m != 0).sum(1) == min(2, m.shape[1])).all())
+
+
+# Captions the ESL and X-Dim tests score (15 = three images of 5; X-Dim takes the first 10).
+PAIR_CAPTIONS = [
+    "a man riding a wave on top of a surfboard",
+    "two dogs",
+    "a plate of food with broccoli and rice, next to a fork",
+    "people walk down the street in the rain",
+    "a red double-decker bus",
+    "a kitchen",
+    "an elephant standing in tall grass near trees",
+    "a small child holding a teddy bear",
+    "the skier goes down a snowy slope",
+    "a bathroom with a white sink and mirror",
+    "cars parked along a city street",
+    "a giraffe",
+    "a laptop computer sitting on a wooden desk",
+    "a group of people flying kites in a park",
+    "a cat sleeping on a couch",
+]

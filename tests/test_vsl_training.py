@@ -137,7 +137,8 @@ def test_reading_the_train_split_fits_its_tfidf_and_resolves_shared_captions(tmp
     (tmp_path / "train_caps.txt").write_text("\n".join(caps) + "\n")
     adapter = VSLAdapter.build("sgr", "demo", DIMS)
     data = adapter.train_data(tmp_path)
-    assert data.captions == caps and data.image_of_caption is None and adapter.corpus is not None and adapter.corpus.n_images == 3
+    assert data.captions == caps and data.image_of_caption is None
+    assert adapter.corpus is not None and adapter.corpus.n_images == 3
     batch = adapter.make_train_batch(images[[2, 0]], [caps[12], caps[2]], np.random.default_rng(0))
     expected = adapter.make_train_batch(images[[2, 0]], [caps[12], caps[2]], np.random.default_rng(0),
                                         caption_ids=[12, 2])

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_esl_reference import TINY_BERT, l2n, official_style_matrix, sub, torch18_linspace_index  # noqa: E402
+from test_esl_reference import PAIR_CAPTIONS, TINY_BERT, l2n, official_style_matrix, sub, torch18_linspace_index  # noqa: E402
 
 from harness.scoring import encode_texts, score_blocks  # noqa: E402
 from methods.base import CheckpointError  # noqa: E402
@@ -24,18 +24,7 @@ from methods.xdim import XDimAdapter  # noqa: E402
 from methods.xdim.model import XDimHead, official_rows, xdim_pair_scores, xdim_pair_scores_fast  # noqa: E402
 
 EMBED, IMG_DIM, REGIONS = 64, 48, 6
-CAPTIONS = [
-    "a man riding a wave on top of a surfboard",
-    "two dogs",
-    "a plate of food with broccoli and rice, next to a fork",
-    "people walk down the street in the rain",
-    "a red double-decker bus",
-    "a kitchen",
-    "an elephant standing in tall grass near trees",
-    "a small child holding a teddy bear",
-    "the skier goes down a snowy slope",
-    "a bathroom with a white sink and mirror",
-]
+CAPTIONS = PAIR_CAPTIONS[:10]
 
 
 class OfficialXDimSimVec:

@@ -108,3 +108,13 @@ def _short(items: list[str], n: int = 6) -> str:
 
 def add_prefix(state: Mapping[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
     return {prefix + k: v for k, v in state.items()}
+
+
+def dataset_of_name(data_name: Any) -> str | None:
+    """'coco' / 'f30k' from an official data_name ('coco', 'f30k_precomp' ...), None if neither."""
+    name = str(data_name).lower()
+    if "coco" in name:
+        return "coco"
+    if "f30k" in name or "flickr" in name:
+        return "f30k"
+    return None

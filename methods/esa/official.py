@@ -19,6 +19,7 @@ import torch
 from methods.base import CheckpointError
 from methods.common.checkpoint import (
     add_prefix,
+    dataset_of_name,
     load_container,
     load_strict,
     opt_dict,
@@ -33,16 +34,6 @@ if TYPE_CHECKING:
 
 VARIANTS = ("bigru", "bert")
 SCAN_DATASETS = ("coco", "f30k")
-
-
-def dataset_of_name(data_name: Any) -> str | None:
-    """'coco' / 'f30k' from an official data_name ('coco', 'f30k_precomp' ...), None if neither."""
-    name = str(data_name).lower()
-    if "coco" in name:
-        return "coco"
-    if "f30k" in name or "flickr" in name:
-        return "f30k"
-    return None
 
 
 def text_variant_of(state: Mapping[str, torch.Tensor], path: Path) -> str:

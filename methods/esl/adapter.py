@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from methods.common.pairwise import PairwiseAdapter
 from methods.esl.model import ESLModel
-from methods.esl.pairwise import PairwiseAdapter
 
 DEFAULT_OPTIONS: dict[str, Any] = dict(
     embed_size=512, img_dim=2048, kernel_size=2, bert="bert-base-uncased", no_imgnorm=False, no_txtnorm=False,

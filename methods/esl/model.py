@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.common.region_encoder import PrecompRegionEncoder, l2norm
-from methods.common.text_bert import BertWordEncoder
+from methods.common.pairwise import RegionWordModel
+from methods.common.region_encoder import l2norm
 
 LEVELS = 8
 TOP_K = 2  # entries kept per row of an adaptive level matrix
@@ -239,26 +239,14 @@ def esl_pair_scores(image_side: torch.Tensor, text_side: torch.Tensor, lengths: 
     return t2i + i2t
 
 
-class ESLModel(nn.Module):
+class ESLModel(RegionWordModel):
     """The three official parts: `img_enc` (regions), `txt_enc` (BERT words), `sim_vec` (ESLHead)."""
 
     def __init__(self, img_dim: int = 2048, embed_size: int = 512, kernel_size: int = 2, heuristic: bool = False,
                  bert: str | dict = "bert-base-uncased", bert_pretrained: bool = False, no_imgnorm: bool = False,
                  no_txtnorm: bool = False) -> None:
-        super().__init__()
-        self.img_enc = PrecompRegionEncoder(img_dim, embed_size)
-        self.txt_enc = BertWordEncoder(embed_size, backbone=bert, pretrained=bert_pretrained)
+        super().__init__(img_dim, embed_size, bert, bert_pretrained, no_imgnorm, no_txtnorm)
         self.sim_vec = ESLHead(embed_size, kernel_size, heuristic)
-        self.no_imgnorm = no_imgnorm
-        self.no_txtnorm = no_txtnorm
-
-    def region_features(self, regions: torch.Tensor) -> torch.Tensor:
-        feats = self.img_enc(regions)
-        return feats if self.no_imgnorm else l2norm(feats, dim=-1)
-
-    def word_features(self, ids: torch.Tensor) -> torch.Tensor:
-        feats = self.txt_enc.word_features(ids)
-        return feats if self.no_txtnorm else l2norm(feats, dim=-1)
 
     def image_side(self, regions: torch.Tensor) -> torch.Tensor:
         return self.sim_vec.image_side(self.region_features(regions))

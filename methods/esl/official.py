@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from methods.base import CheckpointError
-from methods.common.checkpoint import load_strict
-from methods.common.text_bert import BERT_OPTIONAL_KEYS
-from methods.esl.pairwise import (
+from methods.common.three_part import (
     check_basic,
     check_head,
     checkpoint_dataset,
+    encoder_options,
+    load_three_part,
     official_opt_fields,
     read_three_part,
     write_three_part,
@@ -47,27 +47,13 @@ def read_official(path: str | Path, *, variant: str | None = None, dataset: str 
                               f"but variant {variant!r} (ESL-{variant.upper()}) was asked")
     check_basic(path, opt)
     trained_on = checkpoint_dataset(path, opt, dataset, "ESL")
-    if "fc.weight" not in img_state:
-        raise CheckpointError(f"{path}: image encoder (model[0]) has no fc.weight: not an ESL checkpoint")
-    fc = img_state["fc.weight"]
-    options: dict[str, Any] = {
-        "embed_size": int(opt.get("embed_size", fc.shape[0])),
-        "img_dim": int(opt.get("img_dim", fc.shape[1])),
-        "kernel_size": int(opt.get("kernel_size", 2)),
-        "no_imgnorm": bool(opt.get("no_imgnorm", False)),
-        "no_txtnorm": bool(opt.get("no_txtnorm", False)),
-        "bert": opt.get("itrbench_bert", "bert-base-uncased"),
-        "bert_pretrained": False,
-    }
+    options = encoder_options(path, opt, img_state, "ESL")
+    options["kernel_size"] = int(opt.get("kernel_size", 2))
     try:
         adapter = ESLAdapter.build(found, trained_on, options)
     except ValueError as exc:
         raise CheckpointError(f"{path}: cannot build ESL from its opt ({exc})") from exc
-    model = adapter.model
-    load_strict(model.img_enc, img_state, path=path, part="image encoder (model[0])")
-    load_strict(model.txt_enc, txt_state, path=path, part="text encoder (model[1])", ignore=BERT_OPTIONAL_KEYS)
-    load_strict(model.sim_vec, sim_state, path=path, part="sim_vec (model[2])")
-    model.eval()
+    load_three_part(adapter.model, (img_state, txt_state, sim_state), path)
     return adapter
 
 

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from methods.esl.pairwise import PairwiseAdapter
+from methods.common.pairwise import PairwiseAdapter
 from methods.xdim.model import XDimModel
 
 DEFAULT_OPTIONS: dict[str, Any] = dict(

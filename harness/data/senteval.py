@@ -111,41 +111,36 @@ def read_sts_year(root: str | Path, task: str) -> list[StsPairs]:
     return [read_sts_subset(base, s) for s in subsets]
 
 
+def _scored_pairs(path: Path, lines: list[str], first: int, columns: tuple[int, int, int], expected: str,
+                  score_name: str) -> StsPairs:
+    """Tab-separated rows numbered from `first` -> pairs; `columns` = (score, sentence 1, sentence 2)."""
+    score, a, b = columns
+    left, right, gold = [], [], []
+    for i, line in enumerate(lines, start=first):
+        cols = line.strip().split("\t")
+        if len(cols) <= max(columns):
+            raise SentEvalError(f"{path}:{i}: {len(cols)} tab-separated columns, expected {expected}")
+        try:
+            gold.append(float(cols[score]))
+        except ValueError:
+            raise SentEvalError(f"{path}:{i}: {score_name} '{cols[score]}' is not a number") from None
+        left.append(_join(cols[a]))
+        right.append(_join(cols[b]))
+    return StsPairs("test", left, right, np.asarray(gold, dtype=np.float64))
+
+
 def read_stsb(root: str | Path) -> StsPairs:
     """STS Benchmark test, as SimCSE's STSBenchmarkEval.loadFile reads `sts-test.csv`."""
     path = resolve_root(root) / STSB_FILE
-    left, right, gold = [], [], []
-    for i, line in enumerate(_file_lines(path), start=1):
-        cols = line.strip().split("\t")
-        if len(cols) < 7:
-            raise SentEvalError(f"{path}:{i}: {len(cols)} tab-separated columns, expected at least 7 "
-                                "(genre, file, year, id, score, sentence 1, sentence 2)")
-        try:
-            gold.append(float(cols[4]))
-        except ValueError:
-            raise SentEvalError(f"{path}:{i}: score '{cols[4]}' is not a number") from None
-        left.append(_join(cols[5]))
-        right.append(_join(cols[6]))
-    return StsPairs("test", left, right, np.asarray(gold, dtype=np.float64))
+    return _scored_pairs(path, _file_lines(path), 1, (4, 5, 6),
+                         "at least 7 (genre, file, year, id, score, sentence 1, sentence 2)", "score")
 
 
 def read_sick(root: str | Path) -> StsPairs:
     """SICK-R test, as SimCSE's SICKRelatednessEval.loadFile reads `SICK_test_annotated.txt`."""
     path = resolve_root(root) / SICK_FILE
-    lines = _file_lines(path)
-    left, right, gold = [], [], []
-    for i, line in enumerate(lines[1:], start=2):
-        cols = line.strip().split("\t")
-        if len(cols) < 4:
-            raise SentEvalError(f"{path}:{i}: {len(cols)} tab-separated columns, expected pair_ID, sentence_A, "
-                                "sentence_B, relatedness_score, ...")
-        try:
-            gold.append(float(cols[3]))
-        except ValueError:
-            raise SentEvalError(f"{path}:{i}: relatedness '{cols[3]}' is not a number") from None
-        left.append(_join(cols[1]))
-        right.append(_join(cols[2]))
-    return StsPairs("test", left, right, np.asarray(gold, dtype=np.float64))
+    return _scored_pairs(path, _file_lines(path)[1:], 2, (3, 1, 2),
+                         "pair_ID, sentence_A, sentence_B, relatedness_score, ...", "relatedness")
 
 
 def load_task(root: str | Path, task: str) -> list[StsPairs]:

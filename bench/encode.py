@@ -1,12 +1,16 @@
 """Evaluation encoding throughput: our encode-once path vs the official per-caption loop, same run.
 
-    python bench/encode.py [--method esa] [--images 40] [--text bigru|bert] [--batch 128] [--repeat 2]
+    python bench/encode.py [--method all|esa|cusa] [--images 40] [--text bigru|bert] [--batch 128] [--repeat 2]
 
 The official evaluation walks the test set by caption and encodes each caption's image with it, so
 every image is encoded 5 times; we encode each image once. Real shapes: 36 x 2048 BUTD regions,
 embed size 1024, BiGRU with the COCO vocabulary and 300-d words (or bert-base-uncased). Weights
 are random (speed does not depend on them). Prints images/s and captions/s of both and the ratio;
 each figure is the best of --repeat runs, ours and official-style alternating (the CPU may be shared).
+
+CUSA (bench/encode_cusa.py): captions/s of the CLIP text tower cut after each batch's longest end-of-text
+token (ours) vs the official fixed 77 positions, same captions and weights (real ViT-B/32 geometry), and the
+largest feature difference. `--method all` (default) runs every encoder in one command.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -88,12 +93,26 @@ def load_words() -> list[str]:
     return list(load_scan_vocab("coco").word2idx)[4:]
 
 
-BENCHES = {"esa": bench_esa}
+def bench_cusa(args: argparse.Namespace) -> list[tuple[str, float, float]]:
+    """CUSA captions/s with the end-of-text truncation (ours) and at the official fixed 77 tokens, same run."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is a folder of scripts, not a package
+    from encode_cusa import bench_cusa_text
+
+    r = bench_cusa_text(args.cusa_variant, n_captions=args.images * CAPTIONS_PER_IMAGE, batch=args.batch,
+                        repeat=args.repeat, device=args.device)
+    return [("captions", r["ours_captions_per_s"], r["official_captions_per_s"])]
+
+
+BENCHES = {"esa": bench_esa, "cusa": bench_cusa}
+LABELS = {"esa": lambda a: f"esa ({a.text})", "cusa": lambda a: f"cusa ({a.cusa_variant}, text cut at EOT vs 77)"}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--method", default="esa", choices=sorted(BENCHES))
+    ap.add_argument("--method", default="all", choices=["all", *sorted(BENCHES)])
+    ap.add_argument("--cusa-variant", default="vitb32", choices=("vitb32", "vitl14_336"))
     ap.add_argument("--images", type=int, default=40, help="test images (captions: 5 per image)")
     ap.add_argument("--text", default="bigru", choices=("bigru", "bert"))
     ap.add_argument("--batch", type=int, default=128)
@@ -103,12 +122,14 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = BENCHES[args.method](args)
-    print(f"{args.method} ({args.text}), {args.images} images x {CAPTIONS_PER_IMAGE} captions, batch {args.batch}, "
-          f"{args.device}, {torch.get_num_threads()} threads, best of {args.repeat}")
-    print(f"{'':10s} {'ours /s':>12s} {'official-style /s':>18s} {'ratio':>8s}")
-    for label, ours, ref in rows:
-        print(f"{label:10s} {ours:12.1f} {ref:18.1f} {ours / ref:7.2f}x")
+    methods = sorted(BENCHES) if args.method == "all" else [args.method]
+    results = {m: BENCHES[m](args) for m in methods}
+    print(f"{args.images} images x {CAPTIONS_PER_IMAGE} captions, batch {args.batch}, {args.device}, "
+          f"{torch.get_num_threads()} threads, best of {args.repeat}")
+    print(f"{'encoder':44s} {'':10s} {'ours /s':>12s} {'official-style /s':>18s} {'ratio':>8s}")
+    for m in methods:
+        for label, ours, ref in results[m]:
+            print(f"{LABELS[m](args):44s} {label:10s} {ours:12.1f} {ref:18.1f} {ours / ref:7.2f}x")
 
 
 if __name__ == "__main__":

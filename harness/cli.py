@@ -74,6 +74,21 @@ def protocol_summary(result: dict[str, Any], title: str) -> Table:
     return table
 
 
+def image_retrieval_table(result: dict[str, Any]) -> Table:
+    """Image retrieval R@1 per set (and the mean), or why it is not defined."""
+    table = Table(title="image retrieval (uni-modal image head)")
+    table.add_column("set")
+    table.add_column("R@1", justify="right")
+    if result.get("defined") is False:
+        table.add_row("all", f"not defined: {result.get('reason', '')}")
+        return table
+    for name, value in result.get("r1", {}).items():
+        table.add_row(name, f"{value:.2f}")
+    for name, why in (result.get("missing") or {}).items():
+        table.add_row(name, f"not evaluated: {why}")
+    return table
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="itrbench", description="Image-text retrieval reproducibility harness")
     sub = p.add_subparsers(dest="command")
@@ -104,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tiles", default=None, metavar="IMAGES,CAPTIONS",
                      help="scoring tile size (default: per scoring kind); smaller tiles use less memory")
     run.add_argument("--sts-root", default=None, help="SentEval data folder: adds STS to COCO evaluations")
+    run.add_argument("--image-retrieval-root", default=None,
+                     help="CUB/SOP/In-shop/iNaturalist folder: adds image retrieval (uni-modal image head) to COCO "
+                          "evaluations")
 
     ev = sub.add_parser("evaluate", help="evaluate official checkpoints on a data split")
     ev.add_argument("--method", required=True)
@@ -119,7 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=128)
     ev.add_argument("--cache-dir", default=None, help="tile cache folder (resume an interrupted scoring)")
     ev.add_argument("--sts-root", default=None, help="SentEval data folder: also evaluate STS (uni-modal text)")
-    ev.add_argument("--recall-only", action="store_true", help="skip ECCV / CxC / STS")
+    ev.add_argument("--image-retrieval-root", default=None,
+                    help="CUB/SOP/In-shop/iNaturalist folder (check-data --dataset image_retrieval): also evaluate "
+                         "image retrieval R@1 with the uni-modal image head")
+    ev.add_argument("--recall-only", action="store_true", help="skip ECCV / CxC / STS / image retrieval")
 
     me = sub.add_parser("metrics", help="metrics of a saved similarity matrix")
     me.add_argument("--sims", required=True)
@@ -173,11 +194,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                   device=args.device, batch_size=args.batch_size,
                                   cache_dir=Path(args.cache_dir) if args.cache_dir else None, progress=True,
                                   sts_root=Path(args.sts_root) if args.sts_root else None,
-                                  all_protocols=not args.recall_only)
+                                  all_protocols=not args.recall_only,
+                                  image_retrieval_root=Path(args.image_retrieval_root)
+                                  if args.image_retrieval_root else None)
     console.print(recall_table(result.metrics, f"{args.method}/{args.variant} on {args.dataset or ''} {split}"))
     for name in ("eccv", "cxc"):
         if name in result.metrics:
             console.print(protocol_summary(result.metrics[name], name))
+    if "image_retrieval" in result.metrics:
+        console.print(image_retrieval_table(result.metrics["image_retrieval"]))
     if args.save_sims:
         save_npy(args.save_sims, result.sims)
         console.print(f"wrote {args.save_sims} ({result.sims.shape[0]} x {result.sims.shape[1]}, float32)")

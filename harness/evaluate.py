@@ -97,20 +97,19 @@ def unimodal_embeddings(adapter: Adapter, images: Any, captions: Sequence[str],
 def extra_protocols(sims: np.ndarray, members: Sequence[Adapter], images: Any, captions: Sequence[str],
                     protocols: Sequence[str], ids_dir: Path | None, sts_root: Path | None = None,
                     batch_size: int = 128) -> dict[str, Any]:
-    """ECCV Caption and CxC (COCO 5K matrices) and STS (when SentEval data is given)."""
+    """ECCV Caption and CxC (COCO 5K matrices of 25,000 captions) and STS (when SentEval data is given; it
+    does not depend on the matrix, so it also runs for CUSA's json test set of 25,010 captions)."""
     out: dict[str, Any] = {}
-    if sims.shape != (5000, 25000):
-        return out
+    coco5k = sims.shape == (5000, 25000)
     single = members[0] if len(members) == 1 else None
     text_emb = image_emb = None
-    if "cxc" in protocols or sts_root is not None:
-        if single is not None:
-            text_emb, image_emb = unimodal_embeddings(single, images, captions, batch_size)
-    if "eccv" in protocols:
+    if coco5k and "cxc" in protocols and single is not None:
+        text_emb, image_emb = unimodal_embeddings(single, images, captions, batch_size)
+    if coco5k and "eccv" in protocols:
         from harness.metrics.eccv import eccv_protocol
 
         out["eccv"] = eccv_protocol(sims, ids_dir)
-    if "cxc" in protocols:
+    if coco5k and "cxc" in protocols:
         from harness.metrics.cxc import cxc_protocol
 
         scoring = members[0].scoring
@@ -120,8 +119,67 @@ def extra_protocols(sims: np.ndarray, members: Sequence[Adapter], images: Any, c
                 out["cxc"][task] = {"defined": False,
                                     "reason": "an ensemble of two models has no single uni-modal space"}
     if sts_root is not None:
-        out["sts"] = sts_protocol(single, sts_root) if single is not None and text_emb is not None else {
+        out["sts"] = sts_protocol(single, sts_root) if single is not None else {
             "defined": False, "reason": "STS needs one model with a uni-modal text space"}
+    return out
+
+
+def _image_vectors(adapter: Adapter, images: Any, batch_size: int) -> np.ndarray | None:
+    """Uni-modal image embeddings of a lazy pixel view, or None when the adapter has no such head."""
+    chunks = []
+    with eval_mode(adapter), torch.no_grad():
+        for a in range(0, len(images), batch_size):
+            emb = adapter.image_embeddings(images[a:a + batch_size].to(adapter.device))
+            if emb is None:
+                return None
+            chunks.append(emb.float().cpu())
+    return torch.cat(chunks).numpy()
+
+
+def image_retrieval_metrics(members: Sequence[Adapter], root: str | Path, batch_size: int = 128) -> dict[str, Any]:
+    """CUSA's image retrieval protocol (R@1 on CUB-200, SOP, In-shop, iNaturalist and their mean) with the
+    model's uni-modal image head (`Adapter.image_embeddings`) on image files under `root`.
+
+    Not defined (with a reason) for ensembles and for methods that read region features or have no
+    uni-modal image head. Sets whose list file is absent are left out and named under `missing`; `avg`
+    needs all four. A present set with missing images is an error.
+    """
+    from harness.data.image_retrieval import (
+        ImageFiles,
+        ImageRetrievalDataError,
+        check_image_retrieval,
+        load_image_retrieval,
+        present_sets,
+    )
+    from harness.metrics.image_retrieval import image_retrieval_protocol
+
+    if len(members) != 1:
+        return {"defined": False, "reason": "an ensemble of several models has no single uni-modal image space"}
+    adapter = members[0]
+    transform = getattr(adapter, "preprocess", None)
+    if adapter.image_input != "pixels" or transform is None:
+        return {"defined": False, "reason": f"{adapter.method} reads precomputed region features, not image files: "
+                                            "it has no image encoder to run on the retrieval sets"}
+    names, absent = present_sets(root)
+    if not names:
+        raise ImageRetrievalDataError(f"{root}: no image retrieval set found (" + "; ".join(absent.values()) + ")")
+    problems = check_image_retrieval(root, tuple(names))
+    if problems:
+        raise ImageRetrievalDataError(f"{root}: " + "; ".join(problems))
+    features: dict[str, tuple] = {}
+    for name in names:
+        ds = load_image_retrieval(root, name)
+        query = _image_vectors(adapter, ImageFiles(ds.paths, transform), batch_size)
+        if query is None:
+            return {"defined": False, "reason": f"{adapter.method} has no uni-modal image head"}
+        if ds.has_gallery:
+            gallery = _image_vectors(adapter, ImageFiles(ds.gallery_paths or [], transform), batch_size)
+            features[name] = (query, ds.labels, gallery, ds.gallery_labels)
+        else:
+            features[name] = (query, ds.labels)
+    out = image_retrieval_protocol(features)
+    if absent:
+        out["missing"] = absent
     return out
 
 
@@ -171,7 +229,9 @@ def similarity_for(members: Sequence[Adapter], images: Any, captions: Sequence[s
 def evaluate_checkpoints(method: str, variant: str, checkpoints: Sequence[str | Path], data_root: str | Path,
                          split: str, dataset: str | None = None, *, device: str = "cpu", batch_size: int = 128,
                          cache_dir: Path | None = None, progress: bool = False, sts_root: Path | None = None,
-                         all_protocols: bool = True) -> Evaluation:
+                         all_protocols: bool = True, image_retrieval_root: Path | None = None) -> Evaluation:
+    """Load, score and compute every protocol that applies; `sts_root` / `image_retrieval_root` add STS and
+    image retrieval (uni-modal heads; skipped with `all_protocols=False`)."""
     registry = load_registry()
     m = registry.method(method)
     members = [a.to(device) for a in load_members(m, variant, checkpoints, dataset)]
@@ -184,6 +244,8 @@ def evaluate_checkpoints(method: str, variant: str, checkpoints: Sequence[str | 
         wanted = load_registry().dataset(dataset).protocols if dataset else ("eccv", "cxc")
         ids_dir = _ids_dir(data_root, split, dataset)
         metrics.update(extra_protocols(sims, members, images, captions, wanted, ids_dir, sts_root, batch_size))
+        if image_retrieval_root is not None:
+            metrics["image_retrieval"] = image_retrieval_metrics(members, image_retrieval_root, batch_size)
     return Evaluation(sims=sims, metrics=metrics, efficiency=eff)
 
 

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from harness import distributed
-from harness.evaluate import _ids_dir, compute_metrics, extra_protocols, protocols_for
+from harness.evaluate import _ids_dir, compute_metrics, extra_protocols, image_retrieval_metrics, protocols_for
 from harness.executors.status import LOG, STATUS, StatusWriter
 from harness.plan import Job
 from harness.registry import Registry
@@ -78,6 +78,7 @@ class RunSettings:
     checkpoint_steps: int | None = None
     image_tile: int | None = None  # scoring tiles (default: the scoring engine's per scoring kind)
     sts_root: str | None = None  # SentEval data for the STS protocol (evaluations of COCO models)
+    image_retrieval_root: str | None = None  # CUB/SOP/In-shop/iNaturalist (image retrieval; COCO models)
     caption_tile: int | None = None
     encode_batch: int = 128
 
@@ -348,12 +349,18 @@ class _Runner:
         save_npy(self.dir / "sims.npy", sims)
         metrics = compute_metrics(sims, protocols_for(job.dataset, split, sims.shape[0]), owner)
         wanted = ctx.registry.dataset(job.dataset).protocols
-        if sims.shape == (5000, 25000) and (images is not None or "members" in cfg):
-            self.progress("metrics", 0, 1, "ECCV / CxC" + (" / STS" if ctx.settings.sts_root else ""))
-            sts = Path(ctx.settings.sts_root) if ctx.settings.sts_root else None
+        # STS and image retrieval use the uni-modal heads, not the matrix: run for COCO models (as the
+        # paper) whatever the test set's caption count (CUSA's json has 25,010 captions)
+        sts = Path(ctx.settings.sts_root) if ctx.settings.sts_root and job.dataset == "coco" else None
+        if (sims.shape == (5000, 25000) or sts is not None) and (images is not None or "members" in cfg):
+            self.progress("metrics", 0, 1, "ECCV / CxC" + (" / STS" if sts is not None else ""))
             metrics.update(extra_protocols(sims, members, images, captions, wanted,
                                            _ids_dir(ctx.data_root, split, job.dataset), sts,
                                            ctx.settings.encode_batch))
+        if ctx.settings.image_retrieval_root and job.dataset == "coco":
+            self.progress("metrics", 0, 1, "image retrieval")
+            metrics["image_retrieval"] = image_retrieval_metrics(members, Path(ctx.settings.image_retrieval_root),
+                                                                 ctx.settings.encode_batch)
         if "members" not in cfg:
             wall = time.perf_counter() - t_start
             peak, kind = _peak_memory(ctx.device)

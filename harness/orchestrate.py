@@ -29,7 +29,7 @@ from harness.executors import make_executor
 from harness.executors.base import Executor, Outcome, StopFlag, Task
 from harness.executors.status import format_seconds, read_status
 from harness.jobs import RunSettings, is_cached, registry_from, reset_job
-from harness.plan import Job, Plan, build_plan, parse_list
+from harness.plan import Job, Plan, build_plan, data_layout, parse_list
 from harness.registry import RegistryError
 from harness.results import ResultStore
 
@@ -105,7 +105,9 @@ def plan_campaign(args: argparse.Namespace) -> tuple[Plan, ResultStore, Path]:
     ds = registry.dataset(args.dataset)
     seeds = parse_seeds(args.seeds)
     data_root = resolve_data_root(ds.name, args.data_root, args.results)
-    problems = check_dataset(ds.name, data_root, required_splits(args.stage, ds.split, ds.validation_split))
+    splits = required_splits(args.stage, ds.split, ds.validation_split)
+    layouts = sorted({data_layout(registry, m, ds.name) for m in methods})
+    problems = [p for layout in layouts for p in check_dataset(ds.name, data_root, splits, layout=layout)]
     if problems:
         raise RegistryError(f"{data_root} fails check-data for {ds.name} (stage {args.stage}):\n  "
                             + "\n  ".join(problems))
@@ -318,7 +320,8 @@ def run_campaign(args: argparse.Namespace) -> int:
                            registry=_absolute(_arg(args, "registry")),
                            device=args.device, checkpoint_minutes=minutes if minutes and minutes > 0 else None,
                            checkpoint_steps=_arg(args, "checkpoint_steps"), image_tile=image_tile,
-                           caption_tile=caption_tile, sts_root=_absolute(_arg(args, "sts_root")))
+                           caption_tile=caption_tile, sts_root=_absolute(_arg(args, "sts_root")),
+                           image_retrieval_root=_absolute(_arg(args, "image_retrieval_root")))
     if force:
         for job in plan.jobs:
             reset_job(store, job.name, "rerun forced (--force)")

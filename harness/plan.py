@@ -139,9 +139,23 @@ def split_files(data_root: str | Path, dataset: str, split: str, layout: str = "
         except DataError:
             return []
         return sorted(p for p in folder.iterdir() if p.is_file() and p.name.startswith(f"{split}_"))
+    if layout == "cusa_json":  # the json and the teacher features (images are named by the json, not hashed)
+        from methods.cusa.data import find_split_folder
+
+        folder = find_split_folder(root, split, dataset)
+        return [] if folder is None else [p for p in (folder / f"new_{split}.json", folder / f"{split}_unicom.npz")
+                                          if p.is_file()]
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_file() and split in p.name)
+
+
+def data_layout(registry: Registry, method: str, dataset: str) -> str:
+    """The on-disk layout `method` reads `dataset` in: the CUSA/ALBEF json for pixel methods, else the
+    dataset's own (SCAN precomp)."""
+    if registry.method(method).adapter_class().image_input == "pixels":
+        return "cusa_json"
+    return registry.dataset(dataset).layout
 
 
 def _source_files(target: Path) -> list[Path]:
@@ -216,7 +230,9 @@ def build_plan(registry: Registry, methods: Sequence[str], dataset: str, *, vari
         for v in names:
             if not _buildable(method, v):
                 builder.plan.notes.append(f"{mname}/{v}: holds reported numbers only; nothing to run")
-        names = [v for v in names if _buildable(method, v)]
+            elif _skip_reason(method, v, ds.name):
+                builder.plan.notes.append(f"{mname}/{v}: not run on {ds.name}: {_skip_reason(method, v, ds.name)}")
+        names = [v for v in names if _buildable(method, v) and not _skip_reason(method, v, ds.name)]
         singles = [v for v in names if not method.variants[v].is_ensemble]
         ensembles = [v for v in names if method.variants[v].is_ensemble]
         if stage in ("train", "all"):
@@ -236,6 +252,15 @@ def build_plan(registry: Registry, methods: Sequence[str], dataset: str, *, vari
     return builder.plan
 
 
+def _skip_reason(method: Any, variant: str, dataset: str) -> str | None:
+    """A recipe `skip: <reason>` leaves the variant out on that dataset (e.g. a backbone the demo does not run)."""
+    try:
+        reason = method.recipe(variant, dataset).get("skip")
+    except RegistryError:
+        return None
+    return str(reason) if reason else None
+
+
 def _buildable(method: Any, variant: str) -> bool:
     """Variants that only hold reported numbers (option `reported_only`) cannot be built or run."""
     return not method.variants[variant].options.get("reported_only")
@@ -249,16 +274,16 @@ class _Builder:
         self._data_fp, self._code = data_fp, code
         self._fp_cache: dict[str, str] = {}
         ds = registry.dataset(dataset)
-        self.test_split, self.val_split, self.layout = ds.split, ds.validation_split, ds.layout
+        self.test_split, self.val_split = ds.split, ds.validation_split
 
     # identity parts
-    def data_fp(self, splits: Sequence[str]) -> str:
+    def data_fp(self, splits: Sequence[str], layout: str) -> str:
         if self._data_fp is not None:
             return self._data_fp
-        key = ",".join(splits)
+        key = f"{layout}:{','.join(splits)}"
         if key not in self._fp_cache:
             files = [p for s in splits for p in split_files(self.inputs.data_root or "", self.dataset, s,
-                                                            self.layout)] if self.inputs.data_root else []
+                                                            layout)] if self.inputs.data_root else []
             self._fp_cache[key] = data_fingerprint(files)
         return self._fp_cache[key]
 
@@ -280,7 +305,8 @@ class _Builder:
              splits: Sequence[str], depends: Sequence[Job] = (), gpus: int = 1) -> Job:
         hashed = {k: v for k, v in config.items() if k not in UNHASHED}
         hashed.update({f"key_of_{d.name}": d.key for d in depends})
-        parts = identity(hashed, self.data_fp(splits), self.code(method))
+        parts = identity(hashed, self.data_fp(splits, data_layout(self.registry, method, self.dataset)),
+                         self.code(method))
         return self.add(Job(name, stage, method, variant, self.dataset, seed, config,
                             depends=tuple(d.name for d in depends), key=job_key(hashed, parts["data"], parts["code"]),
                             gpus=gpus, identity=parts))

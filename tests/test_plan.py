@@ -169,3 +169,30 @@ def test_task_round_trips_through_json(setup):
     back = Task.from_json(task.to_json())
     assert back == task and isinstance(back.job, Job)
     assert plan_mod.RUNTIME_RECIPE_KEYS == ("gpus",) and "gpus" not in back.job.config["recipe"]
+
+
+def test_pixel_methods_read_and_fingerprint_the_cusa_json_layout(tmp_path):
+    """CUSA jobs on coco depend on new_{split}.json and the teacher features, not on precomp files, and
+    check-data looks for the json layout for them."""
+    from harness.data.checks import check_dataset
+    from harness.plan import data_layout
+    from harness.registry import load_registry
+
+    registry = load_registry()
+    assert data_layout(registry, "cusa", "coco") == "cusa_json"
+    assert data_layout(registry, "esa", "coco") == "precomp"
+    folder = tmp_path / "coco"
+    folder.mkdir()
+    assert split_files(tmp_path, "coco", "test", "cusa_json") == []
+    problems = check_dataset("coco", tmp_path, ["test"], layout="cusa_json")
+    assert len(problems) == 1 and "new_test.json" in problems[0] and str(folder) in problems[0]
+    (folder / "new_test.json").write_text('[{"image_path": "a.jpg", "caption": "a dog", "image_id": "1"}]')
+    (folder / "test_unicom.npz").write_bytes(b"x")
+    (folder / "unrelated_test.txt").write_text("not an input")
+    files = split_files(tmp_path, "coco", "test", "cusa_json")
+    assert files == [folder / "new_test.json", folder / "test_unicom.npz"]
+    before = data_fingerprint(files)
+    (folder / "new_test.json").write_text('[{"image_path": "a.jpg", "caption": "a cat", "image_id": "1"}]')
+    assert data_fingerprint(files) != before
+    problems = check_dataset("coco", tmp_path, ["test"], layout="cusa_json")
+    assert problems and "1 of 1 images are missing" in problems[0]

@@ -365,3 +365,31 @@ def test_nested_ci95_of_the_bootstrap_summary_drives_the_flags(tmp_path):
     eccv = section(ds, "## ECCV Caption")
     assert "i2t eccv mAP@R" in eccv and "t2i coco 5k R@10" in eccv
     assert "eccv pmrp for alpha/a: no plausible-match ground truth" in eccv
+
+
+def test_reported_sts_and_image_retrieval_keys_find_the_headline_statistic():
+    """The papers report Spearman (STS) and R@1 (image retrieval); we store several statistics per set."""
+    from harness.report.runs import metric_value
+
+    metrics = {"protocols": {
+        "sts": {"spearman": {"stsb": 78.25, "avg": 73.0}, "pearson": {"stsb": 77.0}},
+        "image_retrieval": {"r1": {"cub": 59.5, "avg": 61.0}, "missing": []},
+        "coco5k": {"rsum": 400.0, "i2t": {"r1": 50.0}},
+    }}
+    assert metric_value(metrics, "sts", "sts.stsb") == 78.25
+    assert metric_value(metrics, "image_retrieval", "image_retrieval.avg") == 61.0
+    assert metric_value(metrics, "sts", "pearson.stsb") == 77.0
+    assert metric_value(metrics, "coco5k", "i2t.r1") == 50.0
+    assert metric_value(metrics, "sts", "sts.sickr") is None
+
+
+def test_a_retrained_runs_objective_comes_from_its_training_recipe():
+    from harness.registry import load_registry
+    from harness.report.runs import resolved_setting
+
+    registry = load_registry()
+    cfg = {"method": "cusa", "variant": "vitb32", "stage": "evaluate"}
+    assert resolved_setting(registry, cfg)["objective"] == "cusa"  # the variant's option
+    assert resolved_setting(registry, cfg, {"objective": "only_contrastive"})["objective"] == "only_contrastive"
+    assert resolved_setting(registry, {**cfg, "setting": {"objective": "usa"}},
+                            {"objective": "only_contrastive"})["objective"] == "usa"

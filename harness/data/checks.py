@@ -33,6 +33,6 @@ def check_dataset(dataset: str, data_root: str | Path, splits: list[str] | None 
     if (layout or ds.layout) == "cusa_json":
         from methods.cusa.data import check_cusa_json  # noqa: PLC0415 - optional method package
 
-        return [p for s in splits for p in check_cusa_json(root, s)]
+        return [p for s in splits for p in check_cusa_json(root, s, dataset)]
     return check_precomp(root, dataset, splits, feature_dim=None if dataset == "demo" else 2048,
                          expected_images=EXPECTED_IMAGES.get(dataset), captions_per_image=ds.captions_per_image)

@@ -19,8 +19,10 @@ preprocessing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -155,3 +157,46 @@ def check_image_retrieval(root: str | Path, names: tuple[str, ...] = DATASETS,
                 problems.append(f"{name}: {len(missing)} of {len(paths)} listed images are missing "
                                 f"(first: {missing[0]})")
     return problems
+
+
+class ImageFiles:
+    """Image files as preprocessed pixel batches: `view[i:j]` is a (B, 3, H, W) tensor made by `transform`
+    from each file opened as RGB (as CUSA's `dataset_evalimg` loaders do)."""
+
+    def __init__(self, paths: list[str], transform: Callable[[Any], Any]):
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: slice) -> Any:
+        import torch
+        from PIL import Image
+
+        out = []
+        for p in self.paths[index]:
+            try:
+                with Image.open(p) as im:
+                    out.append(self.transform(im.convert("RGB")))
+            except FileNotFoundError as exc:
+                raise ImageRetrievalDataError(f"{p}: image file not found") from exc
+            except OSError as exc:
+                raise ImageRetrievalDataError(f"{p}: not a readable image ({exc})") from exc
+        return torch.stack(out)
+
+
+def present_sets(root: str | Path, names: tuple[str, ...] = DATASETS) -> tuple[list[str], dict[str, str]]:
+    """The sets whose list file (or CUB image folder) exists under `root`, and why each other one is absent."""
+    markers = {"cub": Path("cub") / "CUB_200_2011" / "images",
+               "sop": Path("sop") / "Stanford_Online_Products" / "Ebay_test.txt",
+               "inshop": Path("inshop") / "Eval" / "list_eval_partition.txt",
+               "inaturalist": Path("inaturalist") / "Inat_dataset_splits" / "Inaturalist_test_set1.txt"}
+    present, absent = [], {}
+    for name in names:
+        marker = Path(root) / markers[name]
+        if marker.exists():
+            present.append(name)
+        else:
+            absent[name] = f"{marker}: not found"
+    return present, absent

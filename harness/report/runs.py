@@ -66,6 +66,10 @@ def get_path(tree: Any, path: str) -> Any:
     return node
 
 
+# Protocols whose reported numbers ("sts.stsb", "image_retrieval.cub") are one statistic of several we store.
+HEADLINE_GROUP = {"sts": "spearman", "image_retrieval": "r1"}
+
+
 def metric_value(metrics: Mapping[str, Any], protocol: str, key: str) -> float | Undefined | None:
     """The number at `key` ("i2t.r1", "rsum", "sts.avg") of `protocol` in a metrics.json tree."""
     node = get_path(metrics, f"protocols.{protocol}")
@@ -73,7 +77,10 @@ def metric_value(metrics: Mapping[str, Any], protocol: str, key: str) -> float |
         return node
     value = get_path(node, key)
     if value is None and key.startswith(f"{protocol}."):  # e.g. "sts.avg" inside protocol sts
-        value = get_path(node, key[len(protocol) + 1:])
+        rest = key[len(protocol) + 1:]
+        value = get_path(node, rest)
+        if value is None and protocol in HEADLINE_GROUP:  # the paper's number is the headline statistic
+            value = get_path(node, f"{HEADLINE_GROUP[protocol]}.{rest}")
     if isinstance(value, Undefined):
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -185,8 +192,10 @@ def plain_stat(nums: Sequence[float]) -> Stat | None:
     return Stat(float(arr.mean()), std, len(arr), None)
 
 
-def resolved_setting(registry: Registry, config: Mapping[str, Any]) -> dict[str, Any]:
-    """The run's setting, completed from the registry where the config leaves a declared setting implicit.
+def resolved_setting(registry: Registry, config: Mapping[str, Any],
+                     recipe: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The run's setting, completed where the config leaves a declared setting implicit: from the training
+    `recipe` of a retrained run (e.g. objective only_contrastive), else from the registry's variant.
 
     E.g. an ESA* run of two BiGRU members has setting {members: bigru} even when its config does not say so.
     """
@@ -196,9 +205,13 @@ def resolved_setting(registry: Registry, config: Mapping[str, Any]) -> dict[str,
         return setting
     variant = method.variants.get(str(config.get("variant")))
     for key in method.settings:
-        if key in setting or variant is None:
+        if key in setting:
             continue
-        if key == "members" and variant.is_ensemble and len(set(variant.members)) == 1:
+        if recipe is not None and key in recipe:
+            setting[key] = recipe[key]
+        elif variant is None:
+            continue
+        elif key == "members" and variant.is_ensemble and len(set(variant.members)) == 1:
             setting[key] = variant.members[0]
         elif key in variant.options:
             setting[key] = variant.options[key]
@@ -229,6 +242,15 @@ def _order_key(registry: Registry, g: RunGroup) -> tuple:
     return (g.dataset, m_idx, g.method, v_idx, g.variant, str(g.setting), g.kind != OFFICIAL, g.kind, g.tag)
 
 
+def _train_recipe(store: ResultStore, config: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The recipe of the training job behind a retrained evaluation (None for official checkpoints)."""
+    name = config.get("train_job")
+    if not name or not (store.job_dir(str(name)) / "config.yaml").is_file():
+        return None
+    recipe = store.load(str(name)).config.get("recipe")
+    return recipe if isinstance(recipe, Mapping) else None
+
+
 def collect_groups(registry: Registry, store: ResultStore, dataset: str | None = None) -> list[RunGroup]:
     """Every finished evaluation under the store, grouped into rows, in registry order."""
     groups: dict[tuple, RunGroup] = {}
@@ -240,7 +262,7 @@ def collect_groups(registry: Registry, store: ResultStore, dataset: str | None =
             continue
         kind = run_kind(cfg)
         tag = res.path.parent.name if kind == OFFICIAL else ""
-        setting = tuple(sorted(resolved_setting(registry, cfg).items()))
+        setting = tuple(sorted(resolved_setting(registry, cfg, _train_recipe(store, cfg)).items()))
         key = (cfg["dataset"], cfg["method"], str(cfg.get("variant")), setting, kind, tag)
         group = groups.setdefault(key, RunGroup(cfg["dataset"], cfg["method"], str(cfg.get("variant")), setting,
                                                 kind, tag))

@@ -11,7 +11,8 @@ Options (registry variant options, build `options`):
 - the flat loss keys of `config.STANDARD_LOSS_DEFAULTS` (temperatures, clamp ranges, weights).
 Recipe keys used by `configure_training`: lr, min_lr, weight_decay, epochs, text_teacher (a local
 sentence-transformers folder, or `minilm`), text_teacher_cache (encode each caption once; small sets),
-teacher_image_features (a converted .npz), and the loss keys.
+teacher_image_features (a converted .npz; a relative path is found beside the training split's
+new_train.json, see `train_data`), and the loss keys.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from methods.base import Adapter, CheckpointError, PaddedTokens, TrainingSetup
+from methods.base import Adapter, CheckpointError, PaddedTokens, TrainData, TrainingSetup
 from methods.common.checkpoint import load_container, load_strict, require_keys, strip_prefix
 from methods.cusa.config import (
     OBJECTIVES,
@@ -35,7 +36,14 @@ from methods.cusa.config import (
     clip_config,
     standard_loss_config,
 )
-from methods.cusa.data import CusaSplit, TeacherFeatures, clip_preprocess, load_cusa_split, pre_caption
+from methods.cusa.data import (
+    CusaSplit,
+    TeacherFeatures,
+    clip_preprocess,
+    find_split_folder,
+    load_cusa_split,
+    pre_caption,
+)
 from methods.cusa.model import CUSAModel, l2_normalise
 from methods.cusa.official import (
     clip_config_from_state,
@@ -114,6 +122,7 @@ class CUSAAdapter(Adapter):
         self.text_teacher: TextTeacher | None = None
         self.image_teacher: TeacherFeatures | None = None
         self.recipe: dict[str, Any] = {}
+        self.train_split: CusaSplit | None = None  # set by train_data: image ids and folder of the training split
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -187,17 +196,24 @@ class CUSAAdapter(Adapter):
                 config["itrbench_clip_config"] = self.model.clip_cfg
         out: dict[str, Any] = {"model": self.model.state_dict(), "config": config, "epoch": 0, "best": 0,
                                "best_epoch": 0}
+        if extra.get("best_rsum") is not None and float(extra["best_rsum"]) >= 0:
+            out["best"] = float(extra["best_rsum"]) / 6.0  # the official 'best' is r_mean (mean of six recalls)
         out.update(extra)
         return out
 
     # ---- data ------------------------------------------------------------------------------------
     def eval_split(self, data_root: str | Path, split: str, dataset: str | None = None) -> CusaSplit:
         """The CUSA json split `new_{split}.json` in evaluation order (images must exist), found in
-        `data_root`, `data_root/<dataset>` or `data_root/<dataset>/cusa` (the demo's raw-image form)."""
+        `data_root`, `data_root/<dataset>` or `data_root/<dataset>/cusa` (the demo's
+        raw-image form, generated there on first use)."""
         root = Path(data_root)
-        for cand in ([root] + ([root / dataset, root / dataset / "cusa"] if dataset else [])):
-            if (cand / f"new_{split}.json").is_file():
-                return load_cusa_split(cand, split)
+        folder = find_split_folder(root, split, dataset)
+        if folder is not None:
+            return load_cusa_split(folder, split)
+        if dataset == "demo":  # the demo is generated, never downloaded: write its raw-image form (idempotent)
+            from harness.data.demo import build_demo_images
+
+            return load_cusa_split(build_demo_images(root), split)
         return load_cusa_split(root, split)  # raises the not-found error naming the expected file
 
     def eval_data(self, data_root: str | Path, split: str, dataset: str | None = None) -> tuple[Any, list[str]]:
@@ -211,6 +227,20 @@ class CUSAAdapter(Adapter):
 
     def image_of_caption(self, data_root: str | Path, split: str, dataset: str | None = None) -> np.ndarray:
         return np.asarray(self.eval_split(data_root, split, dataset).image_of_caption)
+
+    def train_data(self, data_root: str | Path, dataset: str | None = None) -> TrainData:
+        """The `train` split: lazy preprocessed pixels (one per image), raw captions, caption -> image.
+
+        Remembers the split so that `make_train_batch(caption_ids=...)` finds each caption's image id
+        (soft same-image ITC targets, teacher feature lookup) and a relative recipe
+        `teacher_image_features` resolves against the split's folder.
+        """
+        split = self.eval_split(data_root, "train", dataset)
+        self.train_split = split
+        self._load_image_teacher()
+        # the transform is looked up at each read: configure_training may still change the image size
+        images = split.pixel_images(lambda image: self.preprocess(image))
+        return TrainData(images, list(split.captions), np.asarray(split.image_of_caption))
 
     # ---- inference ----------------------------------------------------------------------------
     @property
@@ -284,11 +314,8 @@ class CUSAAdapter(Adapter):
                                  "(a local sentence-transformers folder, or 'minilm')")
             self.text_teacher = TextTeacher(minilm_teacher_path() if teacher == "minilm" else teacher, self.device,
                                             cache=bool(r.get("text_teacher_cache", False)))
-            if r.get("teacher_image_features"):
-                path = Path(r["teacher_image_features"])
-                if not path.is_absolute() and r.get("data_root"):
-                    path = Path(r["data_root"]) / path
-                self.image_teacher = TeacherFeatures.from_file(path)
+            self.image_teacher = None
+            self._load_image_teacher()
         lr, min_lr = float(r.get("lr", 1e-5)), float(r.get("min_lr", 1e-6))
         epochs = int(r.get("epochs", 30))
         decay, no_decay = [], []
@@ -306,6 +333,30 @@ class CUSAAdapter(Adapter):
             return [value, value]
 
         return TrainingSetup(optimizer=optimizer, grad_clip=None, lr_at_epoch=lr_at_epoch)
+
+    def _teacher_image_path(self) -> Path | None:
+        """Where the recipe's `teacher_image_features` is: absolute, else under the recipe's `data_root`,
+        else beside the training split's json (None while a relative path cannot be resolved yet)."""
+        spec = self.recipe.get("teacher_image_features")
+        if not spec:
+            return None
+        path = Path(spec)
+        if path.is_absolute():
+            return path
+        if self.recipe.get("data_root"):
+            return Path(self.recipe["data_root"]) / path
+        if self.train_split is not None:
+            return self.train_split.path.parent / path
+        return None
+
+    def _load_image_teacher(self) -> None:
+        """Load the teacher image features once both the recipe and (for a relative path) the split are known."""
+        cfg = self.model.loss_cfg
+        if self.image_teacher is not None or not (cfg.csa or cfg.usa):
+            return
+        path = self._teacher_image_path()
+        if path is not None:
+            self.image_teacher = TeacherFeatures.from_file(path)
 
     def _apply_recipe_to_fresh_model(self, recipe: Mapping[str, Any]) -> None:
         """A model not yet trained or loaded takes the recipe's geometry (`clip_config`), `objective`,
@@ -331,17 +382,30 @@ class CUSAAdapter(Adapter):
             self.model.loss_cfg = loss_cfg
         self.options = opts
 
-    def make_train_batch(self, images: Any, captions: Sequence[str], rng: np.random.Generator | None = None, *,
+    def make_train_batch(self, images: Any, captions: Sequence[str], rng: np.random.Generator | None = None,
+                         caption_ids: np.ndarray | Sequence[int] | None = None, *,
                          image_ids: Sequence[Hashable] | None = None,
                          teacher_image_features: np.ndarray | torch.Tensor | None = None) -> CUSABatch:
         """Collate a batch: PIL images (or preprocessed tensors), raw captions, and per-sample image ids.
 
         `image_ids` mark captions of the same image (soft ITC targets) and look up the Unicom features
-        when the recipe gave `teacher_image_features`; without ids every sample is its own image.
-        No augmentation (as officially).
+        when the recipe gave `teacher_image_features`; `caption_ids` (indices into `train_data`'s
+        captions, as the training loop passes them) give the image ids of the remembered training
+        split. Without either, every sample is its own image. No augmentation (as officially).
         """
-        pixels = self._pixels(images)
         n = len(captions)
+        if caption_ids is not None and image_ids is None:
+            if self.train_split is None:
+                raise ValueError("make_train_batch got caption_ids but no training split is loaded: call "
+                                 "train_data(data_root, dataset) first")
+            owner = self.train_split.image_of_caption
+            ids = np.asarray(caption_ids, dtype=np.int64)
+            if len(ids) != n:
+                raise ValueError(f"{len(ids)} caption ids for {n} captions")
+            if len(ids) and (ids.min() < 0 or ids.max() >= len(owner)):
+                raise ValueError(f"caption ids out of range for the {len(owner)} captions of {self.train_split.path}")
+            image_ids = [self.train_split.image_ids[int(i)] for i in owner[ids]]
+        pixels = self._pixels(images)
         if pixels.shape[0] != n:
             raise ValueError(f"{pixels.shape[0]} images but {n} captions in the batch")
         cleaned = [pre_caption(c) for c in captions]
@@ -356,9 +420,15 @@ class CUSAAdapter(Adapter):
         cfg = self.model.loss_cfg
         if cfg.csa or cfg.usa:
             if teacher_image_features is None:
+                self._load_image_teacher()
+                if self.image_teacher is None and self.recipe.get("teacher_image_features"):
+                    raise ValueError(f"recipe teacher_image_features '{self.recipe['teacher_image_features']}' is "
+                                     "relative: call train_data first (it resolves against the training split's "
+                                     "folder) or give an absolute path")
                 if self.image_teacher is None or image_ids is None:
                     raise ValueError(f"objective '{cfg.objective}' needs teacher image features: pass "
-                                     "teacher_image_features, or image_ids with recipe teacher_image_features")
+                                     "teacher_image_features, or image ids (caption_ids after train_data) with "
+                                     "recipe teacher_image_features")
                 teacher_image_features = self.image_teacher.lookup(image_ids)
             teacher = torch.as_tensor(np.asarray(teacher_image_features, dtype=np.float32))
             if teacher.shape[0] != n:

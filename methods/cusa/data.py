@@ -144,6 +144,17 @@ def split_json(root: str | Path, split: str) -> Path:
     return Path(root) / f"new_{split}.json"
 
 
+def split_folders(root: str | Path, dataset: str | None = None) -> list[Path]:
+    """Where a split's json may live: `root`, `root/<dataset>`, `root/<dataset>/cusa` (the demo's image form)."""
+    root = Path(root)
+    return [root] + ([root / dataset, root / dataset / "cusa"] if dataset else [])
+
+
+def find_split_folder(root: str | Path, split: str, dataset: str | None = None) -> Path | None:
+    """The first of `split_folders` holding `new_{split}.json`, or None."""
+    return next((d for d in split_folders(root, dataset) if split_json(d, split).is_file()), None)
+
+
 def load_cusa_split(root: str | Path, split: str, *, check_images: bool = True) -> CusaSplit:
     """Read `<root>/new_{split}.json` into evaluation order; with `check_images`, every image must exist."""
     path = split_json(root, split)
@@ -191,10 +202,15 @@ def load_cusa_split(root: str | Path, split: str, *, check_images: bool = True) 
     return split_obj
 
 
-def check_cusa_json(root: str | Path, split: str) -> list[str]:
-    """Problems of `<root>/new_{split}.json` and its images ([] when usable), for `check-data`."""
+def check_cusa_json(root: str | Path, split: str, dataset: str | None = None) -> list[str]:
+    """Problems of `new_{split}.json` (in one of `split_folders`) and its images ([] when usable), for
+    `check-data`."""
+    folder = find_split_folder(root, split, dataset)
+    if folder is None:
+        tried = ", ".join(str(split_json(d, split)) for d in split_folders(root, dataset))
+        return [f"{tried}: no such file (expected the CUSA/ALBEF json layout new_{split}.json)"]
     try:
-        data = load_cusa_split(root, split, check_images=False)
+        data = load_cusa_split(folder, split, check_images=False)
     except CusaDataError as exc:
         return [str(exc)]
     problems = []

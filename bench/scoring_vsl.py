@@ -5,17 +5,15 @@ random batch-norm statistics. The official-style reference (tests/test_vsl_refer
 100 x 100 shard (float64 buffers, float32 shard, one caption at a time, VisualSA once per shard); ours
 scores a larger block through harness.scoring.score_blocks with its default pairwise tiles, including
 the global vectors that our encoders precompute. The two matrices are compared on the shared
-100 x 100 sub-block. Finally the peak memory of a COCO 5K-shaped run (5000 x 25000) is estimated from
-the encoded block sizes and a measured tile.
+100 x 100 sub-block. `--profile` adds a per-op profile of ours. Peak memory: bench/memory_vsl.py.
 
-    python bench/scoring_vsl.py [--threads 2] [--images 128] [--captions 128] [--repeats 2]
+    python bench/scoring_vsl.py [--threads 2] [--images 128] [--captions 128] [--repeats 2] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import resource
 import sys
 import time
 from pathlib import Path
@@ -29,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from harness.scoring import DEFAULT_TILES, score_blocks  # noqa: E402
 from methods.base import PaddedFeatures  # noqa: E402
 from methods.vsl.adapter import VSLAdapter  # noqa: E402
-from methods.vsl.model import CHUNK_ELEMENTS, length_mask  # noqa: E402
+from methods.vsl.model import length_mask  # noqa: E402
 
 EMBED, SIM, REGIONS = 1024, 256, 36
 
@@ -93,30 +91,18 @@ def bench_variant(variant: str, ref, n_img: int, n_cap: int, repeats: int) -> di
             "std": float(ref_sims.std())}
 
 
-def peak_tile_rss(variant: str) -> float:
-    """Growth of the process's peak RSS (GB) while scoring one default tile with COCO-like lengths."""
-    adapter = make_adapter(variant, seed=3)
-    n_img, n_cap = DEFAULT_TILES["pairwise"]
-    regions, words, lengths = encoded_inputs(n_img, n_cap, seed=4)
+def profile_ours(variant: str, n_img: int, n_cap: int) -> None:
+    """torch.profiler table (self CPU time and FLOPs per op) of our engine on one block."""
+    from torch.profiler import ProfilerActivity, profile
+
+    adapter = make_adapter(variant, seed=1)
+    regions, words, lengths = encoded_inputs(n_img, n_cap, seed=2)
     img, txt = our_blocks(adapter, regions, words, lengths)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    score_blocks(adapter, img, txt)
-    return max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1e6
-
-
-def coco5k_memory(tile_gb: float) -> None:
-    n_img, n_cap, gb = 5000, 25000, 1e9
-    images = n_img * (1 + REGIONS) * EMBED * 4 / gb
-    sims = n_img * n_cap * 4 / gb
-    mean_tokens, max_tokens = 13.3, 52  # COCO testall with our tokenizer (<start>/<end> included)
-    text_padded = n_cap * (1 + max_tokens) * EMBED * 4 / gb
-    text_packed = n_cap * (1 + mean_tokens) * EMBED * 4 / gb
-    print(f"COCO 5K memory estimate: images {images:.2f} GB + similarity matrix {sims:.2f} GB + tile work "
-          f"{tile_gb:.2f} GB (chunks of {CHUNK_ELEMENTS:,} elements)")
-    print(f"  + captions padded to the longest ({max_tokens} tokens), as one block: {text_padded:.2f} GB "
-          f"-> total {images + sims + tile_gb + text_padded:.2f} GB")
-    print(f"  + captions without padding (13.3 tokens on average):            {text_packed:.2f} GB "
-          f"-> total {images + sims + tile_gb + text_packed:.2f} GB")
+    score_blocks(adapter, img[:8], txt[:8])  # warm-up
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        score_blocks(adapter, img, txt)
+    print(f"profile of ours, {variant.upper()}, {n_img} x {n_cap} pairs:")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
 def main() -> None:
@@ -126,9 +112,9 @@ def main() -> None:
     parser.add_argument("--captions", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=["sgr", "saf"])
+    parser.add_argument("--profile", action="store_true", help="also print a torch.profiler table of ours")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    tile_gb = peak_tile_rss("sgr")  # first, while the process's peak RSS is still low
     ref = reference_module()
     print(f"torch {torch.__version__}, {args.threads} thread(s); ours: {args.images} x {args.captions} pairs "
           f"through score_blocks (tiles {DEFAULT_TILES['pairwise']}); reference: one official 100 x 100 shard; "
@@ -137,7 +123,10 @@ def main() -> None:
         r = bench_variant(variant, ref, args.images, args.captions, args.repeats)
         print(f"{variant.upper()}: reference {r['ref']:8.1f} pairs/s | ours {r['ours']:8.1f} pairs/s | "
               f"ratio {r['ratio']:.2f}x | max |diff| {r['diff']:.2e} (score std {r['std']:.3f})")
-    coco5k_memory(tile_gb)
+    if args.profile:
+        for variant in args.variants:
+            profile_ours(variant, args.images, args.captions)
+    print("peak memory of a COCO 5K-shaped run: python bench/memory_vsl.py")
 
 
 if __name__ == "__main__":

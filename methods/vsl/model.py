@@ -11,9 +11,12 @@ Three parts, saved by the official code as three state dicts:
 The official code loops over captions in Python and scores one caption against all images per
 iteration. Here every pair of an (images x captions) block is scored at once, in chunks that bound
 memory. Padded words are masked in every attention and pooling step, so a pair's score does not
-depend on the block it is computed in. Two exact rewrites save work without changing the function:
-SGR's query-key product uses W_q^T W_k (the query bias adds a per-row constant that softmax removes),
-and the last SGR step is computed for the global node only, the only node the score reads.
+depend on the block it is computed in. Exact rewrites save work without changing the function:
+SGR's query-key product uses W_q^T W_k (the query bias adds a per-row constant that softmax removes);
+the last SGR step is computed for the global node only, the only node the score reads; in inference
+the norm of each attended context comes from the image's 36 x 36 region Gram matrix and scales the
+attention weights (no extra pass over the pairs x words x embed tensor); SGR skips masking in
+chunks without padding.
 """
 
 from __future__ import annotations
@@ -165,26 +168,27 @@ class GraphReasoning(nn.Module):
         wq, bq, wk = self.graph_query_w.weight, self.graph_query_w.bias, self.graph_key_w.weight
         return wq.t() @ wk, wk.t() @ bq
 
-    def forward(self, nodes: torch.Tensor, node_mask: torch.Tensor, first_only: bool = False,
+    def forward(self, nodes: torch.Tensor, node_mask: torch.Tensor | None, first_only: bool = False,
                 query_key: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """nodes (..., N, s); node_mask broadcastable to (..., N). With `first_only`, the new value of
-        node 0 only, (..., 1, s). `query_key` passes a precomputed self.query_key()."""
+        """nodes (..., N, s); node_mask broadcastable to (..., N), or None when every node is valid. With
+        `first_only`, the new value of node 0 only, (..., 1, s). `query_key` passes a precomputed
+        self.query_key()."""
         qk, bias = query_key if query_key is not None else self.query_key()
         s = nodes.shape[-1]
         flat = nodes.reshape(-1, s)
         if first_only:  # W_g (E S) for node 0 only
             proj = torch.addmm(bias, nodes[..., 0, :].reshape(-1, s), qk).view(*nodes.shape[:-2], 1, s)
             values = nodes
-        else:  # one GEMM for the query projection and W_g S; W_g (E S) = E (S W_g^T), rows of E sum to 1
-            both = flat @ torch.cat([qk, self.sim_graph_w.weight.t()], dim=1)
-            proj = (both[:, :s] + bias).view(nodes.shape)
-            values = both[:, s:].view(nodes.shape)
+        else:  # W_g (E S) = E (S W_g^T): rows of E sum to 1 (contiguous outputs: no copies in the matmuls)
+            proj = torch.addmm(bias, flat, qk).view(nodes.shape)
+            values = torch.mm(flat, self.sim_graph_w.weight.t()).view(nodes.shape)
         logits = torch.matmul(proj, nodes.transpose(-1, -2))
-        logits = logits.masked_fill(~node_mask[..., None, :], float("-inf"))
+        if node_mask is not None:
+            logits = logits.masked_fill_(~node_mask[..., None, :], float("-inf"))
         edges = torch.softmax(logits, dim=-1)
         if first_only:
             return torch.relu(self.sim_graph_w(torch.matmul(edges, values)))
-        return torch.relu(torch.matmul(edges, values) + self.sim_graph_w.bias)
+        return torch.matmul(edges, values).add_(self.sim_graph_w.bias).relu_()
 
 
 class AttentionFiltration(nn.Module):
@@ -307,20 +311,29 @@ class SimilarityHead(nn.Module):
         attn = l2norm(attn.view(n_img, n_reg, n_cap, n_word), dim=-1)
         attn = torch.softmax(attn * SCAN_SMOOTH, dim=1)
         attn = attn.permute(0, 2, 3, 1).reshape(n_img, n_cap * n_word, n_reg)
-        context = torch.bmm(attn, regions).view(n_img, n_cap, n_word, d)
-        inv_norm = 1.0 / (torch.linalg.vector_norm(context, dim=-1, keepdim=True) + 1e-8)
-        if context.requires_grad:  # training: autograd needs the intermediate values
+        if torch.is_grad_enabled():  # training: autograd needs the intermediate values
+            context = torch.bmm(attn, regions).view(n_img, n_cap, n_word, d)
+            inv_norm = 1.0 / (torch.linalg.vector_norm(context, dim=-1, keepdim=True) + 1e-8)
             diff = (context * inv_norm - words[None]).square()
-        else:  # (l2norm(context) - word)^2 in place: no extra full-size buffers
-            diff = context.mul_(inv_norm).sub_(words[None]).square_()
-        sim_loc = l2norm(self.sim_tranloc_w(diff))  # (n_img, n_cap, L, s)
+            sim_loc = l2norm(self.sim_tranloc_w(diff))  # (n_img, n_cap, L, s)
+        else:
+            # ||attn @ V||^2 = attn G attn^T with the regions' Gram matrix G = V V^T (36 x 36 per image):
+            # the context's norm without a pass over the (pairs x words x embed) tensor, and the
+            # normalisation folded into the attention weights; then (context - word)^2 in place
+            gram = torch.bmm(regions, regions.transpose(1, 2))
+            sq = torch.bmm(attn, gram).mul_(attn).sum(dim=-1, keepdim=True)
+            attn = attn.mul_(sq.clamp_(min=0).sqrt_().add_(1e-8).reciprocal_())
+            diff = torch.bmm(attn, regions).view(n_img, n_cap, n_word, d).sub_(words[None]).square_()
+            sim_loc = self.sim_tranloc_w(diff)
+            sim_loc = sim_loc.div_(torch.linalg.vector_norm(sim_loc, dim=-1, keepdim=True).add_(1e-8))
         sim_glo = l2norm(self.sim_tranglo_w((img_glo[:, None, :] - cap_glo[None, :, :]).square()))
         nodes = torch.cat([sim_glo[:, :, None, :], sim_loc], dim=2)  # global node first
         node_mask = torch.cat([mask.new_ones(n_cap, 1), mask], dim=1)  # (n_cap, L + 1)
         if self.module_name == "SGR":
             steps = list(self.SGR_module)
+            graph_mask = None if bool(node_mask.all()) else node_mask[None]  # no padding in this chunk
             for i, step in enumerate(steps):
-                nodes = step(nodes, node_mask[None], first_only=i == len(steps) - 1,
+                nodes = step(nodes, graph_mask, first_only=i == len(steps) - 1,
                              query_key=query_keys[i] if query_keys else None)
             sim_vec = nodes[..., 0, :]
         else:

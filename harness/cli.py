@@ -14,6 +14,7 @@ from rich.table import Table
 
 from harness.data.precomp import DataError
 from harness.metrics.recall import MatrixError
+from harness.precision import PRECISIONS
 from harness.registry import RegistryError
 
 console = Console(stderr=False)
@@ -105,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--reports", default="reports")
     run.add_argument("--executor", choices=("inline", "local", "slurm"), default="inline")
     run.add_argument("--device", default=None)
+    run.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                     help="evaluations encode and score under autocast (bf16 / fp16 on CUDA); a non-fp32 run is its "
+                          "own job (eval-<precision>) and report row")
     run.add_argument("--force", action="store_true", help="rerun finished jobs")
     run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     run.add_argument("--gpus", type=int, default=None,
@@ -135,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", default=None, help="write the metrics as JSON")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--batch-size", type=int, default=128)
+    ev.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                    help="encode and score under autocast (bf16 / fp16 on CUDA); fp32 is exact")
     ev.add_argument("--cache-dir", default=None, help="tile cache folder (resume an interrupted scoring)")
     ev.add_argument("--sts-root", default=None, help="SentEval data folder: also evaluate STS (uni-modal text)")
     ev.add_argument("--image-retrieval-root", default=None,
@@ -196,7 +202,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                   sts_root=Path(args.sts_root) if args.sts_root else None,
                                   all_protocols=not args.recall_only,
                                   image_retrieval_root=Path(args.image_retrieval_root)
-                                  if args.image_retrieval_root else None)
+                                  if args.image_retrieval_root else None, precision=args.precision)
     console.print(recall_table(result.metrics, f"{args.method}/{args.variant} on {args.dataset or ''} {split}"))
     for name in ("eccv", "cxc"):
         if name in result.metrics:

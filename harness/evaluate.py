@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from harness.metrics.recall import recall_metrics
+from harness.precision import check_precision
 from harness.registry import Method, RegistryError, load_registry
 from harness.scoring import encode_images, encode_texts, eval_mode, score_blocks
 from methods.base import Adapter, parameter_count
@@ -198,18 +199,19 @@ def sts_protocol(adapter: Adapter, root: Path) -> dict[str, Any]:
 
 
 def similarity_for(members: Sequence[Adapter], images: Any, captions: Sequence[str], *, batch_size: int = 128,
-                   cache_dir: Path | None = None, progress: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+                   cache_dir: Path | None = None, progress: bool = False,
+                   precision: str = "fp32") -> tuple[np.ndarray, dict[str, Any]]:
     """The (mean, for ensembles) similarity matrix and the efficiency record of computing it."""
     total = None
     eff: dict[str, Any] = {"members": []}
     for k, adapter in enumerate(members):
         t0 = time.perf_counter()
-        img = encode_images(adapter, images, batch_size=batch_size)
+        img = encode_images(adapter, images, batch_size=batch_size, precision=precision)
         t1 = time.perf_counter()
-        txt = encode_texts(adapter, captions, batch_size=batch_size)
+        txt = encode_texts(adapter, captions, batch_size=batch_size, precision=precision)
         t2 = time.perf_counter()
         cache = cache_dir / f"tiles_{k}.h5" if cache_dir else None
-        sims = score_blocks(adapter, img, txt, cache=cache, progress=progress)
+        sims = score_blocks(adapter, img, txt, cache=cache, progress=progress, precision=precision)
         t3 = time.perf_counter()
         eff["members"].append({
             "variant": adapter.variant, "parameters": parameter_count(adapter.model),
@@ -219,6 +221,7 @@ def similarity_for(members: Sequence[Adapter], images: Any, captions: Sequence[s
         })
         total = sims.astype(np.float64) if total is None else total + sims
     mean = (total / len(members)).astype(np.float32)
+    eff["precision"] = precision
     eff["parameters"] = sum(m["parameters"] for m in eff["members"])
     eff["scoring_seconds"] = sum(m["scoring_seconds"] for m in eff["members"])
     eff["encode_ms_per_image"] = sum(m["encode_ms_per_image"] for m in eff["members"])
@@ -229,15 +232,17 @@ def similarity_for(members: Sequence[Adapter], images: Any, captions: Sequence[s
 def evaluate_checkpoints(method: str, variant: str, checkpoints: Sequence[str | Path], data_root: str | Path,
                          split: str, dataset: str | None = None, *, device: str = "cpu", batch_size: int = 128,
                          cache_dir: Path | None = None, progress: bool = False, sts_root: Path | None = None,
-                         all_protocols: bool = True, image_retrieval_root: Path | None = None) -> Evaluation:
+                         all_protocols: bool = True, image_retrieval_root: Path | None = None,
+                         precision: str = "fp32") -> Evaluation:
     """Load, score and compute every protocol that applies; `sts_root` / `image_retrieval_root` add STS and
     image retrieval (uni-modal heads; skipped with `all_protocols=False`)."""
     registry = load_registry()
     m = registry.method(method)
     members = [a.to(device) for a in load_members(m, variant, checkpoints, dataset)]
     images, captions = members[0].eval_data(data_root, split, dataset)
+    check_precision(precision, device)
     sims, eff = similarity_for(members, images, captions, batch_size=batch_size, cache_dir=cache_dir,
-                               progress=progress)
+                               progress=progress, precision=precision)
     owner = members[0].image_of_caption(data_root, split, dataset)
     metrics = compute_metrics(sims, protocols_for(dataset, split, sims.shape[0]), owner)
     if all_protocols:

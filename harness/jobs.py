@@ -46,6 +46,7 @@ from harness import distributed
 from harness.evaluate import _ids_dir, compute_metrics, extra_protocols, image_retrieval_metrics, protocols_for
 from harness.executors.status import LOG, STATUS, StatusWriter
 from harness.plan import Job
+from harness.precision import check_precision
 from harness.registry import Registry
 from harness.results import ResultStore, environment, save_npy
 from harness.scoring import DEFAULT_TILES, CacheError, encode_images, encode_texts, score_blocks, tile_grid
@@ -386,6 +387,8 @@ class _Runner:
     def similarity(self, adapter: Adapter, images: Any, captions: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
         """Encode once, score tile by tile into work/tiles_0.h5 (resumable), with timings."""
         settings = self.ctx.settings
+        precision = str(self.job.config.get("precision", "fp32"))
+        check_precision(precision, self.ctx.device)
         n_img, n_cap = len(images), len(captions)
         batch = settings.encode_batch
         done_img = [0]
@@ -401,9 +404,9 @@ class _Runner:
             self.progress("encoding", done_cap[0], n_cap, f"encoding captions {done_cap[0]}/{n_cap}")
 
         t0 = time.perf_counter()
-        img = encode_images(adapter, images, batch_size=batch, on_batch=on_images)
+        img = encode_images(adapter, images, batch_size=batch, on_batch=on_images, precision=precision)
         t1 = time.perf_counter()
-        txt = encode_texts(adapter, captions, batch_size=batch, on_batch=on_captions)
+        txt = encode_texts(adapter, captions, batch_size=batch, on_batch=on_captions, precision=precision)
         t2 = time.perf_counter()
         default = DEFAULT_TILES[adapter.scoring]
         tiles = (settings.image_tile or default[0], settings.caption_tile or default[1])
@@ -426,21 +429,21 @@ class _Runner:
         t3 = time.perf_counter()
         try:
             sims = score_blocks(adapter, img, txt, image_tile=tiles[0], caption_tile=tiles[1], cache=cache,
-                                on_tile=on_tile)
+                                on_tile=on_tile, precision=precision)
         except CacheError as exc:  # e.g. tile sizes changed, or encodings differ on a nondeterministic GPU
             self.log(f"tile cache not reusable, scoring from scratch: {exc}")
             cache.unlink()
             reused, scored[0] = 0, 0
             t3 = time.perf_counter()
             sims = score_blocks(adapter, img, txt, image_tile=tiles[0], caption_tile=tiles[1], cache=cache,
-                                on_tile=on_tile)
+                                on_tile=on_tile, precision=precision)
         t4 = time.perf_counter()
         measured = t4 - t3
         eff: dict[str, Any] = {
             "parameters": parameter_count(adapter.model),
             "encode_ms_per_image": 1000 * (t1 - t0) / max(1, n_img),
             "encode_ms_per_caption": 1000 * (t2 - t1) / max(1, n_cap),
-            "scoring_seconds": measured, "tiles": total, "tile_size": list(tiles)}
+            "scoring_seconds": measured, "tiles": total, "tile_size": list(tiles), "precision": precision}
         if reused:
             eff["scoring_seconds"] = measured * total / max(1, scored[0])
             eff["scoring_seconds_extrapolated"] = True

@@ -113,7 +113,7 @@ def plan_campaign(args: argparse.Namespace) -> tuple[Plan, ResultStore, Path]:
                             + "\n  ".join(problems))
     plan = build_plan(registry, methods, ds.name, variants=parse_list(args.variants) or None, seeds=seeds,
                       stage=args.stage, checkpoint_dir=Path(args.checkpoint_dir), data_root=data_root,
-                      gpus=_arg(args, "gpus"))
+                      gpus=_arg(args, "gpus"), precision=_arg(args, "precision") or "fp32")
     return plan, ResultStore(args.results), data_root
 
 

@@ -203,6 +203,7 @@ class PlanInputs:
     data_root: Path | None = None  # for data fingerprints (none: fingerprint "")
     checkpoint_dir: Path | None = None
     gpus: int | None = None  # override of the recipes' `gpus`
+    precision: str = "fp32"  # evaluations: autocast precision (harness.precision); non-fp32 is part of identity
 
 
 def parse_list(text: str | None) -> list[str]:
@@ -212,7 +213,7 @@ def parse_list(text: str | None) -> list[str]:
 def build_plan(registry: Registry, methods: Sequence[str], dataset: str, *, variants: Sequence[str] | None = None,
                seeds: Sequence[int] = (0,), stage: str = "all", checkpoint_dir: Path | None = None,
                data_root: Path | None = None, gpus: int | None = None, data_fp: str | None = None,
-               code: str | None = None) -> Plan:
+               code: str | None = None, precision: str = "fp32") -> Plan:
     """The jobs for a campaign. Raises (before any job runs) on unknown names, an unknown stage, or
     (stage evaluate) a missing official checkpoint, naming the expected path and the download link.
 
@@ -221,7 +222,7 @@ def build_plan(registry: Registry, methods: Sequence[str], dataset: str, *, vari
     if stage not in ("train", "evaluate", "all"):
         raise RegistryError(f"unknown stage '{stage}'; valid: train, evaluate, all")
     ds = registry.dataset(dataset)
-    builder = _Builder(registry, ds.name, stage, PlanInputs(data_root, checkpoint_dir, gpus), data_fp, code)
+    builder = _Builder(registry, ds.name, stage, PlanInputs(data_root, checkpoint_dir, gpus, precision), data_fp, code)
     for mname in methods:
         method = registry.method(mname)
         names = list(variants) if variants else list(method.variants)
@@ -303,6 +304,11 @@ class _Builder:
 
     def make(self, name: str, stage: str, method: str, variant: str, seed: int | None, config: dict[str, Any],
              splits: Sequence[str], depends: Sequence[Job] = (), gpus: int = 1) -> Job:
+        precision = self.inputs.precision
+        if stage == "evaluate" and precision != "fp32":  # another matrix: its own job and report row
+            setting = {**config.get("setting", {}), "precision": precision}
+            config = {**config, "precision": precision, "setting": setting}
+            name = f"{name}-{precision}"
         hashed = {k: v for k, v in config.items() if k not in UNHASHED}
         hashed.update({f"key_of_{d.name}": d.key for d in depends})
         parts = identity(hashed, self.data_fp(splits, data_layout(self.registry, method, self.dataset)),

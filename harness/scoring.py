@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 import torch
 
+from harness.precision import autocast
 from methods.base import Adapter, PackedFeatures, PaddedFeatures, concat_blocks
 
 DEFAULT_TILES = {"embedding": (2048, 8192), "pairwise": (128, 512)}
@@ -34,17 +35,23 @@ class CacheError(ValueError):
 
 
 @contextlib.contextmanager
-def eval_mode(adapter: Adapter):
+def eval_mode(adapter: Adapter, precision: str = "fp32"):
+    """Eval mode, inference mode, and autocast to `precision` (harness.precision) on the adapter's device."""
     was_training = adapter.model.training
     adapter.model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(adapter.device, precision):
             yield
     finally:
         adapter.model.train(was_training)
 
 
 def _cpu(block: Any) -> Any:
+    """An encoded block on the CPU, floating tensors stored as float32 (also after autocast)."""
+    if isinstance(block, torch.Tensor):
+        return block.to("cpu", torch.float32) if block.is_floating_point() else block.to("cpu")
+    if isinstance(block, PaddedFeatures):
+        return PaddedFeatures(block.feats.to("cpu", torch.float32), block.lengths.to("cpu"))
     return block.to("cpu") if hasattr(block, "to") else block
 
 
@@ -74,8 +81,9 @@ def _trim_heap() -> None:
 
 
 def encode_images(adapter: Adapter, images: np.ndarray | Sequence[Any], batch_size: int = 128,
-                  on_batch: Callable[[int], None] | None = None) -> Any:
-    """Encode every image once (eval mode). `images` is an array (N, R, D) or a sequence of tensors.
+                  on_batch: Callable[[int], None] | None = None, precision: str = "fp32") -> Any:
+    """Encode every image once (eval mode, autocast to `precision`; stored as float32). `images` is an
+    array (N, R, D) or a sequence of tensors.
 
     Tensor outputs are written into one preallocated (N, ...) tensor (no list of blocks plus a
     concatenated copy); memory-mapped inputs are read chunk by chunk without staying resident.
@@ -84,7 +92,7 @@ def encode_images(adapter: Adapter, images: np.ndarray | Sequence[Any], batch_si
     out: torch.Tensor | None = None
     n = len(images)
     device = adapter.device
-    with eval_mode(adapter):
+    with eval_mode(adapter, precision):
         for a in range(0, n, batch_size):
             chunk = images[a:a + batch_size]
             if isinstance(chunk, np.ndarray):
@@ -116,8 +124,8 @@ def encode_images(adapter: Adapter, images: np.ndarray | Sequence[Any], batch_si
 
 def encode_texts(adapter: Adapter, captions: Sequence[str], batch_size: int = 128,
                  on_batch: Callable[[int], None] | None = None,
-                 memory_limit: int | None = TEXT_MEMORY_LIMIT) -> Any:
-    """Tokenize and encode every caption once (eval mode).
+                 memory_limit: int | None = TEXT_MEMORY_LIMIT, precision: str = "fp32") -> Any:
+    """Tokenize and encode every caption once (eval mode, autocast to `precision`; stored as float32).
 
     Variable-length encodings (PaddedFeatures) are packed batch by batch into a PackedFeatures store
     (no padding to the longest caption of the split); its tiles are padded to their own longest caption.
@@ -127,7 +135,7 @@ def encode_texts(adapter: Adapter, captions: Sequence[str], batch_size: int = 12
     blocks: list[Any] = []
     packed: PackedFeatures | None = None
     device = adapter.device
-    with eval_mode(adapter):
+    with eval_mode(adapter, precision):
         for a in range(0, len(captions), batch_size):
             chunk = list(captions[a:a + batch_size])
             tokens = adapter.tokenize(chunk)
@@ -222,8 +230,9 @@ def block_fingerprint(*blocks: Any) -> str:
 
 def score_blocks(adapter: Adapter, image_block: Any, text_block: Any, *, image_tile: int | None = None,
                  caption_tile: int | None = None, cache: str | Path | None = None, progress: bool = False,
-                 on_tile: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """The (N_img, N_cap) float32 matrix of `adapter.score` over all tiles (resuming from `cache`)."""
+                 on_tile: Callable[[int, int], None] | None = None, precision: str = "fp32") -> np.ndarray:
+    """The (N_img, N_cap) float32 matrix of `adapter.score` over all tiles (resuming from `cache`), each tile
+    scored under autocast to `precision`."""
     n_img, n_cap = len(image_block), len(text_block)
     default = DEFAULT_TILES[adapter.scoring]
     tiles = (image_tile or default[0], caption_tile or default[1])
@@ -233,7 +242,7 @@ def score_blocks(adapter: Adapter, image_block: Any, text_block: Any, *, image_t
     device = adapter.device
     bar = _progress(progress, len(grid), n_img * n_cap)
     try:
-        with eval_mode(adapter), bar as (advance,):
+        with eval_mode(adapter, precision), bar as (advance,):
             txt_range, txt = None, None
             for a, b, c, d in grid:
                 if store is not None and store.done(a, c):
@@ -283,8 +292,9 @@ def _progress(enabled: bool, n_tiles: int, n_pairs: int):
 
 
 def similarity_matrix(adapter: Adapter, images: Any, captions: Sequence[str], *, batch_size: int = 128,
-                      cache: str | Path | None = None, progress: bool = False, **tiles: int) -> np.ndarray:
+                      cache: str | Path | None = None, progress: bool = False, precision: str = "fp32",
+                      **tiles: int) -> np.ndarray:
     """Encode each image and caption once, then score all pairs blockwise."""
-    img = encode_images(adapter, images, batch_size=batch_size)
-    txt = encode_texts(adapter, captions, batch_size=batch_size)
-    return score_blocks(adapter, img, txt, cache=cache, progress=progress, **tiles)
+    img = encode_images(adapter, images, batch_size=batch_size, precision=precision)
+    txt = encode_texts(adapter, captions, batch_size=batch_size, precision=precision)
+    return score_blocks(adapter, img, txt, cache=cache, progress=progress, precision=precision, **tiles)

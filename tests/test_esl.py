@@ -24,13 +24,7 @@ EMBED, IMG_DIM, REGIONS = 256, 48, 6
 CAPTIONS = PAIR_CAPTIONS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny shapes: one intra-op thread avoids oversubscription on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomize(adapter: ESLAdapter, seed: int = 0) -> ESLAdapter:

@@ -15,13 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness.scoring import block_fingerprint, encode_images, encode_texts, score_blocks  # noqa: E402
 from methods.base import PackedFeatures, PaddedFeatures, concat_blocks  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def padded_blocks(seed: int = 0, sizes=(3, 5, 1, 4), dim: int = 4) -> list[PaddedFeatures]:

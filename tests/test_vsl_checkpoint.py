@@ -10,14 +10,7 @@ import torch
 from methods.base import CheckpointError
 from methods.vsl.adapter import VSLAdapter
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small shapes: one thread is faster, and steady on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 DIMS = dict(embed_size=16, sim_dim=8, img_dim=12, word_dim=6)
 OPT_FIELDS = ("data_path data_name vocab_path model_name logger_name batch_size num_epochs lr_update learning_rate "

@@ -16,14 +16,7 @@ from harness.scoring import encode_images, encode_texts, score_blocks, similarit
 from methods.vsl.adapter import VSLAdapter, mean_matrix
 from methods.vsl.model import length_mask
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small shapes: one thread is faster, and steady on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 DIMS = dict(embed_size=32, sim_dim=16, img_dim=24, word_dim=8)
 N_IMAGES = 6

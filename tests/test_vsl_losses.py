@@ -10,14 +10,7 @@ import torch
 
 from methods.vsl.losses import TfidfCorpus, soft_rank, triplet_loss, visual_semantic_loss
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small shapes: one thread is faster, and steady on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def brute_sigmoid(x: float, temperature: float) -> float:

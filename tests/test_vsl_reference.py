@@ -24,14 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small shapes: one thread is faster, and steady on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _l2(x: torch.Tensor, dim: int = -1) -> torch.Tensor:

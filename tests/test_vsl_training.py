@@ -9,14 +9,7 @@ import torch
 from methods.vsl.adapter import VSLAdapter
 from methods.vsl.model import AttentionFiltration
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small shapes: one thread is faster, and steady on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 DIMS = dict(embed_size=24, sim_dim=12, img_dim=16, word_dim=8, num_regions=6)
 

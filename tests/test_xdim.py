@@ -66,13 +66,7 @@ def xdim_official_sims(container: Mapping, regions: torch.Tensor, ids: torch.Ten
                                  lengths, shard_size)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny shapes: one intra-op thread avoids oversubscription on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(dataset: str = "f30k", alpha: float | None = None, seed: int = 0) -> XDimAdapter:

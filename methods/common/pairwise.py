@@ -23,6 +23,7 @@ from torch import nn
 
 from methods.base import Adapter, PaddedFeatures, PaddedTokens, TrainingSetup
 from methods.common.augment import augment_word_pieces
+from methods.common.optim import adamw_step_decay, bert_text_groups
 from methods.common.region_encoder import PrecompRegionEncoder, l2norm
 from methods.common.text_bert import BertWordEncoder, bert_tokenize, bert_tokenizer, bert_word_pieces, pad_ids
 from methods.common.triplet import hardest_negative_at, triplet_costs
@@ -154,25 +155,10 @@ class PairwiseAdapter(Adapter):
         self.recipe = {**DEFAULT_RECIPE, **dict(recipe)}
         r = self.recipe
         lr = float(r["lr"])
-        txt = self.model.txt_enc
-        bert_ids = {id(p) for p in txt.bert.parameters()}
-        groups = [
-            {"params": [p for p in txt.parameters() if id(p) not in bert_ids], "lr": lr},
-            {"params": list(txt.bert.parameters()), "lr": lr * float(r["bert_lr_factor"])},
-            {"params": list(self.model.img_enc.parameters()), "lr": lr},
-            {"params": list(self.model.sim_vec.parameters()), "lr": lr},
-        ]
-        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=float(r["weight_decay"]))
-        base_lrs = [g["lr"] for g in groups]
-        decay_epochs = [int(e) for e in r["lr_decay_epochs"]]
-        decay = float(r["lr_decay"])
-
-        def lr_at_epoch(epoch: int) -> list[float]:
-            steps = sum(epoch >= e for e in decay_epochs)
-            return [base * decay ** steps for base in base_lrs]
-
-        clip = r.get("grad_clip")
-        return TrainingSetup(optimizer=optimizer, grad_clip=float(clip) if clip else None, lr_at_epoch=lr_at_epoch)
+        groups = [*bert_text_groups(self.model.txt_enc, lr, float(r["bert_lr_factor"])),
+                  {"params": list(self.model.img_enc.parameters()), "lr": lr},
+                  {"params": list(self.model.sim_vec.parameters()), "lr": lr}]
+        return adamw_step_decay(groups, r, float(r["weight_decay"]))
 
     def _augmented_ids(self, caption: str, rng: np.random.Generator) -> list[int]:
         tok = bert_tokenizer()

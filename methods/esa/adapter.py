@@ -16,6 +16,7 @@ import torch
 
 from methods.base import Adapter, PaddedTokens, TrainingSetup
 from methods.common.augment import augment_word_ids, augment_word_pieces
+from methods.common.optim import adamw_step_decay, bert_text_groups
 from methods.common.text_bert import bert_tokenize, bert_tokenizer, bert_word_pieces, pad_ids
 from methods.common.text_bigru import init_embedding_from_vectors, read_word_vectors
 from methods.common.vocab import PAD, Vocabulary, encode_caption, load_scan_vocab, vocab_tokenize
@@ -168,24 +169,8 @@ class ESAAdapter(Adapter):
             groups = [{"params": list(txt.parameters()) + list(img.parameters()), "lr": lr}]
         else:
             factor = float(self._setting(recipe, "bert_lr_factor", 0.1))
-            bert_ids = {id(p) for p in txt.bert.parameters()}
-            groups = [
-                {"params": [p for p in txt.parameters() if id(p) not in bert_ids], "lr": lr},
-                {"params": list(txt.bert.parameters()), "lr": lr * factor},
-                {"params": list(img.parameters()), "lr": lr},
-            ]
-        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-        base_lrs = [g["lr"] for g in groups]
-        decay_epochs = [int(e) for e in r["lr_decay_epochs"]]
-        decay = float(r["lr_decay"])
-
-        def lr_at_epoch(epoch: int) -> list[float]:
-            steps = sum(epoch >= e for e in decay_epochs)
-            return [base * decay ** steps for base in base_lrs]
-
-        clip = r.get("grad_clip")
-        return TrainingSetup(optimizer=optimizer, grad_clip=float(clip) if clip else None,
-                             lr_at_epoch=lr_at_epoch)
+            groups = [*bert_text_groups(txt, lr, factor), {"params": list(img.parameters()), "lr": lr}]
+        return adamw_step_decay(groups, r, weight_decay)
 
     def _augmented_ids(self, caption: str, rng: np.random.Generator) -> list[int]:
         prob = float(self.recipe["word_aug_prob"])

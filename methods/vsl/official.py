@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from methods.base import CheckpointError
-from methods.common.checkpoint import load_container, load_strict, opt_dict, require_keys, strip_prefix
+from methods.common.checkpoint import (
+    dataset_of_name,
+    load_container,
+    load_strict,
+    opt_dict,
+    require_keys,
+    strip_prefix,
+)
 from methods.common.vocab import load_scan_vocab
 
 if TYPE_CHECKING:
@@ -32,15 +39,6 @@ OPT_DEFAULTS: dict[str, Any] = dict(
     grad_clip=2.0, margin=0.2, max_violation=True, img_dim=2048, word_dim=300, embed_size=1024, sim_dim=256,
     num_layers=1, bi_gru=True, no_imgnorm=False, no_txtnorm=False, module_name="SGR", sgr_step=3,
 )
-
-
-def dataset_of_data_name(data_name: Any) -> str | None:
-    name = str(data_name).lower()
-    if "coco" in name:
-        return "coco"
-    if "f30k" in name or "flickr" in name:
-        return "f30k"
-    return None
 
 
 def module_of_keys(sim_state: Mapping[str, torch.Tensor], path: Path) -> str:
@@ -59,7 +57,7 @@ def _vocab_dataset(path: Path, opt: Mapping[str, Any], rows: int) -> str:
     checked against the embedding rows."""
     sizes = {len(load_scan_vocab(ds)): ds for ds in SCAN_DATASETS}
     by_rows = sizes.get(rows)
-    vocab_ds = opt.get("itrbench_vocab") or dataset_of_data_name(opt.get("data_name")) or by_rows
+    vocab_ds = opt.get("itrbench_vocab") or dataset_of_name(opt.get("data_name")) or by_rows
     if vocab_ds is None:
         raise CheckpointError(f"{path}: txt_enc embed.weight has {rows} rows and opt.data_name="
                               f"{opt.get('data_name')!r}: no SCAN vocabulary (coco 11353, f30k 8481 words) fits")

@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--reports", default="reports")
     run.add_argument("--executor", choices=("inline", "local", "slurm"), default="inline")
     run.add_argument("--device", default=None)
+    run.add_argument("--set", action="append", default=[], metavar="[METHOD.]KEY=VALUE",
+                     help="override a training-recipe key, repeatable (YAML value; part of the jobs' identity), e.g. "
+                          "--set cusa.clip_weights=/models/ViT-B-32-openai.bin --set epochs=2")
     run.add_argument("--precision", choices=PRECISIONS, default="fp32",
                      help="evaluations encode and score under autocast (bf16 / fp16 on CUDA); a non-fp32 run is its "
                           "own job (eval-<precision>) and report row")

@@ -29,7 +29,7 @@ from harness.executors import make_executor
 from harness.executors.base import Executor, Outcome, StopFlag, Task
 from harness.executors.status import format_seconds, read_status
 from harness.jobs import RunSettings, is_cached, registry_from, reset_job
-from harness.plan import Job, Plan, build_plan, data_layout, parse_list
+from harness.plan import Job, Plan, build_plan, data_layout, parse_list, parse_overrides
 from harness.registry import RegistryError
 from harness.results import ResultStore
 
@@ -113,7 +113,8 @@ def plan_campaign(args: argparse.Namespace) -> tuple[Plan, ResultStore, Path]:
                             + "\n  ".join(problems))
     plan = build_plan(registry, methods, ds.name, variants=parse_list(args.variants) or None, seeds=seeds,
                       stage=args.stage, checkpoint_dir=Path(args.checkpoint_dir), data_root=data_root,
-                      gpus=_arg(args, "gpus"), precision=_arg(args, "precision") or "fp32")
+                      gpus=_arg(args, "gpus"), precision=_arg(args, "precision") or "fp32",
+                      recipe_overrides=parse_overrides(_arg(args, "set") or [], list(registry.methods)))
     return plan, ResultStore(args.results), data_root
 
 

@@ -15,6 +15,7 @@ Runtime settings (GPU count, checkpoint interval, tile sizes) are not part of th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -204,6 +205,33 @@ class PlanInputs:
     checkpoint_dir: Path | None = None
     gpus: int | None = None  # override of the recipes' `gpus`
     precision: str = "fp32"  # evaluations: autocast precision (harness.precision); non-fp32 is part of identity
+    recipe_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # method ("*": all) -> recipe keys
+
+
+def parse_overrides(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """`--set` items `KEY=VALUE` (every method) or `METHOD.KEY=VALUE` -> {method or "*": {key: value}}.
+
+    Values are read as YAML scalars/lists (`2e-4`, `true`, `[10, 15]`); paths should be absolute (jobs may run
+    elsewhere, e.g. on Slurm). Overrides are part of the training jobs' identity."""
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise RegistryError(f"--set {item!r}: expected KEY=VALUE or METHOD.KEY=VALUE")
+        scope, dot, name = key.strip().partition(".")
+        if not dot or scope not in methods:
+            scope, name = "*", key.strip()
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise RegistryError(f"--set {item!r}: value is not valid YAML ({exc})") from None
+        if isinstance(value, str):  # YAML 1.1 reads 2e-4 (no dot) as text
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        out.setdefault(scope, {})[name] = value
+    return out
 
 
 def parse_list(text: str | None) -> list[str]:
@@ -213,7 +241,8 @@ def parse_list(text: str | None) -> list[str]:
 def build_plan(registry: Registry, methods: Sequence[str], dataset: str, *, variants: Sequence[str] | None = None,
                seeds: Sequence[int] = (0,), stage: str = "all", checkpoint_dir: Path | None = None,
                data_root: Path | None = None, gpus: int | None = None, data_fp: str | None = None,
-               code: str | None = None, precision: str = "fp32") -> Plan:
+               code: str | None = None, precision: str = "fp32",
+               recipe_overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Plan:
     """The jobs for a campaign. Raises (before any job runs) on unknown names, an unknown stage, or
     (stage evaluate) a missing official checkpoint, naming the expected path and the download link.
 
@@ -222,7 +251,9 @@ def build_plan(registry: Registry, methods: Sequence[str], dataset: str, *, vari
     if stage not in ("train", "evaluate", "all"):
         raise RegistryError(f"unknown stage '{stage}'; valid: train, evaluate, all")
     ds = registry.dataset(dataset)
-    builder = _Builder(registry, ds.name, stage, PlanInputs(data_root, checkpoint_dir, gpus, precision), data_fp, code)
+    overrides = {k: dict(v) for k, v in (recipe_overrides or {}).items()}
+    inputs = PlanInputs(data_root, checkpoint_dir, gpus, precision, overrides)
+    builder = _Builder(registry, ds.name, stage, inputs, data_fp, code)
     for mname in methods:
         method = registry.method(mname)
         names = list(variants) if variants else list(method.variants)
@@ -321,6 +352,8 @@ class _Builder:
     def train(self, mname: str, variant: str, seed: int) -> Job:
         method = self.registry.method(mname)
         recipe = method.recipe(variant, self.dataset)
+        overrides = self.inputs.recipe_overrides
+        recipe.update({**overrides.get("*", {}), **overrides.get(mname, {})})
         gpus = int(self.inputs.gpus or recipe.get("gpus") or 1)
         for k in RUNTIME_RECIPE_KEYS:
             recipe.pop(k, None)

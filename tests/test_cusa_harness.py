@@ -34,7 +34,7 @@ GROUPS = {
              ["a pink kite in the sky", "a kite"]],
 }
 TINY_RECIPE = {"epochs": 1, "batch_size": 4, "lr": 1e-3, "min_lr": 1e-4, "text_teacher": "minilm",
-               "text_teacher_cache": True, "clip_config": TINY_CLIP}
+               "text_teacher_cache": True, "clip_config": TINY_CLIP, "from_scratch": True}
 
 
 @pytest.fixture(scope="module")

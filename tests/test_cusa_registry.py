@@ -55,6 +55,7 @@ def test_demo_recipe_trains_a_tiny_clip():
     adapter = CUSAAdapter.build("vitb32", "demo", dict(m.variant("vitb32").options))
     assert adapter.model.image_size == 224
     recipe = {**m.recipe("vitb32", "demo"), "objective": "only_contrastive"}
+    assert recipe["from_scratch"] is True  # the demo's tiny CLIP has no pretrained weights
     setup = adapter.configure_training(recipe)
     assert adapter.model.image_size == 32 and adapter.objective == "only_contrastive"
     assert sum(p.numel() for p in adapter.model.parameters()) < 5_000_000

@@ -78,7 +78,8 @@ def test_losses_match_brute_force_formulas():
 
 def test_training_recipe_groups_and_schedule():
     adapter = CUSAAdapter.build("tiny", "coco", {"clip_config": TINY_CLIP, "objective": "only_contrastive"})
-    setup = adapter.configure_training({"lr": 1e-5, "min_lr": 1e-6, "epochs": 30, "weight_decay": 1e-4})
+    setup = adapter.configure_training({"lr": 1e-5, "min_lr": 1e-6, "epochs": 30, "weight_decay": 1e-4,
+                                        "from_scratch": True})
     no_decay, decay = setup.optimizer.param_groups
     assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 1e-4
     assert any(p is adapter.model.tau for p in decay["params"])  # 0-dim temperatures are decayed (timm rule)
@@ -90,7 +91,9 @@ def test_training_recipe_groups_and_schedule():
     assert setup.grad_clip is None
     cusa = CUSAAdapter.build("tiny", "coco", {"clip_config": TINY_CLIP})
     with pytest.raises(ValueError, match="needs recipe key text_teacher"):
-        cusa.configure_training({"epochs": 1})
+        cusa.configure_training({"epochs": 1, "from_scratch": True})
+    with pytest.raises(ValueError, match="fine-tunes pretrained CLIP: set recipe key clip_weights"):
+        CUSAAdapter.build("tiny", "coco", {"clip_config": TINY_CLIP}).configure_training({"epochs": 1})
 
 
 def test_temperatures_are_clamped_before_each_step():
@@ -118,7 +121,7 @@ def test_cusa_training_steps_reduce_the_loss(synthetic_batch, tmp_path):
     ids = [f"img{i}" for i in range(len(groups))]
     TeacherFeatures(ids, demo_teacher_features(groups)).save(tmp_path / "train_unicom.npz")
     setup = adapter.configure_training({"lr": 2e-3, "min_lr": 2e-3, "epochs": 1, "text_teacher": "minilm",
-                                        "text_teacher_cache": True,
+                                        "from_scratch": True, "text_teacher_cache": True,
                                         "teacher_image_features": str(tmp_path / "train_unicom.npz")})
     batch = adapter.make_train_batch([images[i] for i, _ in pairs], [c for _, c in pairs], None,
                                      image_ids=[ids[i] for i, _ in pairs])

@@ -196,3 +196,17 @@ def test_pixel_methods_read_and_fingerprint_the_cusa_json_layout(tmp_path):
     assert data_fingerprint(files) != before
     problems = check_dataset("coco", tmp_path, ["test"], layout="cusa_json")
     assert problems and "1 of 1 images are missing" in problems[0]
+
+
+def test_set_overrides_reach_the_recipes_they_name_and_the_identity(setup):
+    from harness.plan import parse_overrides
+
+    tmp, registry = setup
+    over = parse_overrides(["epochs=2", "tiny.lr=2e-4", "tiny.decay=[1, 2]", "other.lr=5"], ["tiny", "esa"])
+    assert over == {"*": {"epochs": 2, "other.lr": 5}, "tiny": {"lr": 2e-4, "decay": [1, 2]}}
+    base = _plan(tmp, registry, stage="train", variants=["a"]).by_name()["demo/tiny-a-seed0/train"]
+    changed = _plan(tmp, registry, stage="train", variants=["a"],
+                    recipe_overrides=parse_overrides(["tiny.epochs=7"], ["tiny"])).by_name()["demo/tiny-a-seed0/train"]
+    assert changed.config["recipe"]["epochs"] == 7 and changed.key != base.key
+    with pytest.raises(RegistryError, match="expected KEY=VALUE"):
+        parse_overrides(["epochs"], ["tiny"])

@@ -9,7 +9,8 @@ Options (registry variant options, build `options`):
 - `truncate_text` (default True): run the text tower only up to the longest end-of-text token of
   each batch; identical features, several times faster than the official fixed 77 tokens.
 - the flat loss keys of `config.STANDARD_LOSS_DEFAULTS` (temperatures, clamp ranges, weights).
-Recipe keys used by `configure_training`: lr, min_lr, weight_decay, epochs, text_teacher (a local
+Recipe keys used by `configure_training`: clip_weights (required for an untrained model unless from_scratch:
+true), lr, min_lr, weight_decay, epochs, text_teacher (a local
 sentence-transformers folder, or `minilm`), text_teacher_cache (encode each caption once; small sets),
 teacher_image_features (a converted .npz; a relative path is found beside the training split's
 new_train.json, see `train_data`), and the loss keys.
@@ -304,6 +305,10 @@ class CUSAAdapter(Adapter):
         r = dict(recipe)
         self.recipe = r
         if self._fresh:
+            if not (r.get("clip_weights") or self.options.get("clip_weights") or r.get("from_scratch")):
+                raise ValueError("CUSA fine-tunes pretrained CLIP: set recipe key clip_weights to a local OpenAI CLIP "
+                                 "state dict (e.g. `run --set cusa.clip_weights=/path/ViT-B-32-quickgelu-openai.bin`), "
+                                 "or from_scratch: true to train a randomly initialised CLIP (the demo does)")
             self._apply_recipe_to_fresh_model(r)
         self._fresh = False
         cfg = self.model.loss_cfg

@@ -111,7 +111,9 @@ def execute_task(task: Task, should_stop: Callable[[], bool] | None = None,
                      device=device, settings=settings, should_stop=should_stop, dist=dist_ctx,
                      processes=dist_ctx.world_size if dist_ctx else 1, **({"log": log} if log else {}))
     try:
-        return run_job(task.job, ctx)
+        result = run_job(task.job, ctx)
+        distributed.barrier()  # no rank tears the group down while another still talks to it (gloo aborts)
+        return result
     finally:
         distributed.shutdown()
 

@@ -128,7 +128,7 @@ def extra_protocols(sims: np.ndarray, members: Sequence[Adapter], images: Any, c
 def _image_vectors(adapter: Adapter, images: Any, batch_size: int) -> np.ndarray | None:
     """Uni-modal image embeddings of a lazy pixel view, or None when the adapter has no such head."""
     chunks = []
-    with eval_mode(adapter), torch.no_grad():
+    with eval_mode(adapter):
         for a in range(0, len(images), batch_size):
             emb = adapter.image_embeddings(images[a:a + batch_size].to(adapter.device))
             if emb is None:
@@ -236,11 +236,11 @@ def evaluate_checkpoints(method: str, variant: str, checkpoints: Sequence[str | 
                          precision: str = "fp32") -> Evaluation:
     """Load, score and compute every protocol that applies; `sts_root` / `image_retrieval_root` add STS and
     image retrieval (uni-modal heads; skipped with `all_protocols=False`)."""
+    check_precision(precision, device)
     registry = load_registry()
     m = registry.method(method)
     members = [a.to(device) for a in load_members(m, variant, checkpoints, dataset)]
     images, captions = members[0].eval_data(data_root, split, dataset)
-    check_precision(precision, device)
     sims, eff = similarity_for(members, images, captions, batch_size=batch_size, cache_dir=cache_dir,
                                progress=progress, precision=precision)
     owner = members[0].image_of_caption(data_root, split, dataset)

@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from harness.data.checks import check_dataset
-from harness.data.demo import build_demo
+from harness.data.demo import build_demo, build_demo_images
 from harness.executors import make_executor
 from harness.executors.base import Executor, Outcome, StopFlag, Task
 from harness.executors.status import format_seconds, read_status
@@ -107,6 +107,8 @@ def plan_campaign(args: argparse.Namespace) -> tuple[Plan, ResultStore, Path]:
     data_root = resolve_data_root(ds.name, args.data_root, args.results)
     splits = required_splits(args.stage, ds.split, ds.validation_split)
     layouts = sorted({data_layout(registry, m, ds.name) for m in methods})
+    if ds.name == "demo" and "cusa_json" in layouts:  # the demo's raw-image form is generated, never downloaded
+        build_demo_images(data_root)
     problems = [p for layout in layouts for p in check_dataset(ds.name, data_root, splits, layout=layout)]
     if problems:
         raise RegistryError(f"{data_root} fails check-data for {ds.name} (stage {args.stage}):\n  "

@@ -58,14 +58,9 @@ def synthesize_regions(captions: list[str], rng: np.random.Generator, regions: i
     return np.maximum(out, 0.0)  # non-negative like BUTD features
 
 
-def build_demo(root: str | Path, images: bool = True) -> Path:
-    """Write the demo splits under `root/demo/precomp/` (idempotent); returns that folder.
-
-    With `images`, also the raw-image form under `root/demo/cusa/` (`build_demo_images`, for pixel methods
-    such as CUSA; about 2 s on first use)."""
+def build_demo(root: str | Path) -> Path:
+    """Write the demo splits under `root/demo/precomp/` (idempotent); returns that folder."""
     folder = Path(root) / "demo" / "precomp"
-    if images:
-        build_demo_images(root)
     stamp = folder / "VERSION"
     if stamp.is_file() and stamp.read_text().strip() == VERSION:
         return folder

@@ -273,31 +273,21 @@ class CUSAAdapter(Adapter):
     def score(self, image_block: torch.Tensor, text_block: torch.Tensor) -> torch.Tensor:
         return image_block.to(text_block.device) @ text_block.t()
 
-    def _eval_no_grad(self, fn: Any, *args: Any) -> torch.Tensor:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                return fn(*args)
-        finally:
-            self.model.train(was_training)
-
     def text_embeddings(self, captions: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """Uni-modal text embeddings (L2-normalised) as CUSA's STS evaluation makes them: no caption
         cleaning, CLIP BPE cut at 77 tokens, the uni text head (raw CLIP features without one)."""
-        def run() -> torch.Tensor:
+        with self._inference():
             out = []
             for i in range(0, len(captions), batch_size):
                 tok = tokenize_texts(captions[i:i + batch_size], self.model.context_length)
                 out.append(self.model.encode_text(self._ids(tok), cross_modal=False, truncate=self.truncate_text))
             return l2_normalise(torch.cat(out)).float()
 
-        return self._eval_no_grad(run)
-
     def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
         """Uni-modal image embeddings (L2-normalised) of preprocessed pixels, for image retrieval."""
-        return self._eval_no_grad(lambda: l2_normalise(
-            self.model.encode_image(images.to(self.device, torch.float32), cross_modal=False)).float())
+        with self._inference():
+            pixels = images.to(self.device, torch.float32)
+            return l2_normalise(self.model.encode_image(pixels, cross_modal=False)).float()
 
     # ---- training -------------------------------------------------------------------------------
     def configure_training(self, recipe: Mapping[str, Any]) -> TrainingSetup:

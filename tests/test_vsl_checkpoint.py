@@ -35,6 +35,14 @@ def one_line(exc: pytest.ExceptionInfo, path) -> str:
     return msg
 
 
+def refused(match: str, tmp_path, container, name="ckpt.pth.tar") -> str:
+    """Save `container`, check load_official refuses it with a one-line error naming the file; the message."""
+    path = save(tmp_path, container, name)
+    with pytest.raises(CheckpointError, match=match) as exc:
+        VSLAdapter.load_official(path)
+    return one_line(exc, path)
+
+
 @pytest.mark.parametrize("variant, sim_keys", [("sgr", 46), ("saf", 35)])
 def test_official_layout_and_round_trip(tmp_path, variant, sim_keys):
     adapter = VSLAdapter.build(variant, "f30k", DIMS)
@@ -83,10 +91,7 @@ def test_sgraf_is_not_one_file(tmp_path):
 def test_module_name_contradicting_keys(tmp_path):
     c = container_of("saf")
     c["opt"].module_name = "SGR"
-    path = save(tmp_path, c)
-    with pytest.raises(CheckpointError, match="module_name='SGR'") as exc:
-        VSLAdapter.load_official(path)
-    one_line(exc, path)
+    refused("module_name='SGR'", tmp_path, c)
 
 
 def test_wrong_dataset_is_refused(tmp_path):
@@ -99,54 +104,33 @@ def test_wrong_dataset_is_refused(tmp_path):
 def test_vocabulary_rows_must_match_data_name(tmp_path):
     c = container_of("sgr", "f30k")
     c["opt"].data_name = "coco_precomp"  # rows say f30k
-    path = save(tmp_path, c)
-    with pytest.raises(CheckpointError, match="8481 rows.*coco SCAN vocabulary.*f30k") as exc:
-        VSLAdapter.load_official(path)
-    one_line(exc, path)
+    refused("8481 rows.*coco SCAN vocabulary.*f30k", tmp_path, c)
     c = container_of("sgr", "coco")
     c["model"][1]["embed.weight"] = torch.zeros(11354, 6)  # an ESA-style extra <mask> row
-    path = save(tmp_path, c, "mask.pth.tar")
-    with pytest.raises(CheckpointError, match="11354 rows") as exc:
-        VSLAdapter.load_official(path)
-    one_line(exc, path)
+    refused("11354 rows", tmp_path, c, "mask.pth.tar")
 
 
 def test_checkpoint_of_another_method(tmp_path):
     c = container_of("sgr")
     c["model"] = c["model"][:2]  # ESA / VSE-style: [img_enc, txt_enc]
-    path = save(tmp_path, c)
-    with pytest.raises(CheckpointError, match="another method") as exc:
-        VSLAdapter.load_official(path)
-    one_line(exc, path)
-    path = save(tmp_path, {"state_dict": {}}, "other.pth")
-    with pytest.raises(CheckpointError, match="lacks") as exc:
-        VSLAdapter.load_official(path)
-    one_line(exc, path)
+    refused("another method", tmp_path, c)
+    refused("lacks", tmp_path, {"state_dict": {}}, "other.pth")
 
 
 def test_missing_and_unexpected_keys_are_named(tmp_path):
     c = container_of("sgr")
     del c["model"][2]["sim_eval_w.bias"]
     c["model"][0]["extra.weight"] = torch.zeros(1)
-    path = save(tmp_path, c)
-    with pytest.raises(CheckpointError, match="unexpected keys \\[extra.weight\\]") as exc:
-        VSLAdapter.load_official(path)
-    one_line(exc, path)
+    refused("unexpected keys \\[extra.weight\\]", tmp_path, c)
     c = container_of("sgr")
     del c["model"][2]["sim_eval_w.bias"]
-    path = save(tmp_path, c, "missing.pth.tar")
-    with pytest.raises(CheckpointError, match="missing keys \\[sim_eval_w.bias\\]") as exc:
-        VSLAdapter.load_official(path)
-    one_line(exc, path)
+    refused("missing keys \\[sim_eval_w.bias\\]", tmp_path, c, "missing.pth.tar")
 
 
 def test_shape_mismatch_is_named(tmp_path):
     c = container_of("saf")
     c["model"][2]["sim_tranloc_w.weight"] = torch.zeros(9, 16)
-    path = save(tmp_path, c)
-    with pytest.raises(CheckpointError, match="sim_tranloc_w.weight") as exc:
-        VSLAdapter.load_official(path)
-    one_line(exc, path)
+    refused("sim_tranloc_w.weight", tmp_path, c)
 
 
 def test_truncated_file(tmp_path):
@@ -163,10 +147,7 @@ def test_pickled_code_is_not_executed(tmp_path):
         def __reduce__(self):
             return (print, ("pwned",))
 
-    path = save(tmp_path, {"model": Payload(), "opt": None})
-    with pytest.raises(CheckpointError, match="refused to unpickle") as exc:
-        VSLAdapter.load_official(path)
-    one_line(exc, path)
+    refused("refused to unpickle", tmp_path, {"model": Payload(), "opt": None})
 
 
 def test_demo_checkpoint_keeps_its_dataset_and_region_count(tmp_path):

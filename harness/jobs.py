@@ -47,7 +47,7 @@ from harness.evaluate import _ids_dir, compute_metrics, extra_protocols, image_r
 from harness.executors.status import LOG, STATUS, StatusWriter
 from harness.plan import Job
 from harness.precision import check_precision
-from harness.registry import Registry
+from harness.registry import Registry, load_registry
 from harness.results import ResultStore, environment, save_npy
 from harness.scoring import DEFAULT_TILES, CacheError, encode_images, encode_texts, score_blocks, tile_grid
 from harness.training import BEST, StepInfo, TrainingInterrupted, train
@@ -106,10 +106,8 @@ class JobContext:
 
 
 def registry_from(path: str | None) -> Registry:
-    """The registry in `path` (read fresh: it may have changed since the last run), else the project's."""
-    from harness.registry import load_registry, load_registry_file
-
-    return load_registry_file(path) if path else load_registry()
+    """The project's registry with the user's registry file `path` (if any) on top."""
+    return load_registry(*([path] if path else []))
 
 
 def is_cached(store: ResultStore, job: Job) -> bool:

@@ -16,7 +16,9 @@ from typing import Any
 
 import yaml
 
-REGISTRY_PATH = Path(__file__).resolve().parents[1] / "registry.yaml"
+# The project's registry: the top-level registry.yaml, shipped inside the package as harness/registry.yaml
+# (a link in a checkout, a copy in an installed wheel).
+REGISTRY_PATH = Path(__file__).resolve().with_name("registry.yaml")
 
 PROTOCOLS = ("coco1k", "coco5k", "f30k1k", "eccv", "cxc", "sts", "image_retrieval", "recall")
 
@@ -231,40 +233,107 @@ def parse_registry(raw: Mapping[str, Any], source: str = "registry.yaml") -> Reg
     return Registry(methods=methods, datasets=datasets, reported=tuple(reported))
 
 
-def load_registry_file(path: str | Path) -> Registry:
-    path = Path(path)
+def _read_document(path: Path) -> dict[str, Any]:
+    """One registry YAML document; errors name the file and, for syntax errors, the line."""
     try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError as exc:
-        raise RegistryError(f"{path}: registry file not found") from exc
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RegistryError(f"{path}: registry file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"{path}: cannot read the registry file ({exc})") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise RegistryError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_registry(raw or {}, source=str(path))
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RegistryError(f"{path}{line}: not valid YAML ({problem}); fix the file or pass another "
+                            "--registry") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise RegistryError(f"{path}: a registry file is a mapping with datasets / methods / reported sections, "
+                            f"found a {type(raw).__name__}")
+    return dict(raw)
 
 
-def merge_documents(docs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Merge registry documents: mappings are merged by key (a duplicate name is an error), lists appended."""
+def _flatten_reported(doc: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Move each method's own `reported:` rows to the top-level list (they name their method implicitly)."""
+    out = {k: v for k, v in doc.items() if k != "methods"}
+    methods = doc.get("methods") or {}
+    if not isinstance(methods, Mapping):
+        raise RegistryError(f"{source}: methods: expected a mapping of method name -> method")
+    out["methods"] = {}
+    rows = list(doc.get("reported") or [])
+    for name, body in methods.items():
+        if isinstance(body, Mapping) and "reported" in body:
+            body = dict(body)
+            for row in body.pop("reported") or []:
+                if not isinstance(row, Mapping):
+                    raise RegistryError(f"{source}: methods.{name}.reported: each row is a mapping, found {row!r}")
+                if row.get("method", name) != name:
+                    raise RegistryError(f"{source}: methods.{name}.reported names method '{row['method']}'")
+                rows.append({"method": name, **row})
+        out["methods"][name] = body
+    out["reported"] = rows
+    return out
+
+
+def load_registry_file(path: str | Path) -> Registry:
+    """A registry from one self-contained file (datasets and methods all in it)."""
+    path = Path(path)
+    return parse_registry(_flatten_reported(_read_document(path), str(path)), source=str(path))
+
+
+def merge_documents(docs: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    """Merge (source, document) pairs in order: datasets and methods by name (a name defined twice is an error
+    naming both files), reported rows appended."""
     merged: dict[str, Any] = {"datasets": {}, "methods": {}, "reported": []}
-    for doc in docs:
-        for key, value in (doc or {}).items():
+    origin: dict[tuple[str, str], str] = {}
+    for source, doc in docs:
+        doc = _flatten_reported(doc or {}, source)
+        for key, value in doc.items():
             if key == "reported":
-                merged["reported"].extend(value or [])
+                if not isinstance(value, list):
+                    raise RegistryError(f"{source}: reported: expected a list of rows")
+                merged["reported"].extend(value)
             elif key in ("datasets", "methods"):
-                for name, body in (value or {}).items():
-                    if name in merged[key]:
-                        raise RegistryError(f"{key}.{name} is defined twice")
+                if not isinstance(value, Mapping):
+                    raise RegistryError(f"{source}: {key}: expected a mapping of name -> definition")
+                for name, body in value.items():
+                    if (key, name) in origin:
+                        raise RegistryError(f"{key}.{name} is defined in {origin[key, name]} and again in {source}; "
+                                            "rename one of them")
+                    origin[key, name] = source
                     merged[key][name] = body
             else:
-                raise RegistryError(f"unknown top-level registry section '{key}'")
+                raise RegistryError(f"{source}: unknown top-level registry section '{key}'; valid: datasets, "
+                                    "methods, reported")
     return merged
 
 
-@lru_cache(maxsize=4)
-def load_registry(path: str | None = None) -> Registry:
-    """The project's registry (cached). `path` overrides the default registry.yaml."""
-    target = Path(path) if path else REGISTRY_PATH
-    fragments = target.parent / "registry.d"
-    if not target.exists() and fragments.is_dir():  # development layout: one fragment per paper
-        docs = [yaml.safe_load(f.read_text()) for f in sorted(fragments.glob("*.yaml"))]
-        return parse_registry(merge_documents(docs), source=str(fragments))
-    return load_registry_file(target)
+def load_registry(*extra: str | Path) -> Registry:
+    """The project's registry with the user's registry files `extra` layered on top, in order.
+
+    A user file may add datasets, methods (their adapters in the user's own modules) and reported rows;
+    redefining a name is an error naming both files. Files are read fresh on every call (cheap: a few
+    hundred lines), so a long-running orchestrator sees edits made between runs.
+    """
+    return _load((REGISTRY_PATH, *(Path(p) for p in extra if p)))
+
+
+@lru_cache(maxsize=8)
+def _load_cached(paths: tuple[Path, ...], stamps: tuple[float, ...]) -> Registry:
+    docs = [(str(p), _read_document(p)) for p in paths]
+    source = " + ".join(str(p) for p in paths)
+    return parse_registry(merge_documents(docs), source=source)
+
+
+def _load(paths: tuple[Path, ...]) -> Registry:
+    stamps = []
+    for p in paths:
+        try:
+            stamps.append(p.stat().st_mtime_ns)
+        except OSError:
+            stamps.append(-1)  # _read_document names the missing file
+    return _load_cached(paths, tuple(stamps))

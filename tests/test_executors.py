@@ -22,7 +22,7 @@ from harness.executors.local import LocalExecutor
 from harness.executors.status import read_status
 from harness.jobs import RunSettings
 from harness.plan import Job, build_plan
-from harness.registry import load_registry_file
+from harness.registry import load_registry
 from harness.training import BEST
 from methods.common.checkpoint import load_container
 
@@ -108,7 +108,7 @@ def test_slurm_job_is_preempted_checkpointed_requeued_and_resumed(tmp_path, monk
         monkeypatch.setenv(key, value)
     recipe = {"epochs": 4, "step_sleep": 0.1}
     tmp = campaign(tmp_path / "slurm", recipe=recipe)
-    registry = load_registry_file(tmp / "registry.yaml")
+    registry = load_registry(tmp / "registry.yaml")
     job = build_plan(registry, ["tiny"], "demo", variants=["a"], stage="train", data_root=tmp / "data").jobs[0]
     settings = RunSettings(results=str(tmp / "results"), data_root=str(tmp / "data"),
                            registry=str(tmp / "registry.yaml"), device="cpu", checkpoint_minutes=None)

@@ -18,7 +18,7 @@ from harness.executors.inline import InlineExecutor
 from harness.executors.status import StatusWriter
 from harness.jobs import RunSettings
 from harness.plan import build_plan
-from harness.registry import load_registry_file
+from harness.registry import load_registry
 from harness.results import ResultStore
 
 
@@ -139,7 +139,7 @@ def test_data_that_fails_check_data_is_refused(tmp_path, out):
 
 def test_live_table_shows_progress_and_eta(tmp_path):
     campaign(tmp_path)
-    registry = load_registry_file(tmp_path / "registry.yaml")
+    registry = load_registry(tmp_path / "registry.yaml")
     plan = build_plan(registry, ["tiny"], "demo", variants=["a"], stage="train", data_root=tmp_path / "data")
     store = ResultStore(tmp_path / "results")
     scheduler = orchestrate.Scheduler(plan, store, InlineExecutor(), RunSettings(), StopFlag(),

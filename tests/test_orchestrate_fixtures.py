@@ -21,7 +21,6 @@ import yaml
 from torch import nn
 
 from harness.data.demo import demo_captions, synthesize_regions
-from harness.registry import REGISTRY_PATH
 from methods.base import Adapter, CheckpointError, PaddedTokens, TrainingSetup
 from methods.common.checkpoint import load_container, load_strict
 from methods.common.text_bert import pad_ids
@@ -157,15 +156,11 @@ def tiny_data(root: Path, splits: Sequence[tuple[str, int]] = SPLITS) -> Path:
     return root
 
 
-def datasets_section() -> dict[str, Any]:
-    return yaml.safe_load((REGISTRY_PATH.parent / "registry.d" / "00-datasets.yaml").read_text())["datasets"]
-
-
 def tiny_registry(path: Path, recipe: Mapping[str, Any] | None = None) -> Path:
     """A registry with one method `tiny`: variant `a`, ensemble `pair` = [a, a], official files for demo."""
     demo = {"epochs": 2, "batch_size": 30, "lr": 0.01, "lr_decay_epochs": [1], "embed_size": 8, "seed": 0,
             **dict(recipe or {})}
-    doc = {"datasets": datasets_section(), "methods": {"tiny": {
+    doc = {"methods": {"tiny": {
         "title": "Tiny test method", "adapter": "test_orchestrate_fixtures:TinyAdapter",
         "recipes": {"default": {"epochs": 1, "batch_size": 16}, "demo": demo},
         "variants": {

@@ -14,13 +14,13 @@ from harness import plan as plan_mod
 from harness.executors.base import Task
 from harness.jobs import RunSettings
 from harness.plan import Job, build_plan, code_version, data_fingerprint, split_files
-from harness.registry import RegistryError, load_registry_file
+from harness.registry import RegistryError, load_registry
 
 
 @pytest.fixture
 def setup(tmp_path):
     campaign(tmp_path)
-    return tmp_path, load_registry_file(tmp_path / "registry.yaml")
+    return tmp_path, load_registry(tmp_path / "registry.yaml")
 
 
 def _plan(tmp, registry, **kw):
@@ -112,7 +112,7 @@ def test_identity_follows_config_data_and_code_not_runtime(setup):
     doc = yaml.safe_load((tmp / "registry.yaml").read_text())
     doc["methods"]["tiny"]["recipes"]["demo"]["lr"] = 0.02
     (tmp / "registry2.yaml").write_text(yaml.safe_dump(doc))
-    changed = _plan(tmp, load_registry_file(tmp / "registry2.yaml"), stage="all").by_name()
+    changed = _plan(tmp, load_registry(tmp / "registry2.yaml"), stage="all").by_name()
     assert all(changed[n].key != base[n].key for n in base)
     # test-split data: evaluations change, training (train + dev splits) does not
     caps = tmp / "data" / "demo" / "precomp" / "test_caps.txt"
@@ -155,11 +155,11 @@ def test_reported_only_variants_are_not_run(setup):
     doc = yaml.safe_load((tmp / "registry.yaml").read_text())
     doc["methods"]["tiny"]["variants"]["paper"] = {"description": "numbers only", "options": {"reported_only": True}}
     (tmp / "registry3.yaml").write_text(yaml.safe_dump(doc))
-    plan = _plan(tmp, load_registry_file(tmp / "registry3.yaml"), stage="train")
+    plan = _plan(tmp, load_registry(tmp / "registry3.yaml"), stage="train")
     assert not any("paper" in j.name for j in plan.jobs)
     assert any("tiny/paper" in n for n in plan.notes)
     with pytest.raises(RegistryError, match="no jobs"):
-        _plan(tmp, load_registry_file(tmp / "registry3.yaml"), stage="train", variants=["paper"])
+        _plan(tmp, load_registry(tmp / "registry3.yaml"), stage="train", variants=["paper"])
 
 
 def test_task_round_trips_through_json(setup):

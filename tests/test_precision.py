@@ -9,7 +9,7 @@ from test_orchestrate_fixtures import DIM, TinyAdapter, campaign, one_thread  # 
 
 from harness.plan import build_plan
 from harness.precision import autocast, check_precision
-from harness.registry import load_registry_file
+from harness.registry import load_registry
 from harness.scoring import encode_images, similarity_matrix
 
 
@@ -48,7 +48,7 @@ def test_bf16_scoring_is_close_to_fp32_and_stored_as_float32():
 
 def test_a_non_fp32_evaluation_is_its_own_job_and_row(tmp_path):
     campaign(tmp_path)
-    registry = load_registry_file(tmp_path / "registry.yaml")
+    registry = load_registry(tmp_path / "registry.yaml")
     kw = dict(stage="all", data_root=tmp_path / "data", checkpoint_dir=tmp_path / "ck", code="c", variants=["a"])
     exact = build_plan(registry, ["tiny"], "demo", **kw).by_name()
     half = build_plan(registry, ["tiny"], "demo", precision="bf16", **kw).by_name()

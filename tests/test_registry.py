@@ -1,11 +1,12 @@
 """Registry loading, validation errors and nearest-name suggestions."""
 
 import copy
+import re
 
 import pytest
 import yaml
 
-from harness.registry import RegistryError, load_registry, merge_documents, parse_registry
+from harness.registry import REGISTRY_PATH, RegistryError, load_registry, merge_documents, parse_registry
 
 MINIMAL = {
     "datasets": {"coco": {"split": "testall", "protocols": ["coco1k", "coco5k"]}},
@@ -68,17 +69,36 @@ def test_invalid_documents_are_rejected_with_the_place(mutate, fragment):
         parse_registry(doc)
 
 
-def test_merge_rejects_duplicate_names():
-    with pytest.raises(RegistryError, match="defined twice"):
-        merge_documents([{"methods": {"esa": {}}}, {"methods": {"esa": {}}}])
+def test_merge_rejects_duplicate_names_naming_both_files():
+    with pytest.raises(RegistryError, match="methods.esa is defined in a.yaml and again in b.yaml"):
+        merge_documents([("a.yaml", {"methods": {"esa": {}}}), ("b.yaml", {"methods": {"esa": {}}})])
+
+
+def test_user_file_layers_on_top_of_the_project_registry(tmp_path):
+    extra = tmp_path / "mine.yaml"
+    extra.write_text(yaml.safe_dump({"datasets": {"mine": {"split": "test", "protocols": ["recall"]}}}))
+    reg = load_registry(extra)
+    assert "mine" in reg.datasets and "esa" in reg.methods
+    extra.write_text(yaml.safe_dump({"datasets": {"coco": {"split": "test", "protocols": ["recall"]}}}))
+    with pytest.raises(RegistryError, match=r"datasets.coco is defined in .*registry.yaml and again in .*mine.yaml"):
+        load_registry(extra)
+
+
+def test_each_paper_section_holds_its_reported_rows():
+    raw = yaml.safe_load(REGISTRY_PATH.read_text())
+    assert set(raw) == {"datasets", "methods"}
+    for name, body in raw["methods"].items():
+        assert body["reported"], name
+        assert all("method" not in row for row in body["reported"])
+    assert {r.method for r in load_registry().reported} == set(raw["methods"])
 
 
 def test_yaml_syntax_error_names_file(tmp_path):
     from harness.registry import load_registry_file
 
     bad = tmp_path / "registry.yaml"
-    bad.write_text("methods: [unclosed\n")
-    with pytest.raises(RegistryError, match=str(bad)):
+    bad.write_text("datasets: {}\nmethods:\n  x: [unclosed\n")
+    with pytest.raises(RegistryError, match=re.escape(str(bad)) + r":\d+: not valid YAML"):
         load_registry_file(bad)
     good = tmp_path / "ok.yaml"
     good.write_text(yaml.safe_dump(MINIMAL))

@@ -80,8 +80,8 @@ class TileProxy:
 def old_encode(adapter, images, captions, batch_size: int):
     """The engine before the packed store: lists of blocks, then concat_blocks (captions padded to the
     split's longest caption, images concatenated into a second copy)."""
+    from harness.api import concat_blocks
     from harness.scoring import eval_mode
-    from methods.base import concat_blocks
 
     img_blocks, txt_blocks = [], []
     with eval_mode(adapter):
@@ -95,8 +95,8 @@ def old_encode(adapter, images, captions, batch_size: int):
 
 
 def child(args: argparse.Namespace) -> None:
+    from harness.api import PackedFeatures
     from harness.scoring import TEXT_MEMORY_LIMIT, encode_images, encode_texts, score_blocks
-    from methods.base import PackedFeatures
     from methods.vsl.adapter import VSLAdapter
 
     torch.set_num_threads(args.threads)

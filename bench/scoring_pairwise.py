@@ -29,8 +29,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from test_esl_reference import TINY_BERT, OfficialESLSimVec, l2n, shard_attn_scores  # noqa: E402
 from test_xdim import OfficialXDimSimVec  # noqa: E402
 
+from harness.api import PaddedFeatures  # noqa: E402
 from harness.scoring import score_blocks  # noqa: E402
-from methods.base import PaddedFeatures  # noqa: E402
 from methods.esl import ESLAdapter  # noqa: E402
 from methods.xdim import XDimAdapter  # noqa: E402
 

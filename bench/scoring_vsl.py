@@ -24,8 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from harness.api import PaddedFeatures  # noqa: E402
 from harness.scoring import DEFAULT_TILES, score_blocks  # noqa: E402
-from methods.base import PaddedFeatures  # noqa: E402
 from methods.vsl.adapter import VSLAdapter  # noqa: E402
 from methods.vsl.model import length_mask  # noqa: E402
 

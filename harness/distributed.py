@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from methods.base import Adapter
+from harness.adapter import Adapter
 
 PROCESS_GROUP_TIMEOUT = timedelta(hours=3)  # rank 0 validates and saves while the others wait
 _REPLICATED = [False]  # True while every rank processes the same (whole) batch: no cross-rank reduction

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.adapter import Adapter, parameter_count
 from harness.metrics.recall import recall_metrics
 from harness.precision import check_precision
 from harness.registry import Method, RegistryError, load_registry
 from harness.scoring import encode_images, encode_texts, eval_mode, score_blocks
-from methods.base import Adapter, parameter_count
 
 RECALL_PROTOCOLS = ("coco1k", "coco5k", "f30k1k", "recall")
 

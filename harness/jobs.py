@@ -43,6 +43,8 @@ import numpy as np
 import torch
 
 from harness import distributed
+from harness.adapter import Adapter, parameter_count
+from harness.checkpoints import load_container
 from harness.evaluate import _ids_dir, compute_metrics, extra_protocols, image_retrieval_metrics, protocols_for
 from harness.executors.status import LOG, STATUS, StatusWriter
 from harness.plan import Job
@@ -51,8 +53,6 @@ from harness.registry import Registry, load_registry
 from harness.results import ResultStore, environment, save_npy
 from harness.scoring import DEFAULT_TILES, CacheError, encode_images, encode_texts, score_blocks, tile_grid
 from harness.training import BEST, StepInfo, TrainingInterrupted, train
-from methods.base import Adapter, parameter_count
-from methods.common.checkpoint import load_container
 
 CURVE = "loss_curve.tsv"
 OWNER = "image_of_caption.npy"  # evaluations whose captions are not 5 per image in order (CUSA json)

@@ -141,7 +141,7 @@ def split_files(data_root: str | Path, dataset: str, split: str, layout: str = "
             return []
         return sorted(p for p in folder.iterdir() if p.is_file() and p.name.startswith(f"{split}_"))
     if layout == "cusa_json":  # the json and the teacher features (images are named by the json, not hashed)
-        from methods.cusa.data import find_split_folder
+        from harness.data.cusa_json import find_split_folder
 
         folder = find_split_folder(root, split, dataset)
         return [] if folder is None else [p for p in (folder / f"new_{split}.json", folder / f"{split}_unicom.npz")

@@ -23,8 +23,9 @@ import h5py
 import numpy as np
 import torch
 
+from harness.adapter import Adapter
+from harness.features import PackedFeatures, PaddedFeatures, concat_blocks
 from harness.precision import autocast
-from methods.base import Adapter, PackedFeatures, PaddedFeatures, concat_blocks
 
 DEFAULT_TILES = {"embedding": (2048, 8192), "pairwise": (128, 512)}
 TEXT_MEMORY_LIMIT = 64 << 20  # bytes of packed caption features kept in memory; the rest is spilled to disk

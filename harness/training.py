@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 from harness import distributed
+from harness.adapter import Adapter
+from harness.checkpoints import load_container
 from harness.metrics.recall import full_recall
 from harness.results import save_torch
 from harness.scoring import similarity_matrix
-from methods.base import Adapter
-from methods.common.checkpoint import load_container
 
 CHECKPOINT = "checkpoint.pth"
 BEST = "model_best.pth"

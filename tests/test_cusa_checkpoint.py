@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_cusa_equivalence import RELEASED_LOSS_CONFIG, official_container, randomise
 
-from methods.base import CheckpointError
+from harness.api import CheckpointError
 from methods.cusa.adapter import CUSAAdapter
 from methods.cusa.config import TINY_CLIP, clip_config, standard_loss_config
 from methods.cusa.model import CUSAModel

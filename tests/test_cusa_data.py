@@ -12,18 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from methods.cusa.data import (
-    CusaDataError,
-    TeacherFeatures,
-    check_cusa_json,
-    clip_preprocess,
-    convert_unicom,
-    load_cusa_split,
-    main,
-    pre_caption,
-    read_unicom_pickle,
-)
-from methods.cusa.demo_images import demo_teacher_features, plan_image, render_caption_images, write_demo_split
+from harness.data.cusa_json import CusaDataError, check_cusa_json, clip_preprocess, load_cusa_split, pre_caption
+from harness.data.demo_images import demo_teacher_features, plan_image, render_caption_images, write_demo_split
+from methods.cusa.teacher import TeacherFeatures, convert_unicom, main, read_unicom_pickle
 
 DATA_DIR = Path(__file__).parent / "data" / "cusa"
 

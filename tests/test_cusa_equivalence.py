@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from harness.data.demo_images import render_caption_images
 from harness.scoring import encode_images, encode_texts, score_blocks
 from methods.cusa.adapter import CUSAAdapter
 from methods.cusa.config import TINY_CLIP
-from methods.cusa.demo_images import render_caption_images
 
 DATA = Path(__file__).parent / "data" / "cusa" / "new_test.json"
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)

@@ -12,17 +12,17 @@ import pytest
 import torch
 from PIL import Image
 
+from harness.api import load_container
 from harness.cli import main as cli_main
+from harness.data.demo_images import demo_teacher_features, write_demo_split
 from harness.evaluate import image_retrieval_metrics
 from harness.jobs import JobContext, JobInterrupted, RunSettings, run_job
 from harness.plan import build_plan
 from harness.registry import load_registry
 from harness.results import ResultStore
 from harness.training import BEST
-from methods.common.checkpoint import load_container
 from methods.cusa.adapter import CUSAAdapter
 from methods.cusa.config import TINY_CLIP
-from methods.cusa.demo_images import demo_teacher_features, write_demo_split
 
 GROUPS = {
     "train": [["a red bus on the street", "a red bus parked"], ["a brown dog on the grass", "a dog in a field"],

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from harness.api import CusaDataError
+from harness.data.demo_images import demo_teacher_features, render_caption_images
 from methods.cusa.adapter import CUSAAdapter
 from methods.cusa.config import TINY_CLIP, standard_loss_config
-from methods.cusa.data import CusaDataError, TeacherFeatures
-from methods.cusa.demo_images import demo_teacher_features, render_caption_images
 from methods.cusa.losses import cusa_losses
+from methods.cusa.teacher import TeacherFeatures
 
 
 def _log_softmax_row(row: np.ndarray, tau: float) -> np.ndarray:

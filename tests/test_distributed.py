@@ -17,10 +17,9 @@ from test_orchestrate_fixtures import campaign, one_thread, run_args, worker_env
 from torch import nn
 
 from harness import distributed
+from harness.api import PaddedTokens, load_container, slice_samples
 from harness.cli import main
 from harness.training import CHECKPOINT
-from methods.base import PaddedTokens, slice_samples
-from methods.common.checkpoint import load_container
 
 TRAIN = "demo/tiny-a-seed0/train"
 

@@ -8,8 +8,7 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from methods.base import CheckpointError
-from methods.common.checkpoint import strip_prefix
+from harness.api import CheckpointError, strip_prefix
 from methods.common.vocab import load_scan_vocab
 from methods.esa import ESAAdapter
 

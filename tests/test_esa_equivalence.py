@@ -9,7 +9,7 @@ import pytest
 import torch
 from reference_esa import official_similarity
 
-from methods.common.checkpoint import add_prefix, strip_prefix
+from harness.api import add_prefix, strip_prefix
 from methods.common.text_bert import BERT_BASE_UNCASED, minilm_dir
 from methods.esa import ESAAdapter
 

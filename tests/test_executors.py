@@ -15,6 +15,7 @@ import pytest
 import torch
 from test_orchestrate_fixtures import campaign, one_thread, run_args, worker_env  # noqa: F401 - one_thread: autouse fixture
 
+from harness.api import load_container
 from harness.cli import main
 from harness.executors import make_executor
 from harness.executors.base import INTERRUPTED_EXIT, Task
@@ -24,7 +25,6 @@ from harness.jobs import RunSettings
 from harness.plan import Job, build_plan
 from harness.registry import load_registry
 from harness.training import BEST
-from methods.common.checkpoint import load_container
 
 TRAIN = "demo/tiny-a-seed0/train"
 

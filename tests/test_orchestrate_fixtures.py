@@ -20,9 +20,8 @@ import torch
 import yaml
 from torch import nn
 
+from harness.api import Adapter, CheckpointError, PaddedTokens, TrainingSetup, load_container, load_strict
 from harness.data.demo import demo_captions, synthesize_regions
-from methods.base import Adapter, CheckpointError, PaddedTokens, TrainingSetup
-from methods.common.checkpoint import load_container, load_strict
 from methods.common.text_bert import pad_ids
 from methods.common.triplet import triplet_costs
 

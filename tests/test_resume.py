@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from test_orchestrate_fixtures import campaign, one_thread, run_args, worker_env, write_official  # noqa: F401 - one_thread: autouse fixture
 
+from harness.api import load_container
 from harness.cli import main
 from harness.jobs import KILL_ENV
 from harness.training import BEST, CHECKPOINT
-from methods.common.checkpoint import load_container
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN, EVAL = "demo/tiny-a-seed0/train", "demo/tiny-a-official/eval"

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
+from harness.api import Adapter, PaddedFeatures
 from harness.scoring import CacheError, encode_images, encode_texts, score_blocks, similarity_matrix
-from methods.base import Adapter, PaddedFeatures
 from methods.common.text_bert import pad_ids
 
 

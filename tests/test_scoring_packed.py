@@ -12,8 +12,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from harness.api import PackedFeatures, PaddedFeatures, concat_blocks  # noqa: E402
 from harness.scoring import block_fingerprint, encode_images, encode_texts, score_blocks  # noqa: E402
-from methods.base import PackedFeatures, PaddedFeatures, concat_blocks  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,7 +7,7 @@ import argparse
 import pytest
 import torch
 
-from methods.base import CheckpointError
+from harness.api import CheckpointError
 from methods.vsl.adapter import VSLAdapter
 
 pytestmark = pytest.mark.usefixtures("one_thread")

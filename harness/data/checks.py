@@ -31,7 +31,7 @@ def check_dataset(dataset: str, data_root: str | Path, splits: list[str] | None 
     if not root.exists():
         return [f"{root}: data root does not exist"]
     if (layout or ds.layout) == "cusa_json":
-        from methods.cusa.data import check_cusa_json  # noqa: PLC0415 - optional method package
+        from harness.data.cusa_json import check_cusa_json
 
         return [p for s in splits for p in check_cusa_json(root, s, dataset)]
     return check_precomp(root, dataset, splits, feature_dim=None if dataset == "demo" else 2048,

@@ -78,9 +78,9 @@ def build_demo(root: str | Path) -> Path:
 def build_demo_images(root: str | Path) -> Path:
     """Write the demo's raw-image form under `root/demo/cusa/` (CUSA/ALBEF json layout; idempotent).
 
-    Small SYNTHETIC images drawn from each image's captions (methods.cusa.demo_images), same splits and
+    Small SYNTHETIC images drawn from each image's captions (harness.data.demo_images), same splits and
     captions as the region-feature form, for methods with a pixel tower."""
-    from methods.cusa.demo_images import write_demo_split
+    from harness.data.demo_images import write_demo_split
 
     folder = Path(root) / "demo" / "cusa"
     stamp = folder / "VERSION"

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.base import TrainingSetup
+from harness.api import TrainingSetup
 
 
 def bert_text_groups(txt_enc: nn.Module, lr: float, bert_lr_factor: float) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from methods.base import Adapter, PaddedFeatures, PaddedTokens, TrainingSetup
+from harness.api import Adapter, PaddedFeatures, PaddedTokens, TrainingSetup
 from methods.common.augment import augment_word_pieces
 from methods.common.optim import adamw_step_decay, bert_text_groups
 from methods.common.region_encoder import PrecompRegionEncoder, l2norm

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from methods.base import PaddedTokens
+from harness.api import PaddedTokens
 
 VOCAB_FILE = Path(__file__).resolve().parents[2] / "harness" / "assets" / "vocab" / "bert-base-uncased-vocab.txt"
 

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.base import CheckpointError
-from methods.common.checkpoint import (
+from harness.api import (
+    CheckpointError,
     add_prefix,
     dataset_of_name,
     load_container,

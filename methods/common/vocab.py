@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from methods.base import PaddedTokens
+from harness.api import PaddedTokens
 from methods.common.text_bert import pad_ids
 
 VOCAB_DIR = Path(__file__).resolve().parents[2] / "harness" / "assets" / "vocab"

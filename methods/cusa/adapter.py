@@ -28,22 +28,29 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from methods.base import Adapter, CheckpointError, PaddedTokens, TrainData, TrainingSetup
-from methods.common.checkpoint import load_container, load_strict, require_keys, strip_prefix
+from harness.api import (
+    Adapter,
+    CheckpointError,
+    CusaSplit,
+    PaddedTokens,
+    TrainData,
+    TrainingSetup,
+    build_demo_images,
+    clip_preprocess,
+    find_split_folder,
+    load_container,
+    load_cusa_split,
+    load_strict,
+    pre_caption,
+    require_keys,
+    strip_prefix,
+)
 from methods.cusa.config import (
     OBJECTIVES,
     STANDARD_LOSS_DEFAULTS,
     VARIANT_CLIP_NAMES,
     clip_config,
     standard_loss_config,
-)
-from methods.cusa.data import (
-    CusaSplit,
-    TeacherFeatures,
-    clip_preprocess,
-    find_split_folder,
-    load_cusa_split,
-    pre_caption,
 )
 from methods.cusa.model import CUSAModel, l2_normalise
 from methods.cusa.official import (
@@ -53,6 +60,7 @@ from methods.cusa.official import (
     official_config,
     variant_of_clip_name,
 )
+from methods.cusa.teacher import TeacherFeatures
 from methods.cusa.teachers import TextTeacher, minilm_teacher_path
 
 # Keys a plain OpenAI / open_clip CLIP state dict may carry that CUSA's CLIP does not have.
@@ -212,8 +220,6 @@ class CUSAAdapter(Adapter):
         if folder is not None:
             return load_cusa_split(folder, split)
         if dataset == "demo":  # the demo is generated, never downloaded: write its raw-image form (idempotent)
-            from harness.data.demo import build_demo_images
-
             return load_cusa_split(build_demo_images(root), split)
         return load_cusa_split(root, split)  # raises the not-found error naming the expected file
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from methods.base import CheckpointError
+from harness.api import CheckpointError
 from methods.cusa.config import VARIANT_CLIP_NAMES, LossConfig, Temperature
 
 CLIP_PREFIX = "clip_model."

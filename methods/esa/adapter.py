@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from methods.base import Adapter, PaddedTokens, TrainingSetup
+from harness.api import Adapter, PaddedTokens, TrainingSetup
 from methods.common.augment import augment_word_ids, augment_word_pieces
 from methods.common.optim import adamw_step_decay, bert_text_groups
 from methods.common.text_bert import bert_tokenize, bert_tokenizer, bert_word_pieces, pad_ids

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from methods.base import CheckpointError
-from methods.common.checkpoint import (
+from harness.api import (
+    CheckpointError,
     add_prefix,
     dataset_of_name,
     load_container,

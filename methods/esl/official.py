@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from methods.base import CheckpointError
+from harness.api import CheckpointError
 from methods.common.three_part import (
     check_basic,
     check_head,

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from methods.base import Adapter, PaddedFeatures, PaddedTokens, TrainData, TrainingSetup
+from harness.api import Adapter, PaddedFeatures, PaddedTokens, TrainData, TrainingSetup
 from methods.common.text_bert import pad_ids
 from methods.common.vocab import PAD, Vocabulary, encode_caption, load_scan_vocab, vocab_tokenize
 from methods.vsl.losses import (

@@ -214,8 +214,6 @@ def write_demo_split(root: str | Path, split: str, caption_groups: Sequence[Sequ
     Returns the json path. Image ids default to `demo_<split>_<n>` (zero-padded, so string order is
     the given order).
     """
-    from methods.cusa.data import TeacherFeatures
-
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
     ids = list(image_ids) if image_ids is not None else [f"demo_{split}_{n:06d}" for n in range(len(caption_groups))]
@@ -228,6 +226,7 @@ def write_demo_split(root: str | Path, split: str, caption_groups: Sequence[Sequ
         rows += [{"image_path": rel, "caption": c, "image_id": image_id} for c in group]
     path = root / f"new_{split}.json"
     path.write_text(json.dumps(rows, indent=0), encoding="utf8")
-    TeacherFeatures(ids, demo_teacher_features(caption_groups), root / f"{split}_unicom.npz").save(
-        root / f"{split}_unicom.npz")
+    # the teacher-feature file CUSA reads (methods.cusa.teacher.TeacherFeatures): ids and float32 features
+    np.savez(root / f"{split}_unicom.npz", ids=np.array(ids, dtype=np.str_),
+             features=demo_teacher_features(caption_groups).astype(np.float32))
     return path

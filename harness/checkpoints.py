@@ -18,7 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.base import CheckpointError
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded as asked (wrong method, variant, dataset, keys or file)."""
+
 
 SAFE_GLOBALS: list[Any] = [argparse.Namespace, collections.OrderedDict]
 

@@ -14,7 +14,8 @@ import time
 import numpy as np
 
 from harness.metrics.loop_reference import loop_i2t_ranks, loop_summary, loop_t2i_ranks
-from harness.metrics.recall import fold_slices, full_recall, recall_metrics
+from harness.metrics.recall import fold_slices, full_recall
+from harness.protocols import compute_protocol
 
 
 def synthetic(n_img: int, dtype: str, seed: int = 0) -> np.ndarray:
@@ -47,21 +48,21 @@ def main() -> None:
     big = synthetic(args.images, args.dtype)
     small = synthetic(1000, args.dtype, seed=1)
     rows = []
-    ours, t_ours = timed(lambda m: recall_metrics(m, "recall", bootstrap=0), big, repeat=3)
+    ours, t_ours = timed(lambda m: compute_protocol("recall", m, bootstrap=0), big, repeat=3)
     ref, t_ref = timed(loop_protocol, big)
     assert abs(ours["rsum"] - ref) < 1e-9, (ours["rsum"], ref)
     rows.append((f"COCO 5K ({args.images} x {5 * args.images})", t_ours, t_ref))
     if args.images % 5 == 0:
         def ours_folds(m):
             if args.images == 5000:
-                return recall_metrics(m, "coco1k", bootstrap=0)
+                return compute_protocol("coco1k", m, bootstrap=0)
             return {"rsum": np.mean([full_recall(m[r, c])["rsum"] for r, c in fold_slices(len(m))])}
 
         folds, t_ours = timed(ours_folds, big, repeat=3)
         ref, t_ref = timed(lambda s: np.mean([loop_protocol(s[r, c]) for r, c in fold_slices(len(s))]), big)
         assert abs(folds["rsum"] - ref) < 1e-9
         rows.append(("COCO 1K (5 folds)", t_ours, t_ref))
-    ours, t_ours = timed(lambda m: recall_metrics(m, "f30k1k", bootstrap=0), small, repeat=5)
+    ours, t_ours = timed(lambda m: compute_protocol("f30k1k", m, bootstrap=0), small, repeat=5)
     ref, t_ref = timed(loop_protocol, small)
     assert abs(ours["rsum"] - ref) < 1e-9
     rows.append(("F30K 1K (1000 x 5000)", t_ours, t_ref))

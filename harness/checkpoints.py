@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import io
+import pickle
+import warnings
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -18,33 +21,196 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.errors import ItrbenchError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(ItrbenchError):
     """A checkpoint that cannot be loaded as asked (wrong method, variant, dataset, keys or file)."""
 
 
 SAFE_GLOBALS: list[Any] = [argparse.Namespace, collections.OrderedDict]
 
 
+# A stored tensor cannot honestly need more bytes than its file holds (torch.save stores entries
+# uncompressed); compressed entries may expand this much before a file is refused as a size bomb.
+EXPANSION_LIMIT, EXPANSION_SLACK = 2, 1 << 20
+
+
 def load_container(path: str | Path) -> dict[str, Any]:
-    """`torch.load(path, weights_only=True)` with the allow-list; clear errors for bad files."""
+    """`torch.load(path, weights_only=True)` with the allow-list; clear errors for bad files.
+
+    Before torch allocates anything, the sizes the file declares (zip entries, every storage and tensor in
+    the pickle) are checked against the bytes the file actually holds, so a small crafted or corrupt file
+    cannot make the loader allocate gigabytes (`declared_storage_bytes`)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
+        declared_storage_bytes(path)
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
         raise CheckpointError(
-            f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+            f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {_first_line(exc)}); "
             "the file may be truncated: download it again") from exc
     except Exception as exc:  # pickle.UnpicklingError for disallowed globals
+        if isinstance(exc, pickle.UnpicklingError) and not _refused_global(exc):
+            raise CheckpointError(
+                f"{path}: not a readable torch checkpoint (UnpicklingError: {_first_line(exc)}); the file may be "
+                "truncated or corrupt: download it again") from exc
         raise CheckpointError(
-            f"{path}: refused to unpickle ({str(exc).splitlines()[0]}). Only weights and argparse.Namespace "
+            f"{path}: refused to unpickle ({_first_line(exc)}). Only weights and argparse.Namespace "
             "are accepted; this is not an official checkpoint of a supported method") from exc
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict container, found {type(obj).__name__}")
     return obj
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= 240 else line[:237] + "..."
+
+
+def _refused_global(exc: BaseException) -> bool:
+    text = str(exc)
+    return any(s in text for s in ("GLOBAL", "global", "Unsupported", "is blocked", "persistent_load"))
+
+
+class _MetaStorages:
+    """A persistent_load that records each storage's declared bytes and returns an unallocated (meta) one."""
+
+    def __init__(self) -> None:
+        self.nbytes: dict[str, int] = {}
+        self.created: list[tuple[str, int, torch.UntypedStorage]] = []
+
+    def __call__(self, saved_id: Any) -> Any:
+        if not isinstance(saved_id, tuple) or len(saved_id) < 5:
+            raise pickle.UnpicklingError(f"unexpected persistent id {saved_id!r:.80}")
+        storage_type, key, numel = saved_id[1], str(saved_id[2]), saved_id[4]
+        dtype = torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
+        if not isinstance(numel, int) or numel < 0:
+            raise pickle.UnpicklingError(f"storage {key}: element count {numel!r:.40} is not a count")
+        nbytes = numel * torch._utils._element_size(dtype)
+        self.nbytes[key] = max(nbytes, self.nbytes.get(key, 0))
+        view = saved_id[5] if len(saved_id) > 5 else None  # legacy format: (view key, offset, size)
+        if view is not None:
+            _, offset, size = view
+            nbytes = size * torch._utils._element_size(dtype)
+            if offset < 0 or offset + size > numel:
+                raise pickle.UnpicklingError(f"storage {key}: view [{offset}, {offset + size}) outside {numel}")
+        meta = torch.UntypedStorage(nbytes, device="meta")
+        self.created.append((key, nbytes, meta))
+        return torch.storage.TypedStorage(wrap_storage=meta, dtype=dtype, _internal=True)
+
+    def check_views(self) -> None:
+        """A meta storage grows when a tensor is set on it beyond its end (real ones refuse): such a tensor
+        claims more than its storage declares."""
+        for key, nbytes, meta in self.created:
+            if meta.nbytes() > nbytes:
+                raise pickle.UnpicklingError(f"a tensor on storage {key} needs {meta.nbytes():,} bytes but the "
+                                             f"storage declares {nbytes:,}")
+
+
+def _scan_pickle(stream: Any) -> dict[str, int]:
+    """Unpickle a checkpoint's object pickle with the weights-only rules and meta storages (nothing is
+    allocated; tensors whose shape exceeds their storage fail here); the declared bytes of each storage."""
+    from torch import _weights_only_unpickler
+
+    unpickler = _weights_only_unpickler.Unpickler(stream, encoding="utf-8")
+    storages = _MetaStorages()
+    unpickler.persistent_load = storages
+    with torch.serialization.safe_globals(SAFE_GLOBALS):
+        unpickler.load()
+    storages.check_views()
+    return storages.nbytes
+
+
+def declared_storage_bytes(path: str | Path) -> int:
+    """Total bytes the checkpoint's tensors declare, checked against what the file holds; raises
+    CheckpointError naming the file when a zip entry, a storage or a tensor claims more than is there."""
+    path = Path(path)
+    size = path.stat().st_size
+    if zipfile.is_zipfile(path):
+        return _declared_zip(path, size)
+    return _declared_legacy(path, size)
+
+
+def _declared_zip(path: Path, size: int) -> int:
+    with zipfile.ZipFile(path) as z:
+        infos = z.infolist()
+        expanded = sum(i.file_size for i in infos)
+        if expanded > EXPANSION_LIMIT * size + EXPANSION_SLACK:
+            big = max(infos, key=lambda i: i.file_size)
+            raise CheckpointError(
+                f"{path}: its entries declare {expanded:,} bytes unpacked (e.g. {big.filename}: {big.file_size:,}) in "
+                f"a {size:,}-byte file; refused before loading (a corrupt or crafted file; torch.save stores "
+                "tensors uncompressed)")
+        pickles = [i for i in infos if i.filename == "data.pkl" or i.filename.endswith("/data.pkl")]
+        if len(pickles) != 1:
+            raise CheckpointError(f"{path}: a zip file but not a torch checkpoint (no single data.pkl entry)")
+        prefix = pickles[0].filename[:-len("data.pkl")]
+        entries = {i.filename: i for i in infos}
+        with z.open(pickles[0]) as f:
+            data = f.read(pickles[0].file_size + 1)
+    try:
+        declared = _scan_pickle(io.BytesIO(data))
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise _scan_error(path, exc) from exc
+    for key, nbytes in declared.items():
+        record = entries.get(f"{prefix}data/{key}")
+        held = record.file_size if record is not None else 0
+        if nbytes > held:
+            raise CheckpointError(f"{path}: storage {key} declares {nbytes:,} bytes but the file holds {held:,} for "
+                                  "it; refused before loading (truncated, corrupt or crafted file)")
+    return sum(declared.values())
+
+
+def _declared_legacy(path: Path, size: int) -> int:
+    """The pre-1.6 format: magic, protocol and sys-info pickles, the object pickle, the storage keys, then
+    each storage as an 8-byte element count and its bytes."""
+    from torch import _weights_only_unpickler
+
+    try:
+        with open(path, "rb") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on odd pickle protocols: torch.load repeats them
+            if tarfile_header(f):
+                raise CheckpointError(f"{path}: a legacy .tar checkpoint, which cannot be loaded safely "
+                                      "(weights only); re-save it with a current torch")
+            for _ in range(3):
+                _weights_only_unpickler.Unpickler(f, encoding="utf-8").load()
+            declared = _scan_pickle(f)
+            _weights_only_unpickler.Unpickler(f, encoding="utf-8").load()
+            left = size - f.tell()
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise _scan_error(path, exc) from exc
+    total = sum(declared.values())
+    if total + 8 * len(declared) > left:
+        raise CheckpointError(f"{path}: its tensors declare {total:,} bytes but only {left:,} follow; refused before "
+                              "loading (truncated, corrupt or crafted file)")
+    return total
+
+
+def tarfile_header(f: Any) -> bool:
+    """Whether `f` (at offset 0) is a tar archive; leaves the offset at 0."""
+    head = f.read(512)
+    f.seek(0)
+    return len(head) == 512 and head[257:262] == b"ustar"
+
+
+def _scan_error(path: Path, exc: BaseException) -> CheckpointError:
+    if isinstance(exc, pickle.UnpicklingError) and _refused_global(exc):
+        return CheckpointError(
+            f"{path}: refused to unpickle ({_first_line(exc)}). Only weights and argparse.Namespace are accepted; "
+            "this is not an official checkpoint of a supported method")
+    return CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {_first_line(exc)}); "
+                           "the file may be truncated or corrupt: download it again")
 
 
 def require_keys(path: str | Path, container: Mapping[str, Any], keys: Iterable[str], what: str) -> None:

@@ -44,18 +44,27 @@ import torch
 
 from harness import distributed
 from harness.adapter import Adapter, parameter_count
-from harness.checkpoints import load_container
-from harness.evaluate import _ids_dir, compute_metrics, extra_protocols, image_retrieval_metrics, protocols_for
-from harness.executors.status import LOG, STATUS, StatusWriter
-from harness.plan import Job
-from harness.precision import check_precision
+from harness.checkpoints import SAFE_GLOBALS, load_container
+from harness.evaluation import (
+    OWNER,
+    EvalSettings,
+    EvaluationInterrupted,
+    Hooks,
+    MatrixOutput,
+    SplitSpec,
+    combine_efficiency,
+    evaluate_matrix,
+    evaluate_models,
+    mean_matrix,
+)
+from harness.jobconfig import JobConfig
+from harness.plan import Job, data_layout
 from harness.registry import Registry, load_registry
-from harness.results import ResultStore, environment, save_npy
-from harness.scoring import DEFAULT_TILES, CacheError, encode_images, encode_texts, score_blocks, tile_grid
+from harness.results import ResultStore, environment
+from harness.status import LOG, STATUS, StatusWriter
 from harness.training import BEST, StepInfo, TrainingInterrupted, train
 
 CURVE = "loss_curve.tsv"
-OWNER = "image_of_caption.npy"  # evaluations whose captions are not 5 per image in order (CUSA json)
 KILL_ENV = "ITRBENCH_KILL_AT"  # test hook: "step:N" / "tile:N" -> SIGKILL this process after N steps / tiles
 
 
@@ -73,7 +82,7 @@ class RunSettings:
 
     results: str = "results"
     data_root: str = "data"
-    registry: str | None = None  # registry file (default: the project's)
+    registry: list[str] = field(default_factory=list)  # user registry files on top of the project's
     device: str | None = None  # None: cuda when available, else cpu
     checkpoint_minutes: float | None = 15.0  # mid-epoch training checkpoints
     checkpoint_steps: int | None = None
@@ -105,9 +114,10 @@ class JobContext:
     processes: int = 1
 
 
-def registry_from(path: str | None) -> Registry:
-    """The project's registry with the user's registry file `path` (if any) on top."""
-    return load_registry(*([path] if path else []))
+def registry_from(paths: str | list[str] | None) -> Registry:
+    """The project's registry with the user's registry files `paths` on top."""
+    files = [paths] if isinstance(paths, str) else list(paths or [])
+    return load_registry(*files)
 
 
 def is_cached(store: ResultStore, job: Job) -> bool:
@@ -129,6 +139,22 @@ def reset_job(store: ResultStore, name: str, reason: str) -> None:
         f.write(f"{_stamp()} previous results discarded: {reason}\n")
 
 
+def supersede_job(store: ResultStore, name: str, reason: str) -> Path | None:
+    """Move a job folder whose results were computed from another config, data or code aside to
+    `<results>/_superseded/<name>-<time>/` (nothing is deleted without --force); returns where it went."""
+    d = store.job_dir(name)
+    if not d.exists():
+        return None
+    target = store.root / "_superseded" / f"{name.replace('/', '__')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    target.mkdir(parents=True, exist_ok=True)
+    for item in d.iterdir():
+        if item.name != ".lock":  # the running orchestrator holds it
+            item.rename(target / item.name)
+    with open(d / LOG, "a", encoding="utf-8") as f:
+        f.write(f"{_stamp()} earlier results moved to {target}: {reason}\n")
+    return target
+
+
 def run_job(job: Job, ctx: JobContext, force: bool = False) -> dict[str, Any]:
     """Run `job` unless it already finished with the same key; returns its metrics.
 
@@ -145,8 +171,11 @@ def run_job(job: Job, ctx: JobContext, force: bool = False) -> dict[str, Any]:
             if force:
                 reset_job(store, job.name, "rerun forced")
             elif old is not None and old != job.key:
-                reset_job(store, job.name, f"key changed {old} -> {job.key} ({_changed(store, job)})")
-            config = {**job.config, "key": job.key, "name": job.name, "identity": dict(job.identity)}
+                supersede_job(store, job.name, f"key changed {old} -> {job.key} ({_changed(store, job)})")
+            elif old is None and (d / "work").exists():  # issue 14: config.yaml unreadable (moved aside) or keyless
+                supersede_job(store, job.name, "config.yaml unreadable or without a key: earlier progress cannot be "
+                              "matched to this job")
+            config = {**job.config.as_dict(), "key": job.key, "name": job.name, "identity": dict(job.identity)}
             store.start(job.name, config, environment(seed=job.seed, device=ctx.device))
         distributed.barrier()
         status = StatusWriter(d, enabled=main)
@@ -159,7 +188,7 @@ def run_job(job: Job, ctx: JobContext, force: bool = False) -> dict[str, Any]:
         try:
             runner = _Runner(job, ctx, status, log)
             metrics = runner.train() if job.stage == "train" else runner.evaluate()
-        except (JobInterrupted, TrainingInterrupted) as exc:
+        except (JobInterrupted, TrainingInterrupted, EvaluationInterrupted) as exc:
             log(f"interrupted: {exc}")
             status.state("interrupted", error=str(exc))
             raise JobInterrupted(str(exc)) from exc
@@ -177,6 +206,18 @@ def run_job(job: Job, ctx: JobContext, force: bool = False) -> dict[str, Any]:
         log("done")
         status.state("done", progress="done")
         return metrics
+
+
+def checkpoint_epoch(path: str | Path) -> int | None:
+    """The `epoch` field of an official checkpoint container, read through a memory map (no tensor is loaded);
+    None when the container has none or is in the legacy (non-zip) format."""
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            box = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - optional metadata; the strict loader already accepted the file
+        return None
+    epoch = box.get("epoch") if isinstance(box, dict) else None
+    return int(epoch) if isinstance(epoch, int) and not isinstance(epoch, bool) else None
 
 
 def _changed(store: ResultStore, job: Job) -> str:
@@ -276,9 +317,9 @@ class _Runner:
     # ---- training -------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
         job, ctx = self.job, self.ctx
-        recipe = dict(job.config["recipe"])
+        recipe = dict(job.config.recipe or {})
         torch.manual_seed(int(recipe.get("seed", 0)))  # the same initial weights on every rank and rerun
-        adapter = self.build({**job.config["options"], **recipe}).to(ctx.device)
+        adapter = self.build({**(job.config.options or {}), **recipe}).to(ctx.device)
         data = adapter.train_data(ctx.data_root, job.dataset)
         val_split = ctx.registry.dataset(job.dataset).validation_split
         val_images, val_caps = adapter.eval_data(ctx.data_root, val_split, job.dataset)
@@ -315,150 +356,57 @@ class _Runner:
     # ---- evaluation ------------------------------------------------------------------------------
     def load_trained(self, train_job_name: str) -> Adapter:
         store = self.ctx.store
-        train_cfg = store.load(train_job_name).config
-        adapter = self.build({**train_cfg["options"], **train_cfg["recipe"]})
+        train_cfg = JobConfig.from_dict(store.load(train_job_name).config)
+        adapter = self.build({**(train_cfg.options or {}), **(train_cfg.recipe or {})})
         container = load_container(store.job_dir(train_job_name) / "work" / BEST)
         adapter.model.load_state_dict(container["itrbench"]["model_state"])
         return adapter.to(self.ctx.device)
 
     def evaluate(self) -> dict[str, Any]:
+        """The one evaluation path (harness.evaluation): the matrix and its mapping are written to the job
+        folder before any protocol runs; an inapplicable protocol is recorded as not defined."""
         job, ctx = self.job, self.ctx
         cfg = job.config
-        split = cfg["split"]
-        t_start = time.perf_counter()
+        ds = ctx.registry.dataset(job.dataset)
+        spec = SplitSpec(ctx.data_root, str(cfg.split), job.dataset, test_split=cfg.split == ds.split,
+                         protocols=ds.protocols, layout=data_layout(ctx.registry, job.method, job.dataset))
+        s = ctx.settings
+        settings = EvalSettings(batch_size=s.encode_batch, precision=cfg.precision or "fp32",
+                                image_tile=s.image_tile, caption_tile=s.caption_tile,
+                                sts_root=Path(s.sts_root) if s.sts_root else None,
+                                image_retrieval_root=Path(s.image_retrieval_root) if s.image_retrieval_root else None)
+        output = MatrixOutput.job(self.dir)
         method = ctx.registry.method(job.method)
-        if "members" in cfg:  # ensemble: average the members' stored matrices
-            sims, eff = self.ensemble(cfg["members"])
-            owner_file = ctx.store.job_dir(cfg["members"][0]) / OWNER
-            owner = np.load(owner_file) if owner_file.is_file() else None
-            members: list[Any] = [method.adapter_class()] * len(cfg["members"])  # scoring kind and name only
-            images, captions = None, None
+        if cfg.members is not None:  # ensemble: average the members' stored matrices
+            store = ctx.store
+            members = list(cfg.members)
+            self.progress("averaging", 0, len(members), f"averaging {len(members)} member matrices")
+            sims = mean_matrix([np.load(store.job_dir(m) / "sims.npy") for m in members])
+            owner = np.load(store.job_dir(members[0]) / OWNER)
+            eff = combine_efficiency([store.load(m).metrics.get("efficiency", {}) for m in members])
+            eff["members"] = members
+            cls = method.adapter_class()
+            result = evaluate_matrix(sims, owner, spec, settings, output, method=cls.method, scoring=cls.scoring,
+                                     members=len(members), efficiency=eff, hooks=self.hooks())
         else:
-            if cfg.get("source") == "official":
-                adapter = method.adapter_class().load_official(cfg["checkpoint"], variant=job.variant,
+            if cfg.source == "zeroshot":  # a pretrained model as it is: built from its options
+                adapter = self.build(dict(cfg.options or {})).to(ctx.device)
+            elif cfg.source == "official":
+                adapter = method.adapter_class().load_official(str(cfg.checkpoint), variant=job.variant,
                                                                dataset=job.dataset).to(ctx.device)
             else:
-                adapter = self.load_trained(cfg["train_job"])
-            images, captions = adapter.eval_data(ctx.data_root, split, job.dataset)
-            sims, eff = self.similarity(adapter, images, captions)
-            owner = adapter.image_of_caption(ctx.data_root, split, job.dataset)
-            if owner is not None:
-                save_npy(self.dir / OWNER, np.asarray(owner))
-            members = [adapter]
-        save_npy(self.dir / "sims.npy", sims)
-        metrics = compute_metrics(sims, protocols_for(job.dataset, split, sims.shape[0]), owner)
-        wanted = ctx.registry.dataset(job.dataset).protocols
-        # STS and image retrieval use the uni-modal heads, not the matrix: run for COCO models (as the
-        # paper) whatever the test set's caption count (CUSA's json has 25,010 captions)
-        sts = Path(ctx.settings.sts_root) if ctx.settings.sts_root and job.dataset == "coco" else None
-        if (sims.shape == (5000, 25000) or sts is not None) and (images is not None or "members" in cfg):
-            self.progress("metrics", 0, 1, "ECCV / CxC" + (" / STS" if sts is not None else ""))
-            metrics.update(extra_protocols(sims, members, images, captions, wanted,
-                                           _ids_dir(ctx.data_root, split, job.dataset), sts,
-                                           ctx.settings.encode_batch))
-        if ctx.settings.image_retrieval_root and job.dataset == "coco":
-            self.progress("metrics", 0, 1, "image retrieval")
-            metrics["image_retrieval"] = image_retrieval_metrics(members, Path(ctx.settings.image_retrieval_root),
-                                                                 ctx.settings.encode_batch)
-        if "members" not in cfg:
-            wall = time.perf_counter() - t_start
-            peak, kind = _peak_memory(ctx.device)
-            eff.update(eval_wall_seconds=wall, peak_memory_mb=peak, peak_memory_kind=kind, device=ctx.device,
-                       processes=1, gpu_hours=wall / 3600.0 if ctx.device.startswith("cuda") else 0.0)
-        return {"stage": "evaluate", "protocols": metrics, "efficiency": eff, "shape": list(sims.shape)}
+                adapter = self.load_trained(str(cfg.train_job))
+            result = evaluate_models([adapter], spec, settings, output, self.hooks())
+        out = {"stage": "evaluate", "protocols": result.metrics, "efficiency": result.efficiency,
+               "shape": list(result.sims.shape)}
+        if cfg.source == "official" and cfg.members is None:
+            epoch = checkpoint_epoch(str(cfg.checkpoint))
+            if epoch is not None:  # which of a paper's per-epoch log rows this checkpoint can fill
+                out["checkpoint_epoch"] = epoch
+        return out
 
-    def ensemble(self, members: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
-        store = self.ctx.store
-        self.progress("averaging", 0, len(members), f"averaging {len(members)} member matrices")
-        mats = [np.load(store.job_dir(m) / "sims.npy") for m in members]
-        sims = np.mean(np.stack(mats).astype(np.float64), axis=0).astype(np.float32)
-        effs = [store.load(m).metrics.get("efficiency", {}) for m in members]
-        eff: dict[str, Any] = {k: sum(float(e.get(k) or 0.0) for e in effs)
-                               for k in ("parameters", "scoring_seconds", "encode_ms_per_image",
-                                         "encode_ms_per_caption", "gpu_hours", "eval_wall_seconds")}
-        eff["parameters"] = int(eff["parameters"])
-        peaks = [e.get("peak_memory_mb") for e in effs if e.get("peak_memory_mb") is not None]
-        eff["peak_memory_mb"] = max(peaks) if peaks else None
-        eff["members"] = members
-        return sims, eff
-
-    def similarity(self, adapter: Adapter, images: Any, captions: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
-        """Encode once, score tile by tile into work/tiles_0.h5 (resumable), with timings."""
-        settings = self.ctx.settings
-        precision = str(self.job.config.get("precision", "fp32"))
-        check_precision(precision, self.ctx.device)
-        n_img, n_cap = len(images), len(captions)
-        batch = settings.encode_batch
-        done_img = [0]
-
-        def on_images(k: int) -> None:
-            done_img[0] += k
-            self.progress("encoding", done_img[0], n_img, f"encoding images {done_img[0]}/{n_img}")
-
-        done_cap = [0]
-
-        def on_captions(k: int) -> None:
-            done_cap[0] += k
-            self.progress("encoding", done_cap[0], n_cap, f"encoding captions {done_cap[0]}/{n_cap}")
-
-        t0 = time.perf_counter()
-        img = encode_images(adapter, images, batch_size=batch, on_batch=on_images, precision=precision)
-        t1 = time.perf_counter()
-        txt = encode_texts(adapter, captions, batch_size=batch, on_batch=on_captions, precision=precision)
-        t2 = time.perf_counter()
-        default = DEFAULT_TILES[adapter.scoring]
-        tiles = (settings.image_tile or default[0], settings.caption_tile or default[1])
-        total = len(tile_grid(n_img, n_cap, *tiles))
-        cache = self.dir / "work" / "tiles_0.h5"
-        reused = _cached_tiles(cache, tiles)
-        if reused:
-            self.log(f"resuming scoring: {reused}/{total} tiles already in {cache}")
-        scored = [0]
+    def hooks(self) -> Hooks:
         kill = _kill_hook("tile")
-        stop = self.ctx.should_stop
-
-        def on_tile(a: int, c: int) -> None:
-            scored[0] += 1
-            self.progress("scoring", reused + scored[0], total, f"tiles {reused + scored[0]}/{total}")
-            kill()
-            if stop and stop() and reused + scored[0] < total:
-                raise JobInterrupted(f"scoring stopped after {reused + scored[0]}/{total} tiles (kept in {cache})")
-
-        t3 = time.perf_counter()
-        try:
-            sims = score_blocks(adapter, img, txt, image_tile=tiles[0], caption_tile=tiles[1], cache=cache,
-                                on_tile=on_tile, precision=precision)
-        except CacheError as exc:  # e.g. tile sizes changed, or encodings differ on a nondeterministic GPU
-            self.log(f"tile cache not reusable, scoring from scratch: {exc}")
-            cache.unlink()
-            reused, scored[0] = 0, 0
-            t3 = time.perf_counter()
-            sims = score_blocks(adapter, img, txt, image_tile=tiles[0], caption_tile=tiles[1], cache=cache,
-                                on_tile=on_tile, precision=precision)
-        t4 = time.perf_counter()
-        measured = t4 - t3
-        eff: dict[str, Any] = {
-            "parameters": parameter_count(adapter.model),
-            "encode_ms_per_image": 1000 * (t1 - t0) / max(1, n_img),
-            "encode_ms_per_caption": 1000 * (t2 - t1) / max(1, n_cap),
-            "scoring_seconds": measured, "tiles": total, "tile_size": list(tiles), "precision": precision}
-        if reused:
-            eff["scoring_seconds"] = measured * total / max(1, scored[0])
-            eff["scoring_seconds_extrapolated"] = True
-            eff["tiles_reused"] = reused
-        return sims, eff
+        return Hooks(progress=self.progress, log=self.log, on_tile=kill, should_stop=self.ctx.should_stop)
 
 
-def _cached_tiles(cache: Path, tiles: tuple[int, int]) -> int:
-    """Finished tiles in a tile cache of the same tiling (0 when absent or of another tiling)."""
-    if not cache.is_file():
-        return 0
-    import h5py
-
-    try:
-        with h5py.File(cache, "r") as f:
-            if tuple(int(t) for t in f.attrs["tiles"]) != tuple(tiles):
-                return 0
-            return int(np.asarray(f["done"][...]).sum())
-    except (OSError, KeyError):
-        return 0

@@ -10,30 +10,31 @@ command resumes: finished jobs are reused, unfinished ones continue from their c
 
 from __future__ import annotations
 
-import argparse
+import fnmatch
 import signal
-import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from harness.campaign import Campaign
 from harness.data.checks import check_dataset
 from harness.data.demo import build_demo, build_demo_images
+from harness.display import console, say
 from harness.executors import make_executor
 from harness.executors.base import Executor, Outcome, StopFlag, Task
-from harness.executors.status import format_seconds, read_status
-from harness.jobs import RunSettings, is_cached, registry_from, reset_job
-from harness.plan import Job, Plan, build_plan, data_layout, parse_list, parse_overrides
-from harness.registry import RegistryError
+from harness.jobs import RunSettings, is_cached, reset_job
+from harness.plan import Job, Plan, build_plan, data_layout
+from harness.registry import RegistryError, load_registry
 from harness.results import ResultStore
+from harness.status import format_seconds, read_status
 
-console = Console(width=None if sys.stdout.isatty() else 160)  # logs and CI: do not squeeze job names
 MAX_TABLE_ROWS = 30
 
 
@@ -53,71 +54,30 @@ def required_splits(stage: str, test: str, validation: str) -> list[str]:
     return {"evaluate": [test], "train": ["train", validation]}.get(stage, ["train", validation, test])
 
 
-def parse_options(items: Sequence[str] | None) -> dict[str, str]:
-    """`--executor-opt KEY=VALUE` items as a dict."""
-    out = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--executor-opt {item!r}: expected KEY=VALUE")
-        out[key.strip()] = value.strip()
-    return out
-
-
-def parse_tiles(text: str | None) -> tuple[int | None, int | None]:
-    if not text:
-        return None, None
-    parts = text.split(",")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) != 2 or min(values) < 1:
-        raise ValueError(f"--tiles {text!r}: expected IMAGES,CAPTIONS (two positive integers, e.g. 1024,4096)")
-    return values[0], values[1]
-
-
-def parse_seeds(text: str | None) -> list[int]:
-    try:
-        return [int(s) for s in parse_list(text)] or [0]
-    except ValueError as exc:
-        raise ValueError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from exc
-
-
-def _absolute(path: str | None) -> str | None:
-    return str(Path(path).resolve()) if path else None
-
-
-def _arg(args: argparse.Namespace, name: str, default: Any = None) -> Any:
-    return getattr(args, name, default)
-
-
 # ---- planning ---------------------------------------------------------------------------------------
 
-def plan_campaign(args: argparse.Namespace) -> tuple[Plan, ResultStore, Path]:
-    """Validate the inputs and expand the plan; raises before any job runs."""
-    registry = registry_from(_arg(args, "registry"))
-    methods = parse_list(args.methods)
-    if not methods:
-        raise RegistryError("--methods is empty; valid: " + ", ".join(registry.methods))
-    for m in methods:
-        registry.method(m)
-    ds = registry.dataset(args.dataset)
-    seeds = parse_seeds(args.seeds)
-    data_root = resolve_data_root(ds.name, args.data_root, args.results)
-    splits = required_splits(args.stage, ds.split, ds.validation_split)
-    layouts = sorted({data_layout(registry, m, ds.name) for m in methods})
+def plan_campaign(campaign: Campaign) -> tuple[Plan, ResultStore, Path]:
+    """Check the data and expand the plan; raises before any job runs."""
+    registry = load_registry(*campaign.registry_files)
+    ds = registry.dataset(campaign.dataset)
+    data_root = resolve_data_root(ds.name, campaign.data_root, campaign.results)
+    splits = required_splits(campaign.stage, ds.split, ds.validation_split)
+    layouts = sorted({data_layout(registry, m, ds.name) for m in campaign.methods})
     if ds.name == "demo" and "cusa_json" in layouts:  # the demo's raw-image form is generated, never downloaded
         build_demo_images(data_root)
-    problems = [p for layout in layouts for p in check_dataset(ds.name, data_root, splits, layout=layout)]
+    if ds.name != "demo" and not data_root.is_dir():
+        raise RegistryError(f"--data-root {data_root}: no such folder (the {ds.name} data goes there; see "
+                            "`run_all.py check-data --help`)")
+    problems = [p for layout in layouts
+                for p in check_dataset(ds.name, data_root, splits, layout=layout, registry=registry)]
     if problems:
-        raise RegistryError(f"{data_root} fails check-data for {ds.name} (stage {args.stage}):\n  "
+        raise RegistryError(f"{data_root} fails check-data for {ds.name} (stage {campaign.stage}):\n  "
                             + "\n  ".join(problems))
-    plan = build_plan(registry, methods, ds.name, variants=parse_list(args.variants) or None, seeds=seeds,
-                      stage=args.stage, checkpoint_dir=Path(args.checkpoint_dir), data_root=data_root,
-                      gpus=_arg(args, "gpus"), precision=_arg(args, "precision") or "fp32",
-                      recipe_overrides=parse_overrides(_arg(args, "set") or [], list(registry.methods)))
-    return plan, ResultStore(args.results), data_root
+    plan = build_plan(registry, list(campaign.methods), ds.name, variants=list(campaign.variants) or None,
+                      seeds=campaign.seeds, stage=campaign.stage, checkpoint_dir=campaign.checkpoint_dir,
+                      data_root=data_root, gpus=campaign.gpus, precision=campaign.precision,
+                      recipe_overrides=campaign.overrides)
+    return plan, ResultStore(campaign.results), data_root
 
 
 def job_state(store: ResultStore, job: Job) -> str:
@@ -142,12 +102,12 @@ def job_state(store: ResultStore, job: Job) -> str:
     return "new"
 
 
-def plan_table(plan: Plan, store: ResultStore, force: bool = False) -> Table:
+def plan_table(plan: Plan, store: ResultStore, force: set[str] | bool = False) -> Table:
     table = Table(title=f"plan: {len(plan.jobs)} job(s)")
     for col in ("job", "stage", "gpus", "depends on", "state", "key"):
         table.add_column(col, overflow="fold")
     for job in plan.order():
-        state = "rerun: forced" if force else job_state(store, job)
+        state = "rerun: forced" if (force is True or (force and job.name in force)) else job_state(store, job)
         style = "green" if state == "cached" else ("yellow" if state.startswith(("rerun", "restart")) else "")
         table.add_row(job.name, job.stage, str(job.gpus) if job.stage == "train" else "-",
                       "\n".join(job.depends) or "-", Text(state, style=style), job.key[:10])
@@ -193,8 +153,7 @@ class Scheduler:
             while True:
                 if self.stop() and not cancelled:
                     cancelled = True
-                    self.say("[yellow]stopping[/]: running jobs save their progress; rerun the same command "
-                             "to resume")
+                    self.say("stopping: running jobs save their progress; rerun the same command to resume", "yellow")
                     self.executor.cancel()
                 if not cancelled:
                     self.skip_blocked()
@@ -227,7 +186,7 @@ class Scheduler:
         row = self.rows[task.name]
         if row.state != "running":
             row.state, row.submitted = "running", time.time()
-            self.say(f"[bold]start[/] {task.name}")
+            self.say(f"start {task.name}", "bold")
 
     def deps_done(self, job: Job) -> bool:
         return all(self.rows[d].state in ("done", "cached") for d in job.depends if d in self.rows)
@@ -243,24 +202,26 @@ class Scheduler:
                        ("failed", "skipped", "interrupted")]
                 if bad:
                     r.state, r.note, changed = "skipped", f"needs {', '.join(bad)}", True
-                    self.say(f"[yellow]skip[/] {r.job.name} (needs {', '.join(bad)})")
+                    self.say(f"skip {r.job.name} (needs {', '.join(bad)})", "yellow")
 
     def finish(self, outcome: Outcome) -> None:
         row = self.rows[outcome.name]
         row.ended = time.time()
         if outcome.ok:
             row.state = "done"
-            self.say(f"[green]done[/] {outcome.name}" + _headline(self.store, outcome.name))
+            self.say(f"done {outcome.name}" + _headline(self.store, outcome.name), "green")
         elif outcome.interrupted:
             row.state, row.note = "interrupted", outcome.error
-            self.say(f"[yellow]stopped[/] {outcome.name}: {outcome.error}")
+            self.say(f"stopped {outcome.name}: {outcome.error}", "yellow")
         else:
             row.state, row.note = "failed", outcome.error.splitlines()[-1] if outcome.error else "failed"
             body = "\n".join("    " + line for line in outcome.error.splitlines())
-            self.say(f"[red]failed[/] {outcome.name} (log: {self.store.job_dir(outcome.name) / 'job.log'})\n{body}")
+            self.say(f"failed {outcome.name} (log: {self.store.job_dir(outcome.name) / 'job.log'})", "red")
+            self.say(body)
 
-    def say(self, message: str) -> None:
-        self.console.print(message, highlight=False, soft_wrap=True)
+    def say(self, message: str, style: str | None = None) -> None:
+        text = escape(message)
+        self.console.print(f"[{style}]{text}[/]" if style else text, highlight=False, soft_wrap=True)
 
     def render(self) -> Any:
         table = Table(title=f"jobs ({time.strftime('%H:%M:%S')}, elapsed "
@@ -309,36 +270,42 @@ def _headline(store: ResultStore, name: str) -> str:
     return (": " + ", ".join(parts)) if parts else ""
 
 
-def run_campaign(args: argparse.Namespace) -> int:
-    plan, store, data_root = plan_campaign(args)
-    force = bool(args.force)
+def forced(job: Job, patterns: tuple[str, ...]) -> bool:
+    """Whether `--force [PATTERN]` names this job (its name, or a glob on it)."""
+    return any(p == "*" or fnmatch.fnmatch(job.name, p) or fnmatch.fnmatch(job.name, f"*{p}*") for p in patterns)
+
+
+def run_campaign(campaign: Campaign) -> int:
+    plan, store, data_root = plan_campaign(campaign)
+    force = {j.name for j in plan.jobs if forced(j, campaign.force)}
     console.print(plan_table(plan, store, force))
     for note in plan.notes:
-        console.print(f"[dim]note: {note}[/]", highlight=False, soft_wrap=True)
-    if args.dry_run:
+        say(f"note: {note}", "dim")
+    if campaign.dry_run:
         return 0
-    image_tile, caption_tile = parse_tiles(_arg(args, "tiles"))
-    minutes = _arg(args, "checkpoint_minutes", 15.0)
-    settings = RunSettings(results=str(Path(args.results).resolve()), data_root=str(data_root.resolve()),
-                           registry=_absolute(_arg(args, "registry")),
-                           device=args.device, checkpoint_minutes=minutes if minutes and minutes > 0 else None,
-                           checkpoint_steps=_arg(args, "checkpoint_steps"), image_tile=image_tile,
-                           caption_tile=caption_tile, sts_root=_absolute(_arg(args, "sts_root")),
-                           image_retrieval_root=_absolute(_arg(args, "image_retrieval_root")))
-    if force:
-        for job in plan.jobs:
+    image_tile, caption_tile = campaign.tiles or (None, None)
+    settings = RunSettings(results=str(campaign.results.resolve()), data_root=str(data_root.resolve()),
+                           registry=[str(f) for f in campaign.registry_files],
+                           device=campaign.device, checkpoint_minutes=campaign.checkpoint_minutes,
+                           checkpoint_steps=campaign.checkpoint_steps, image_tile=image_tile,
+                           caption_tile=caption_tile,
+                           sts_root=str(campaign.sts_root) if campaign.sts_root else None,
+                           image_retrieval_root=str(campaign.image_retrieval_root)
+                           if campaign.image_retrieval_root else None)
+    for job in plan.jobs:
+        if job.name in force:
             reset_job(store, job.name, "rerun forced (--force)")
     stop = StopFlag()
-    options = parse_options(_arg(args, "executor_opt"))
-    kind = args.executor
+    options = dict(campaign.executor_options)
+    kind = campaign.executor
     if kind == "inline":
         executor = make_executor(kind, options, stop=stop)
     elif kind == "slurm":
-        executor = make_executor(kind, options, results=args.results, device=args.device)
+        executor = make_executor(kind, options, results=str(campaign.results), device=campaign.device)
     else:
-        executor = make_executor(kind, options, device=args.device)
-    console.print(f"running {sum(1 for j in plan.jobs if not is_cached(store, j))} job(s) on "
-                  f"{executor.describe()}; results in {args.results}")
+        executor = make_executor(kind, options, device=campaign.device)
+    say(f"running {sum(1 for j in plan.jobs if not is_cached(store, j))} job(s) on "
+        f"{executor.describe()}; results in {campaign.results}")
     previous = signal.getsignal(signal.SIGINT)
 
     def on_sigint(signum: int, frame: Any) -> None:
@@ -350,26 +317,24 @@ def run_campaign(args: argparse.Namespace) -> int:
     try:
         problems = Scheduler(plan, store, executor, settings, stop).run()
     except KeyboardInterrupt:
-        console.print("[red]aborted[/]: unfinished jobs resume from their last checkpoint when you rerun the "
-                      "same command")
+        say("aborted: unfinished jobs resume from their last checkpoint when you rerun the same command", "red")
         return 130
     finally:
         signal.signal(signal.SIGINT, previous)
     from harness.report import write_reports
 
     try:
-        for path in write_reports(args.results, args.reports, dataset=plan.jobs[0].dataset,
-                                  registry=registry_from(_arg(args, "registry"))):
-            console.print(f"wrote {path}")
+        for path in write_reports(campaign.results, campaign.reports, dataset=plan.jobs[0].dataset,
+                                  registry=load_registry(*campaign.registry_files)):
+            say(f"wrote {path}")
     except Exception as exc:  # a report problem must not hide the campaign's outcome
-        console.print(f"[red]report failed[/]: {type(exc).__name__}: {exc}", highlight=False)
+        say(f"report failed: {type(exc).__name__}: {exc}", "red")
         problems.setdefault("report", str(exc))
     if problems:
-        console.print(f"[red]{len(problems)} job(s) failed, skipped or stopped[/]:", highlight=False)
+        say(f"{len(problems)} job(s) failed, skipped or stopped:", "red")
         for name, why in problems.items():
-            console.print(f"  {name}: {why}", highlight=False, soft_wrap=True)
+            say(f"  {name}: {why}")
         if stop():
             return 130
         return 1
     return 0
-

@@ -15,7 +15,6 @@ Runtime settings (GPU count, checkpoint interval, tile sizes) are not part of th
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import json
@@ -25,14 +24,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from harness.jobconfig import JobConfig
 from harness.registry import Registry, RegistryError
 
 ENSEMBLE_SEED_STRIDE = 1000  # member k of an ensemble of one variant trained with seed + k * stride
 RUNTIME_RECIPE_KEYS = ("gpus",)  # recipe keys that say where a job runs, not what it computes
 UNHASHED = ("checkpoint",)  # where a file is; its content is in the identity (checkpoint_fingerprint)
 ROOT = Path(__file__).resolve().parents[1]
-HARNESS_CODE = ("methods/base.py", "methods/common", "harness/training.py", "harness/scoring.py",
-                "harness/evaluate.py", "harness/jobs.py", "harness/distributed.py", "harness/metrics",
+HARNESS_CODE = ("methods/common", "harness/training.py", "harness/scoring.py",
+                "harness/evaluation.py", "harness/protocols.py", "harness/adapter.py", "harness/features.py",
+                "harness/checkpoints.py", "harness/jobs.py", "harness/distributed.py", "harness/metrics",
                 "harness/data")
 SAMPLE_BYTES = 1 << 20  # bytes hashed at the start and at the end of each data file
 
@@ -45,7 +46,7 @@ class Job:
     variant: str
     dataset: str
     seed: int | None
-    config: Mapping[str, Any]
+    config: JobConfig
     depends: tuple[str, ...] = ()
     key: str = ""
     gpus: int = 1  # processes for data-parallel training (recipe `gpus`); evaluations use one
@@ -58,11 +59,12 @@ class Job:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["depends"] = list(self.depends)
+        out["config"] = self.config.as_dict()
         return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Job:
-        return cls(**{**d, "depends": tuple(d.get("depends") or ()), "config": dict(d["config"]),
+        return cls(**{**d, "depends": tuple(d.get("depends") or ()), "config": JobConfig.from_dict(d["config"]),
                       "identity": dict(d.get("identity") or {})})
 
 
@@ -208,34 +210,9 @@ class PlanInputs:
     recipe_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # method ("*": all) -> recipe keys
 
 
-def parse_overrides(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """`--set` items `KEY=VALUE` (every method) or `METHOD.KEY=VALUE` -> {method or "*": {key: value}}.
-
-    Values are read as YAML scalars/lists (`2e-4`, `true`, `[10, 15]`); paths should be absolute (jobs may run
-    elsewhere, e.g. on Slurm). Overrides are part of the training jobs' identity."""
-    import yaml
-
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise RegistryError(f"--set {item!r}: expected KEY=VALUE or METHOD.KEY=VALUE")
-        scope, dot, name = key.strip().partition(".")
-        if not dot or scope not in methods:
-            scope, name = "*", key.strip()
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise RegistryError(f"--set {item!r}: value is not valid YAML ({exc})") from None
-        if isinstance(value, str):  # YAML 1.1 reads 2e-4 (no dot) as text
-            with contextlib.suppress(ValueError):
-                value = float(value)
-        out.setdefault(scope, {})[name] = value
-    return out
-
-
-def parse_list(text: str | None) -> list[str]:
-    return [t.strip() for t in (text or "").split(",") if t.strip()]
+def override_tag(applied: Mapping[str, Any]) -> str:
+    """The suffix that gives a run with recipe overrides its own job folders and report row ("" for none)."""
+    return f"+set-{_digest(dict(applied))[:8]}" if applied else ""
 
 
 def build_plan(registry: Registry, methods: Sequence[str], dataset: str, *, variants: Sequence[str] | None = None,
@@ -256,7 +233,13 @@ def build_plan(registry: Registry, methods: Sequence[str], dataset: str, *, vari
     builder = _Builder(registry, ds.name, stage, inputs, data_fp, code)
     for mname in methods:
         method = registry.method(mname)
-        names = list(variants) if variants else list(method.variants)
+        if variants and len(methods) > 1:  # each name applies to the methods that define it
+            names = [v for v in variants if v in method.variants]
+            if not names:
+                builder.plan.notes.append(f"{mname}: none of --variants {', '.join(variants)} is a variant of it")
+                continue
+        else:
+            names = list(variants) if variants else list(method.variants)
         for v in names:
             method.variant(v)  # validates the name with a suggestion
         for v in names:
@@ -265,6 +248,13 @@ def build_plan(registry: Registry, methods: Sequence[str], dataset: str, *, vari
             elif _skip_reason(method, v, ds.name):
                 builder.plan.notes.append(f"{mname}/{v}: not run on {ds.name}: {_skip_reason(method, v, ds.name)}")
         names = [v for v in names if _buildable(method, v) and not _skip_reason(method, v, ds.name)]
+        zero_shot = [v for v in names if method.variants[v].options.get("zero_shot")]
+        names = [v for v in names if v not in zero_shot]
+        for v in zero_shot:
+            if stage == "train":
+                builder.note(f"{mname}/{v}: a zero-shot model; nothing to train")
+            else:
+                builder.zero_shot(mname, v)
         singles = [v for v in names if not method.variants[v].is_ensemble]
         ensembles = [v for v in names if method.variants[v].is_ensemble]
         if stage in ("train", "all"):
@@ -308,6 +298,11 @@ class _Builder:
         ds = registry.dataset(dataset)
         self.test_split, self.val_split = ds.split, ds.validation_split
 
+    def overrides_of(self, mname: str) -> dict[str, Any]:
+        """The --set recipe overrides that apply to method `mname` (all-method ones, then its own)."""
+        overrides = self.inputs.recipe_overrides
+        return {**overrides.get("*", {}), **overrides.get(mname, {})}
+
     # identity parts
     def data_fp(self, splits: Sequence[str], layout: str) -> str:
         if self._data_fp is not None:
@@ -340,11 +335,12 @@ class _Builder:
             setting = {**config.get("setting", {}), "precision": precision}
             config = {**config, "precision": precision, "setting": setting}
             name = f"{name}-{precision}"
-        hashed = {k: v for k, v in config.items() if k not in UNHASHED}
+        typed = JobConfig.from_dict(config)
+        hashed = {k: v for k, v in typed.as_dict().items() if k not in UNHASHED}
         hashed.update({f"key_of_{d.name}": d.key for d in depends})
         parts = identity(hashed, self.data_fp(splits, data_layout(self.registry, method, self.dataset)),
                          self.code(method))
-        return self.add(Job(name, stage, method, variant, self.dataset, seed, config,
+        return self.add(Job(name, stage, method, variant, self.dataset, seed, typed,
                             depends=tuple(d.name for d in depends), key=job_key(hashed, parts["data"], parts["code"]),
                             gpus=gpus, identity=parts))
 
@@ -352,15 +348,17 @@ class _Builder:
     def train(self, mname: str, variant: str, seed: int) -> Job:
         method = self.registry.method(mname)
         recipe = method.recipe(variant, self.dataset)
-        overrides = self.inputs.recipe_overrides
-        recipe.update({**overrides.get("*", {}), **overrides.get(mname, {})})
+        applied = self.overrides_of(mname)
+        recipe.update(applied)
         gpus = int(self.inputs.gpus or recipe.get("gpus") or 1)
         for k in RUNTIME_RECIPE_KEYS:
             recipe.pop(k, None)
-        run = f"{self.dataset}/{mname}-{variant}-seed{seed}"
+        run = f"{self.dataset}/{mname}-{variant}-seed{seed}{override_tag(applied)}"
         config = {"stage": "train", "method": mname, "variant": variant, "dataset": self.dataset, "seed": seed,
                   "recipe": {**recipe, "seed": seed}, "options": dict(method.variants[variant].options),
                   "splits": ["train", self.val_split]}
+        if applied:
+            config["overrides"] = dict(applied)
         return self.make(f"{run}/train", "train", mname, variant, seed, config, ["train", self.val_split],
                          gpus=max(1, gpus))
 
@@ -368,9 +366,13 @@ class _Builder:
         train = self.train(mname, variant, seed)
         if self.stage == "train":
             return None
+        applied = self.overrides_of(mname)
         config = {"stage": "evaluate", "method": mname, "variant": variant, "dataset": self.dataset, "seed": seed,
                   "source": f"seed{seed}", "train_job": train.name, "split": self.test_split}
-        return self.make(f"{self.dataset}/{mname}-{variant}-seed{seed}/eval", "evaluate", mname, variant, seed,
+        if applied:
+            config["overrides"] = dict(applied)
+        tag = override_tag(applied)
+        return self.make(f"{self.dataset}/{mname}-{variant}-seed{seed}{tag}/eval", "evaluate", mname, variant, seed,
                          config, [self.test_split], depends=[train])
 
     def trained_ensemble(self, mname: str, variant: str, seed: int) -> None:
@@ -381,13 +383,37 @@ class _Builder:
             members.append(self.trained(mname, member, member_seed))
         if self.stage == "train":
             return
-        self.ensemble(mname, variant, seed, f"seed{seed}", [m for m in members if m is not None])
+        self.ensemble(mname, variant, seed, f"seed{seed}{override_tag(self.overrides_of(mname))}",
+                      [m for m in members if m is not None])
 
     def ensemble(self, mname: str, variant: str, seed: int | None, source: str, members: list[Job]) -> Job:
         config = {"stage": "evaluate", "method": mname, "variant": variant, "dataset": self.dataset, "seed": seed,
                   "source": source, "members": [m.name for m in members], "split": self.test_split}
         return self.make(f"{self.dataset}/{mname}-{variant}-{source}/eval", "evaluate", mname, variant, seed,
                          config, [self.test_split], depends=members)
+
+    # pretrained models evaluated as they are (zero-shot baselines)
+    def zero_shot(self, mname: str, variant: str) -> Job:
+        """One evaluation of a pretrained model (variant option `zero_shot`), whatever the seeds. Its weights
+        file is found now (a missing one is an error before any job runs) and its content is in the identity."""
+        method = self.registry.method(mname)
+        recipe = method.recipe(variant, self.dataset)
+        applied = self.overrides_of(mname)
+        options = {**method.variants[variant].options, **recipe, **applied}
+        for k in (*RUNTIME_RECIPE_KEYS, "skip"):
+            options.pop(k, None)
+        config: dict[str, Any] = {"stage": "evaluate", "method": mname, "variant": variant, "dataset": self.dataset,
+                                  "seed": None, "source": "zeroshot", "options": options, "split": self.test_split}
+        if applied:
+            config["overrides"] = dict(applied)
+        cls = method.adapter_class()
+        locate = getattr(cls, "weights_file", None)
+        weights = locate(variant, options) if locate is not None else None
+        if weights is not None:
+            config["checkpoint"] = str(weights)
+            config["checkpoint_fingerprint"] = file_fingerprint(Path(weights))
+        return self.make(f"{self.dataset}/{mname}-{variant}-zeroshot{override_tag(applied)}/eval", "evaluate",
+                         mname, variant, None, config, [self.test_split])
 
     # official checkpoints
     def official(self, mname: str, variant: str, index: int, required: bool) -> Job | None:
@@ -435,6 +461,7 @@ def official_checkpoint_path(registry: Registry, method: str, variant: str, data
     base = Path(checkpoint_dir or "checkpoints")
     path = base / method / variant / dataset / ck.files[index]
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: official checkpoint not found; download it from {ck.url}"
-                                + (f" ({ck.note})" if ck.note else ""))
+        raise FileNotFoundError(f"{path}: official checkpoint not found; get it with `run_all.py fetch --methods "
+                                f"{method} --variants {variant} --dataset {dataset} --dest {base}` or download it "
+                                f"from {ck.url}" + (f" ({ck.note})" if ck.note else ""))
     return path

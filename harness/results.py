@@ -9,12 +9,16 @@ folder and renamed into place, so an interrupted write never leaves a partial fi
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.metadata
 import json
 import os
 import platform
+import secrets
+import shutil
 import subprocess
-import tempfile
+import time
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,29 +27,86 @@ from typing import Any
 import numpy as np
 import yaml
 
+from harness.errors import CorruptFileWarning, StorageError
+
 PACKAGES = ("itrbench", "torch", "torchvision", "numpy", "transformers", "open_clip_torch", "eccv_caption",
             "sentence-transformers", "h5py", "scipy")
 
 
+SPACE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "file too large for the file system",
+                errno.EDQUOT: "disk quota exceeded"}
+
+
+def quarantine(path: str | Path, reason: str) -> Path:
+    """Move an unreadable file aside (never delete it) as `<name>.corrupt-<timestamp>`, with a warning that
+    names both; returns the new path. What the file held is recomputed by whoever needed it."""
+    path = Path(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while aside.exists():
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        n += 1
+    os.replace(path, aside)
+    warnings.warn(f"{path}: unreadable ({reason}); moved aside to {aside.name}, what it held will be recomputed",
+                  CorruptFileWarning, stacklevel=2)
+    return aside
+
+
+def _temp_beside(path: Path) -> Path:
+    """A new empty file beside `path`, created with mode 0o666 so it follows the umask (mkstemp: 0o600)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")  # pragma: no cover
+
+
+def storage_error(path: str | Path, exc: OSError, size: int | None = None) -> StorageError:
+    """A one-line error for a write that ran out of space (or past a file-size limit) naming the file,
+    the bytes it needed and the space left."""
+    path = Path(path)
+    try:
+        free = f"{shutil.disk_usage(path.parent).free:,} bytes free"
+    except OSError:
+        free = "free space unknown"
+    need = f"{size:,} bytes needed" if size is not None else "size unknown"
+    hint = ("raise the file-size limit (ulimit -f) or write elsewhere" if exc.errno == errno.EFBIG
+            else f"free space in {path.parent} or write elsewhere")
+    return StorageError(f"{path}: cannot write: {SPACE_ERRNOS.get(exc.errno, exc.strerror)} ({need}, {free}); "
+                        f"{hint}")
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+def atomic_path(path: str | Path, size: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    The file follows the user's umask. A full disk or a file-size limit is a one-line StorageError that
+    names `path` and the bytes needed (`size`, when the caller knows it); no temporary file is left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _temp_beside(path)
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        try:
+            yield tmp_path
+            os.replace(tmp_path, path)
+        except OSError as exc:
+            if exc.errno in SPACE_ERRNOS:
+                raise storage_error(path, exc, size) from exc
+            raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
 def write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    data = text.encode("utf-8")
+    with atomic_path(path, len(data)) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -57,16 +118,65 @@ def write_yaml(path: str | Path, obj: Any) -> None:
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
+    array = np.asanyarray(array)
+    with atomic_path(path, array.nbytes + 128) as tmp:
         with open(tmp, "wb") as f:
-            np.save(f, array)
+            # through Python's write (numpy's own tofile reports a short write without its errno)
+            np.save(_RecordingWriter(f), array)
+
+
+class _RecordingWriter:
+    """A file whose first OSError is kept: torch.save turns write errors into a bare RuntimeError."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensor storages in a (nested) container: about the size torch.save writes."""
+    import torch
+
+    seen: set[int] = set()
+    total = 0
+    stack = [obj]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, torch.Tensor):
+            storage = x.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+        elif isinstance(x, Mapping):
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+    return total
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    size = _tensor_bytes(obj)
+    with atomic_path(path, size) as tmp:
+        with open(tmp, "wb") as f:
+            writer = _RecordingWriter(f)
+            try:
+                torch.save(obj, writer)
+            except RuntimeError as exc:
+                if writer.error is not None and writer.error.errno in SPACE_ERRNOS:
+                    raise storage_error(path, writer.error, size) from exc
+                raise
 
 
 def _plain(obj: Any) -> Any:
@@ -130,7 +240,11 @@ class JobResult:
 
 
 class ResultStore:
-    """`root/<job name>/` directories; finished when metrics.json exists."""
+    """`root/<job name>/` directories; finished when a readable metrics.json exists.
+
+    An unreadable config.yaml, env.json or metrics.json (truncated, not valid JSON / YAML, not a mapping)
+    is moved aside with a CorruptFileWarning (`quarantine`) and read as absent: a job whose metrics.json
+    was unreadable is not finished and runs again; nothing else is touched."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -139,7 +253,7 @@ class ResultStore:
         return self.root / name
 
     def is_finished(self, name: str) -> bool:
-        return (self.job_dir(name) / "metrics.json").is_file()
+        return read_state(self.job_dir(name) / "metrics.json") is not None
 
     def start(self, name: str, config: Mapping[str, Any], env: Mapping[str, Any], force: bool = False) -> Path:
         """Prepare a job directory. A forced rerun first removes the old metrics.json (the done flag)."""
@@ -161,21 +275,48 @@ class ResultStore:
         return read_result(d)
 
     def finished(self) -> list[JobResult]:
-        """Every finished job under root (sorted by path)."""
+        """Every finished job under root (sorted by path); unreadable metrics.json files are moved aside."""
         if not self.root.exists():
             return []
-        return [read_result(p.parent) for p in sorted(self.root.glob("**/metrics.json"))]
+        out = []
+        for p in sorted(self.root.glob("**/metrics.json")):
+            result = read_result(p.parent)
+            if p.is_file():  # an unreadable one was moved aside: not finished
+                out.append(result)
+        return out
+
+
+def _parse_state(path: Path, text: str) -> Any:
+    if path.suffix == ".json":
+        return json.loads(text)
+    if not text.endswith("\n"):  # yaml.safe_dump always ends with a newline; a cut file parses as less
+        raise ValueError("no final newline: the file was cut short")
+    return yaml.safe_load(text)
+
+
+def read_state(path: str | Path) -> dict[str, Any] | None:
+    """A job's metrics.json / config.yaml / env.json as a dict; None when absent, or when unreadable (then
+    moved aside by `quarantine`, so the next reader sees it absent and the job redoes what it held)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        return None
+    try:
+        obj = _parse_state(path, data.decode("utf-8"))
+        if not isinstance(obj, dict):
+            raise ValueError(f"expected a mapping, found {type(obj).__name__}")
+    except (ValueError, yaml.YAMLError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if len(reason) > 160:
+            reason = reason[:157] + "..."
+        quarantine(path, f"{type(exc).__name__}: {reason}")
+        return None
+    return obj
 
 
 def read_result(d: Path) -> JobResult:
-    def load(name: str, reader) -> dict:
-        p = d / name
-        if not p.is_file():
-            return {}
-        try:
-            return reader(p.read_text()) or {}
-        except (json.JSONDecodeError, yaml.YAMLError) as exc:
-            raise ValueError(f"{p}: unreadable result file ({exc})") from exc
-
-    return JobResult(path=d, metrics=load("metrics.json", json.loads), config=load("config.yaml", yaml.safe_load),
-                     env=load("env.json", json.loads))
+    return JobResult(path=d, metrics=read_state(d / "metrics.json") or {},
+                     config=read_state(d / "config.yaml") or {}, env=read_state(d / "env.json") or {})

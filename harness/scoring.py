@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import mmap
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,14 +25,16 @@ import numpy as np
 import torch
 
 from harness.adapter import Adapter
+from harness.errors import ItrbenchError
 from harness.features import PackedFeatures, PaddedFeatures, concat_blocks
 from harness.precision import autocast
+from harness.results import SPACE_ERRNOS, quarantine, storage_error
 
 DEFAULT_TILES = {"embedding": (2048, 8192), "pairwise": (128, 512)}
 TEXT_MEMORY_LIMIT = 64 << 20  # bytes of packed caption features kept in memory; the rest is spilled to disk
 
 
-class CacheError(ValueError):
+class CacheError(ItrbenchError):
     """A tile cache that belongs to another computation."""
 
 
@@ -167,47 +170,109 @@ def tile_grid(n_img: int, n_cap: int, image_tile: int, caption_tile: int) -> lis
 
 
 class TileCache:
-    """HDF5 file holding the matrix being built and a done-flag per tile."""
+    """HDF5 file holding the matrix being built and a done-flag per tile.
+
+    A cache that cannot be opened or lacks its datasets (a truncated or garbled file) is moved aside with a
+    CorruptFileWarning and scoring starts again; one of another computation is a CacheError. A tile that
+    cannot be read back, or written (a full disk), is a CacheError / StorageError naming the file."""
 
     def __init__(self, path: Path, shape: tuple[int, int], tiles: tuple[int, int], fingerprint: str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         n_ti = -(-shape[0] // tiles[0])
         n_tc = -(-shape[1] // tiles[1])
-        if self.path.exists():
-            self.file = h5py.File(self.path, "r+")
-            attrs = self.file.attrs
-            if (tuple(self.file["sims"].shape) != shape or tuple(attrs["tiles"]) != tiles
-                    or attrs.get("fingerprint") != fingerprint):
+        opened = self._open_existing((n_ti, n_tc)) if self.path.exists() else None
+        self.file: h5py.File | None = None
+        if opened is not None:
+            self.file, (stored_shape, stored_tiles, stored_fp, flags) = opened
+            if stored_shape != shape or stored_tiles != tuple(tiles) or stored_fp != fingerprint:
                 self.file.close()
                 raise CacheError(f"{self.path}: tile cache of another computation (shape/tiles/model fingerprint "
                                  "differ); delete it or choose another cache path")
-        else:
+            if flags != (n_ti, n_tc):  # same tiling, yet the flags do not fit it
+                self.file.close()
+                self.file = None
+                quarantine(self.path, f"done flags of shape {flags}, not the {n_ti} x {n_tc} tile grid")
+        if self.file is None:
             tmp = self.path.with_name(self.path.name + ".tmp")
-            with h5py.File(tmp, "w") as f:
-                f.create_dataset("sims", shape=shape, dtype="f4", chunks=(min(shape[0], tiles[0]),
-                                                                          min(shape[1], tiles[1])))
-                f.create_dataset("done", shape=(n_ti, n_tc), dtype="bool")
-                f.attrs["tiles"] = tiles
-                f.attrs["fingerprint"] = fingerprint
-            os.replace(tmp, self.path)
+            try:
+                with h5py.File(tmp, "w") as f:
+                    f.create_dataset("sims", shape=shape, dtype="f4", chunks=(min(shape[0], tiles[0]),
+                                                                              min(shape[1], tiles[1])))
+                    f.create_dataset("done", shape=(n_ti, n_tc), dtype="bool")
+                    f.attrs["tiles"] = tiles
+                    f.attrs["fingerprint"] = fingerprint
+                os.replace(tmp, self.path)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise self._os_error(exc, "create", 4 * shape[0] * shape[1]) from exc
             self.file = h5py.File(self.path, "r+")
         self.tiles = tiles
 
+    def _open_existing(self, grid: tuple[int, int]) -> tuple[h5py.File, tuple[Any, ...]] | None:
+        """The existing cache opened for update with (sims shape, tiles, fingerprint, flag shape), or None after
+        moving an unreadable one (truncated, garbled, datasets or attributes missing) aside."""
+        try:
+            f = h5py.File(self.path, "r+")
+        except OSError as exc:  # truncated, garbage, not HDF5 (or not ours to write: then say so)
+            if not os.access(self.path, os.W_OK):
+                raise CacheError(f"{self.path}: tile cache not writable ({str(exc).splitlines()[0]})") from exc
+            quarantine(self.path, f"not a readable HDF5 tile cache: {str(exc).splitlines()[0]}")
+            return None
+        try:
+            sims, done = f["sims"], f["done"]
+            if not (isinstance(sims, h5py.Dataset) and isinstance(done, h5py.Dataset) and sims.ndim == 2
+                    and sims.dtype == np.float32 and done.ndim == 2 and done.dtype == np.bool_):
+                raise TypeError("datasets 'sims' / 'done' of the wrong kind")
+            tiles = tuple(int(t) for t in np.ravel(f.attrs["tiles"]))
+            fingerprint = f.attrs["fingerprint"]
+            if len(tiles) != 2 or not isinstance(fingerprint, str):
+                raise TypeError("attributes 'tiles' / 'fingerprint' of the wrong kind")
+            if tuple(done.shape) == grid:
+                np.asarray(done[...])  # the flags are read for every tile: they must be readable
+            meta = (tuple(sims.shape), tiles, fingerprint, tuple(done.shape))
+        except (KeyError, OSError, RuntimeError, TypeError, ValueError, OverflowError) as exc:
+            with contextlib.suppress(Exception):
+                f.close()
+            why = str(exc).splitlines()[0] if str(exc) else ""
+            quarantine(self.path, f"incomplete tile cache ({type(exc).__name__}: {why})")
+            return None
+        return f, meta
+
+    def _os_error(self, exc: Exception, what: str, size: int) -> Exception:
+        code = getattr(exc, "errno", None)
+        if code is None:  # HDF5 puts the system errno in its message
+            found = re.search(r"errno = (\d+)", str(exc))
+            code = int(found.group(1)) if found else None
+        if code in SPACE_ERRNOS:
+            return storage_error(self.path, OSError(code, os.strerror(code)), size)
+        return CacheError(f"{self.path}: cannot {what} the tile cache ({str(exc).splitlines()[0]}); delete it to "
+                          "score from scratch")
+
     def done(self, a: int, c: int) -> bool:
-        return bool(self.file["done"][a // self.tiles[0], c // self.tiles[1]])
+        try:
+            return bool(self.file["done"][a // self.tiles[0], c // self.tiles[1]])
+        except (OSError, RuntimeError) as exc:
+            raise self._os_error(exc, "read", 0) from exc
 
     def read(self, a: int, b: int, c: int, d: int) -> np.ndarray:
-        return self.file["sims"][a:b, c:d]
+        try:
+            return self.file["sims"][a:b, c:d]
+        except (OSError, RuntimeError) as exc:
+            raise self._os_error(exc, "read", 0) from exc
 
     def write(self, a: int, b: int, c: int, d: int, values: np.ndarray) -> None:
-        self.file["sims"][a:b, c:d] = values
-        self.file.flush()  # the data first, then the flag: a kill between them only redoes the tile
-        self.file["done"][a // self.tiles[0], c // self.tiles[1]] = True
-        self.file.flush()
+        try:
+            self.file["sims"][a:b, c:d] = values
+            self.file.flush()  # the data first, then the flag: a kill between them only redoes the tile
+            self.file["done"][a // self.tiles[0], c // self.tiles[1]] = True
+            self.file.flush()
+        except (OSError, RuntimeError) as exc:
+            raise self._os_error(exc, "write", int(np.asarray(values).nbytes)) from exc
 
     def close(self) -> None:
-        self.file.close()
+        with contextlib.suppress(OSError, RuntimeError):
+            self.file.close()
 
 
 def block_fingerprint(*blocks: Any) -> str:

@@ -33,9 +33,9 @@ def test_h5_input_and_bad_inputs(tmp_path, capsys):
         f["sims"] = sims
     assert main(["metrics", "--sims", str(tmp_path / "s.h5"), "--protocol", "f30k1k"]) == 0
     assert main(["metrics", "--sims", str(tmp_path / "s.h5"), "--protocol", "coco5k"]) == 2
-    assert "coco5k needs a 5000 x 25000 matrix" in capsys.readouterr().out
+    assert "coco5k is not defined for this matrix: COCO 5K needs 5000 images" in capsys.readouterr().err
     sims[3, 4] = np.nan
     np.save(tmp_path / "nan.npy", sims)
     assert main(["metrics", "--sims", str(tmp_path / "nan.npy"), "--protocol", "f30k1k"]) == 2
-    assert "NaN" in capsys.readouterr().out
+    assert "NaN" in capsys.readouterr().err
     assert main(["metrics", "--sims", str(tmp_path / "missing.npy"), "--protocol", "f30k1k"]) == 2

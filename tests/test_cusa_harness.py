@@ -15,9 +15,10 @@ from PIL import Image
 from harness.api import load_container
 from harness.cli import main as cli_main
 from harness.data.demo_images import demo_teacher_features, write_demo_split
-from harness.evaluate import image_retrieval_metrics
+from harness.evaluation import image_retrieval_runner
 from harness.jobs import JobContext, JobInterrupted, RunSettings, run_job
 from harness.plan import build_plan
+from harness.protocols import EvalInputs, run_protocols
 from harness.registry import load_registry
 from harness.results import ResultStore
 from harness.training import BEST
@@ -81,7 +82,7 @@ def _jobs(root):
                       data_fp="tiny", code="test")
     train, evaluate = plan.order()
     assert (train.stage, evaluate.stage) == ("train", "evaluate")
-    train = dataclasses.replace(train, config={**train.config, "recipe": {**train.config["recipe"], **TINY_RECIPE}})
+    train = dataclasses.replace(train, config=train.config.replace(recipe={**train.config.recipe, **TINY_RECIPE}))
     return train, evaluate
 
 
@@ -91,7 +92,7 @@ def _state(path):
 
 def test_train_job_writes_an_official_best_checkpoint_resumes_and_evaluates(tiny_root, tmp_path, minilm):
     train, evaluate = _jobs(tiny_root)
-    assert train.config["options"]["objective"] == "cusa"
+    assert train.config.options["objective"] == "cusa"
     metrics = run_job(train, _ctx(tiny_root, tmp_path / "a"))
     assert metrics["best_epoch"] == 0 and metrics["efficiency"]["steps"] == 3
     best = tmp_path / "a" / train.name / "work" / BEST
@@ -129,8 +130,8 @@ def test_demo_plan_runs_vitb32_only_with_the_demo_geometry():
     plan = build_plan(load_registry(), ["cusa"], "demo", data_fp="x", code="y")
     assert [j.name for j in plan.jobs] == ["demo/cusa-vitb32-seed0/train", "demo/cusa-vitb32-seed0/eval"]
     assert any(n.startswith("cusa/vitl14_336: not run on demo:") for n in plan.notes)
-    recipe = plan.jobs[0].config["recipe"]
-    adapter = CUSAAdapter.build("vitb32", "demo", {**plan.jobs[0].config["options"], **recipe})
+    recipe = plan.jobs[0].config.recipe
+    adapter = CUSAAdapter.build("vitb32", "demo", {**plan.jobs[0].config.options, **recipe})
     assert adapter.model.image_size == recipe["clip_config"]["vision_cfg"]["image_size"]
     assert adapter.objective == "cusa" and recipe["text_teacher"] == "minilm"
     coco = build_plan(load_registry(), ["cusa"], "coco", stage="train", data_fp="x", code="y")
@@ -232,7 +233,8 @@ def test_evaluate_cli_adds_image_retrieval_with_the_unimodal_head(tiny_root, tmp
     out = tmp_path / "metrics.json"
     code = cli_main(["evaluate", "--method", "cusa", "--variant", "vitb32", "--checkpoint", str(ckpt),
                      "--data-root", str(tiny_root / "demo" / "cusa"), "--split", "test",
-                     "--image-retrieval-root", str(ir_root), "--json", str(out), "--batch-size", "16"])
+                     "--image-retrieval-root", str(ir_root), "--json", str(out), "--batch-size", "16",
+                         "--save-sims", str(tmp_path / "sims.npy")])
     assert code == 0
     got = json.loads(out.read_text())["metrics"]["image_retrieval"]
     loaded = CUSAAdapter.load_official(ckpt, variant="vitb32")
@@ -245,9 +247,14 @@ def test_evaluate_cli_adds_image_retrieval_with_the_unimodal_head(tiny_root, tmp
 
     # one set absent: the others are evaluated, the absent one is named, and there is no average
     (ir_root / "sop" / "Stanford_Online_Products" / "Ebay_test.txt").unlink()
-    partial = image_retrieval_metrics([loaded], ir_root, batch_size=64)
+    partial = image_retrieval_runner(loaded, 64)(ir_root)
     assert "avg" not in partial["r1"] and set(partial["missing"]) == {"sop"}
     assert partial["r1"]["cub"] == pytest.approx(expected["cub"])
     regions = types.SimpleNamespace(method="esa", image_input="regions")
-    assert image_retrieval_metrics([regions], ir_root)["defined"] is False
-    assert "ensemble" in image_retrieval_metrics([loaded, loaded], ir_root)["reason"]
+    assert image_retrieval_runner(regions, 64) is None
+    base = {"sims": np.zeros((2, 2)), "image_of_caption": np.arange(2), "image_retrieval_root": ir_root}
+    no_head = run_protocols(EvalInputs(**base, method="esa"), ["image_retrieval"])["image_retrieval"]
+    assert no_head["defined"] is False and "image encoder" in no_head["reason"]
+    ensemble = run_protocols(EvalInputs(**base, members=2, image_retrieval=image_retrieval_runner(loaded, 64)),
+                             ["image_retrieval"])["image_retrieval"]
+    assert "ensemble" in ensemble["reason"]

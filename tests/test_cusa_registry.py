@@ -45,6 +45,19 @@ def test_every_appendix_table_is_reported():
     assert {r.protocol for r in by_table["Table 10"]} == {"image_retrieval"}
 
 
+def test_clip_rows_of_tables_9_to_11_are_on_the_coco_protocols_that_compute_them():
+    """ECCV Caption, STS and image retrieval rows are of models trained on COCO: COCO declares the protocols
+    (the loader checks it), and each CLIP row names the objective it describes (8 ECCV rows, 48 numbers)."""
+    reg = load_registry()
+    clip = [r for r in reg.reported_for("cusa") if r.variant != "paper_only"
+            and r.protocol in ("eccv", "sts", "image_retrieval")]
+    assert {r.dataset for r in clip} == {"coco"}
+    assert {"eccv", "sts", "image_retrieval"} <= set(reg.dataset("coco").protocols)
+    eccv = [r for r in clip if r.protocol == "eccv"]
+    assert len(eccv) == 8 and sum(len(r.values) for r in eccv) == 48
+    assert all(r.setting.get("objective") in ("cusa", "only_contrastive", "csa", "usa") for r in clip)
+
+
 def test_paper_only_variant_cannot_be_built():
     with pytest.raises(ValueError, match="reported numbers only"):
         CUSAAdapter.build("paper_only", "coco", {"reported_only": True})

@@ -20,10 +20,11 @@ from harness.cli import main
 from harness.executors import make_executor
 from harness.executors.base import INTERRUPTED_EXIT, Task
 from harness.executors.local import LocalExecutor
-from harness.executors.status import read_status
+from harness.jobconfig import JobConfig
 from harness.jobs import RunSettings
 from harness.plan import Job, build_plan
 from harness.registry import load_registry
+from harness.status import read_status
 from harness.training import BEST
 
 TRAIN = "demo/tiny-a-seed0/train"
@@ -40,7 +41,8 @@ exit 0
 
 
 def _task(tmp: Path, name: str, processes: int) -> Task:
-    job = Job(name=name, stage="train", method="tiny", variant="a", dataset="demo", seed=0, config={}, gpus=processes)
+    job = Job(name=name, stage="train", method="tiny", variant="a", dataset="demo", seed=0,
+              config=JobConfig("train", "tiny", "a", "demo", 0), gpus=processes)
     return Task(job, RunSettings(results=str(tmp)), processes=processes)
 
 

@@ -133,6 +133,8 @@ def test_readers(tmp_path):
     problems = check_image_retrieval(tmp_path)
     assert any(p.startswith("sop: 3 of 3 listed images are missing") for p in problems)
     assert not any(p.startswith("cub") for p in problems)
+    decoded = check_image_retrieval(tmp_path, decode_images=True)
+    assert any(p.startswith("cub: 101 of 101 listed images do not decode") for p in decoded)  # empty files
     with pytest.raises(ImageRetrievalDataError, match="unknown image retrieval set 'cars'"):
         load_image_retrieval(tmp_path, "cars")
     assert check_image_retrieval(tmp_path / "none", ("sop",))[0].startswith("sop: ")

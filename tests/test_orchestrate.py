@@ -11,15 +11,15 @@ import yaml
 from rich.console import Console
 from test_orchestrate_fixtures import campaign, one_thread, run_args, write_official  # noqa: F401 - one_thread: autouse fixture
 
-from harness import cli, orchestrate
+from harness import display, orchestrate
 from harness.cli import main
 from harness.executors.base import StopFlag
 from harness.executors.inline import InlineExecutor
-from harness.executors.status import StatusWriter
 from harness.jobs import RunSettings
 from harness.plan import build_plan
 from harness.registry import load_registry
 from harness.results import ResultStore
+from harness.status import StatusWriter
 
 
 @pytest.fixture
@@ -27,13 +27,16 @@ def out(monkeypatch):
     """The orchestrator's console, captured (wide, no colours)."""
     console = Console(record=True, width=200, force_terminal=False, color_system=None)
     monkeypatch.setattr(orchestrate, "console", console)
-    monkeypatch.setattr(cli, "console", console)  # where main() prints input errors
+    monkeypatch.setattr(display, "console", console)
+    monkeypatch.setattr(display, "errors", console)  # where main() prints input errors
     return console
 
 
 def _starts(tmp, name):
-    log = tmp / "results" / name / "job.log"
-    return log.read_text().count(" start ") if log.is_file() else 0
+    """Starts of job `name`, counting the logs of its earlier results moved aside to results/_superseded/."""
+    logs = [tmp / "results" / name / "job.log",
+            *(tmp / "results" / "_superseded").glob(f"{name.replace('/', '__')}-*/job.log")]
+    return sum(log.read_text().count(" start ") for log in logs if log.is_file())
 
 
 def test_run_reuses_finished_jobs_and_reruns_changed_ones(tmp_path, out):
@@ -63,7 +66,10 @@ def test_run_reuses_finished_jobs_and_reruns_changed_ones(tmp_path, out):
     assert "rerun: data changed" in table and table.count("cached") == 1
     assert main(args) == 0
     assert (_starts(tmp_path, train), _starts(tmp_path, evaluate)) == (1, 2)
-    assert "key changed" in (tmp_path / "results" / evaluate / "job.log").read_text()
+    log = (tmp_path / "results" / evaluate / "job.log").read_text()
+    assert "key changed" in log and "earlier results moved to" in log  # kept, not deleted
+    kept = list((tmp_path / "results" / "_superseded").glob("demo__tiny-a-seed0__eval-*/metrics.json"))
+    assert len(kept) == 1
 
     # a recipe change reruns both; --force reruns even unchanged jobs
     doc = yaml.safe_load((tmp_path / "registry.yaml").read_text())
@@ -111,7 +117,7 @@ def test_failed_job_shows_its_error_and_does_not_stop_independent_jobs(tmp_path,
     (("--methods", "tinny"), "Did you mean 'tiny'"),
     (("--dataset", "demoo"), "Did you mean 'demo'"),
     (("--variants", "b"), "unknown variant 'b'"),
-    (("--stage", "evaluate"), "official checkpoint not found; download it from https://example.org/tiny"),
+    (("--stage", "evaluate"), "official checkpoint not found; get it with `run_all.py fetch"),
     (("--seeds", "0,x"), "--seeds '0,x'"),
 ])
 def test_bad_input_is_refused_before_any_job(tmp_path, out, change, expected):

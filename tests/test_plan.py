@@ -40,7 +40,7 @@ def test_all_stage_trains_evaluates_and_waits_for_members(setup):
                       "demo/tiny-a-seed1001/train"]
     assert jobs["demo/tiny-a-seed1/eval"].depends == ("demo/tiny-a-seed1/train",)
     assert jobs["demo/tiny-pair-seed1/eval"].depends == ("demo/tiny-a-seed1/eval", "demo/tiny-a-seed1001/eval")
-    assert jobs["demo/tiny-pair-seed1/eval"].config["members"] == list(jobs["demo/tiny-pair-seed1/eval"].depends)
+    assert jobs["demo/tiny-pair-seed1/eval"].config.members == tuple(jobs["demo/tiny-pair-seed1/eval"].depends)
     order = [j.name for j in plan.order()]
     for job in plan.jobs:
         assert all(order.index(d) < order.index(job.name) for d in job.depends)
@@ -63,7 +63,7 @@ def test_evaluate_stage_uses_official_checkpoints(setup):
     plan = _plan(tmp, registry, stage="evaluate")
     jobs = plan.by_name()
     assert sorted(jobs) == ["demo/tiny-a-official/eval", "demo/tiny-a-official2/eval", "demo/tiny-pair-official/eval"]
-    assert jobs["demo/tiny-a-official/eval"].config["checkpoint"] == str(first)
+    assert jobs["demo/tiny-a-official/eval"].config.checkpoint == str(first)
     assert jobs["demo/tiny-pair-official/eval"].depends == ("demo/tiny-a-official/eval", "demo/tiny-a-official2/eval")
     # the checkpoint's content is its identity: moved elsewhere it is the same job, replaced it is another one
     key = jobs["demo/tiny-a-official/eval"].key
@@ -168,7 +168,7 @@ def test_task_round_trips_through_json(setup):
     task = Task(job, RunSettings(results=str(tmp / "r"), checkpoint_steps=3), processes=2)
     back = Task.from_json(task.to_json())
     assert back == task and isinstance(back.job, Job)
-    assert plan_mod.RUNTIME_RECIPE_KEYS == ("gpus",) and "gpus" not in back.job.config["recipe"]
+    assert plan_mod.RUNTIME_RECIPE_KEYS == ("gpus",) and "gpus" not in back.job.config.recipe
 
 
 def test_pixel_methods_read_and_fingerprint_the_cusa_json_layout(tmp_path):
@@ -199,14 +199,26 @@ def test_pixel_methods_read_and_fingerprint_the_cusa_json_layout(tmp_path):
 
 
 def test_set_overrides_reach_the_recipes_they_name_and_the_identity(setup):
-    from harness.plan import parse_overrides
+    from harness.campaign import parse_overrides
 
     tmp, registry = setup
-    over = parse_overrides(["epochs=2", "tiny.lr=2e-4", "tiny.decay=[1, 2]", "other.lr=5"], ["tiny", "esa"])
-    assert over == {"*": {"epochs": 2, "other.lr": 5}, "tiny": {"lr": 2e-4, "decay": [1, 2]}}
+    over = parse_overrides(["epochs=2", "tiny.lr=2e-4", "tiny.lr_decay_epochs=[1, 2]"], registry, ["tiny"], "demo")
+    assert over == {"*": {"epochs": 2}, "tiny": {"lr": 2e-4, "lr_decay_epochs": [1, 2]}}
     base = _plan(tmp, registry, stage="train", variants=["a"]).by_name()["demo/tiny-a-seed0/train"]
-    changed = _plan(tmp, registry, stage="train", variants=["a"],
-                    recipe_overrides=parse_overrides(["tiny.epochs=7"], ["tiny"])).by_name()["demo/tiny-a-seed0/train"]
-    assert changed.config["recipe"]["epochs"] == 7 and changed.key != base.key
-    with pytest.raises(RegistryError, match="expected KEY=VALUE"):
-        parse_overrides(["epochs"], ["tiny"])
+    over = parse_overrides(["tiny.epochs=7"], registry, ["tiny"], "demo")
+    plan = _plan(tmp, registry, stage="all", variants=["a", "pair"], recipe_overrides=over).by_name()
+    changed = next(j for n, j in plan.items() if n.startswith("demo/tiny-a-seed0+set-") and n.endswith("/train"))
+    assert changed.config.recipe["epochs"] == 7 and changed.key != base.key
+    assert changed.config.overrides == {"epochs": 7}
+    # a run with overrides has its own folders (train, eval and the ensemble), never the default run's
+    assert not any(n.startswith("demo/tiny-a-seed0/") or n.startswith("demo/tiny-pair-seed0/") for n in plan)
+    assert any(n.startswith("demo/tiny-pair-seed0+set-") for n in plan)
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        parse_overrides(["epochs"], registry, ["tiny"], "demo")
+    with pytest.raises(ValueError, match="'epoch' is not a recipe key of tiny on demo. Did you mean 'epochs'"):
+        parse_overrides(["epoch=3"], registry, ["tiny"], "demo")
+    with pytest.raises(ValueError, match="epochs must be int .*got str 'two'"):
+        parse_overrides(["epochs=two"], registry, ["tiny"], "demo")
+    with pytest.raises(ValueError, match="'tiyn' is not a method of this campaign.*Did you mean 'tiny.lr'"):
+        parse_overrides(["tiyn.lr=1"], registry, ["tiny"], "demo")
+    assert parse_overrides(["lr=1"], registry, ["tiny"], "demo") == {"*": {"lr": 1.0}}  # int -> float recipe

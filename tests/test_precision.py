@@ -54,6 +54,6 @@ def test_a_non_fp32_evaluation_is_its_own_job_and_row(tmp_path):
     half = build_plan(registry, ["tiny"], "demo", precision="bf16", **kw).by_name()
     assert "demo/tiny-a-seed0/eval" in exact and "demo/tiny-a-seed0/eval-bf16" in half
     job = half["demo/tiny-a-seed0/eval-bf16"]
-    assert job.config["precision"] == "bf16" and job.config["setting"] == {"precision": "bf16"}
+    assert job.config.precision == "bf16" and job.config.setting == {"precision": "bf16"}
     assert job.key != exact["demo/tiny-a-seed0/eval"].key
     assert half["demo/tiny-a-seed0/train"].key == exact["demo/tiny-a-seed0/train"].key  # training is shared

@@ -99,4 +99,5 @@ def test_check_data_cli_exit_codes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "dev_caps.txt" in out and "1 problem(s)" in out
     assert main(["check-data", "--dataset", "f3k", "--data-root", str(tmp_path)]) == 2
-    assert "Did you mean 'f30k'" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "Did you mean 'f30k'" in captured.out + captured.err

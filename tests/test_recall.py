@@ -12,10 +12,10 @@ from harness.metrics.recall import (
     fold_slices,
     full_recall,
     i2t_ranks,
-    recall_metrics,
     summarize,
     t2i_ranks,
 )
+from harness.protocols import compute_protocol
 
 
 def random_sims(n_img: int, seed: int, levels: int | None = None) -> np.ndarray:
@@ -95,10 +95,10 @@ def test_nan_and_shape_errors():
         full_recall(sims)
     with pytest.raises(MatrixError, match="captions per image"):
         full_recall(np.zeros((4, 19), np.float32))
-    with pytest.raises(MatrixError, match="5000 x 25000"):
-        recall_metrics(random_sims(4, 0), "coco5k")
-    with pytest.raises(MatrixError, match="unknown recall protocol"):
-        recall_metrics(random_sims(4, 0), "coco2k")
+    with pytest.raises(MatrixError, match="COCO 5K needs 5000 images, this matrix has 4"):
+        compute_protocol("coco5k", random_sims(4, 0))
+    with pytest.raises(MatrixError, match="unknown protocol 'coco2k'.*Did you mean 'coco[15]k'"):
+        compute_protocol("coco2k", random_sims(4, 0))
 
 
 def test_float64_and_float32_give_same_ranks():
@@ -126,8 +126,8 @@ def test_caption_map_must_be_grouped():
 
 
 def test_bootstrap_intervals_contain_the_value_and_shrink_with_more_queries():
-    small = recall_metrics(random_sims(40, 1), "recall", bootstrap=500)
-    big = recall_metrics(random_sims(400, 1), "recall", bootstrap=500)
+    small = compute_protocol("recall", random_sims(40, 1), bootstrap=500)
+    big = compute_protocol("recall", random_sims(400, 1), bootstrap=500)
     for res in (small, big):
         for key, (lo, hi) in res["ci"].items():
             d, _, m = key.partition(".")
@@ -135,7 +135,7 @@ def test_bootstrap_intervals_contain_the_value_and_shrink_with_more_queries():
             assert lo <= value <= hi, key
     width = {k: v[1] - v[0] for k, v in small["ci"].items()}
     assert big["ci"]["rsum"][1] - big["ci"]["rsum"][0] < width["rsum"]
-    again = recall_metrics(random_sims(40, 1), "recall", bootstrap=500)
+    again = compute_protocol("recall", random_sims(40, 1), bootstrap=500)
     assert again["ci"] == small["ci"]  # seeded
 
 

@@ -87,10 +87,12 @@ def test_user_file_layers_on_top_of_the_project_registry(tmp_path):
 def test_each_paper_section_holds_its_reported_rows():
     raw = yaml.safe_load(REGISTRY_PATH.read_text())
     assert set(raw) == {"datasets", "methods"}
-    for name, body in raw["methods"].items():
+    papers = {name for name, body in raw["methods"].items() if not body.get("baseline")}  # baselines report none
+    for name in papers:
+        body = raw["methods"][name]
         assert body["reported"], name
         assert all("method" not in row for row in body["reported"])
-    assert {r.method for r in load_registry().reported} == set(raw["methods"])
+    assert {r.method for r in load_registry().reported} == papers
 
 
 def test_yaml_syntax_error_names_file(tmp_path):
@@ -103,3 +105,77 @@ def test_yaml_syntax_error_names_file(tmp_path):
     good = tmp_path / "ok.yaml"
     good.write_text(yaml.safe_dump(MINIMAL))
     assert "esa" in load_registry_file(good).methods
+
+
+# ---- reported rows: what they describe, where they belong, how they were printed -------------------------
+
+@pytest.mark.parametrize("mutate,fragment", [
+    (lambda d: d["reported"][0].update(protocol="coco1k", dataset="f30k"),
+     r"protocol 'coco1k' is not one of dataset 'f30k's protocols \(f30k1k\); it belongs to dataset 'coco'"),
+    (lambda d: d["reported"][0].update(protocol="eccv"), "protocol 'eccv' is not one of .*no dataset declares it"),
+    (lambda d: d["reported"][0].update({"BERT-base)": None}), r"unknown field\(s\) 'BERT-base\)'.*quote a label"),
+    (lambda d: d["reported"][0].update(decimals={"i2t.r2": 2}), "unknown metric 'i2t.r2'"),
+    (lambda d: d["reported"][0].update(decimals=True), "'decimals' is the number of decimals"),
+    (lambda d: d["reported"][0].update(decimals={"rsum": 9}), "decimals of 'rsum' is 9"),
+    (lambda d: d["reported"][0].update(derived=["rsum2"]), "unknown metric 'rsum2'"),
+    (lambda d: d["reported"][0].update(setting={"members": "bret"}), "unknown members 'bret'.*Did you mean 'bert'"),
+    (lambda d: d["methods"]["esa"].update(settings={"loss": 3}), "expected a list of allowed values"),
+    (lambda d: d["methods"]["esa"].update(settings={"loss": {"vsl": 1}}), "the recipe values it stands for"),
+])
+def test_invalid_reported_rows_are_rejected_naming_the_fix(mutate, fragment):
+    doc = copy.deepcopy(MINIMAL)
+    doc["datasets"]["f30k"] = {"split": "test", "protocols": ["f30k1k"]}
+    doc["methods"]["esa"]["settings"] = {"members": ["bigru", "bert"]}
+    mutate(doc)
+    with pytest.raises(RegistryError, match=fragment):
+        parse_registry(doc)
+
+
+def test_reported_row_precision_derived_keys_and_setting_kinds():
+    doc = copy.deepcopy(MINIMAL)
+    doc["methods"]["esa"]["settings"] = {"loss": {"vsl": {"vsl": True}, "ts": None}, "batch_size": [32, 128],
+                                         "epoch": None}
+    doc["reported"][0].update(decimals={"i2t.r1": 2}, derived=["rsum"], table_note="heading contradicts numbers",
+                              setting={"epoch": 17, "loss": "ts", "batch_size": 32})
+    reg = parse_registry(doc)
+    rep = reg.reported[0]
+    assert rep.places("i2t.r1") == 2 and rep.places("rsum") == 1
+    assert rep.derived == ("rsum",) and rep.table_note == "heading contradicts numbers"
+    method = reg.method("esa")
+    assert method.settings == {"loss": ("vsl", "ts"), "batch_size": (32, 128), "epoch": ()}
+    assert method.setting_recipes == {"loss": {"vsl": {"vsl": True}, "ts": None}}
+    doc["reported"][0]["decimals"] = 0
+    assert parse_registry(doc).reported[0].places("rsum") == 0
+
+
+def test_every_rounding_difference_of_a_reported_rsum_has_its_note():
+    """A printed rsum that differs from the sum of the row's printed recalls says so beside the row."""
+    keys = [f"{d}.r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)]
+    for rep in load_registry().reported:
+        vals = rep.values
+        if not all(vals.get(k) is not None for k in keys) or vals.get("rsum") is None:
+            continue
+        total = round(sum(vals[k] for k in keys), 1)
+        if "rsum" in rep.derived:
+            assert total == pytest.approx(vals["rsum"]), rep.label
+        elif abs(total - vals["rsum"]) > 0.05:
+            assert f"sum to {total:.1f}" in rep.note, (rep.method, rep.table, rep.label, rep.note)
+
+
+def test_vsl_log_rows_carry_ranks_and_checkpoint_epochs():
+    rows = [r for r in load_registry().reported_for("vsl") if r.source.startswith("log ")]
+    assert len(rows) == 12
+    for rep in rows:
+        for key in ("i2t.medr", "i2t.meanr", "t2i.medr", "t2i.meanr"):
+            assert rep.values.get(key) is not None, (rep.label, key)
+        if "checkpoint epoch" in rep.label:
+            epoch = int(rep.label.rsplit("checkpoint epoch ", 1)[1].rstrip(")"))
+            assert rep.setting.get("epoch") == epoch, rep.label
+    readme = [r for r in load_registry().reported_for("vsl") if r.source == "README"]
+    assert readme and all(r.derived == ("rsum",) for r in readme)  # the README prints no rsum
+
+
+def test_every_reported_protocol_is_declared_by_its_dataset():
+    reg = load_registry()
+    for rep in reg.reported:
+        assert rep.protocol in reg.dataset(rep.dataset).protocols, rep

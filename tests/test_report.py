@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from harness.data.demo import chance_rsum
-from harness.metrics.recall import fold_recall, recall_metrics
+from harness.metrics.recall import fold_recall
+from harness.protocols import compute_protocol
 from harness.registry import RegistryError, parse_registry
 from harness.report import write_reports
 from harness.report.significance import per_image_rsum
@@ -116,9 +117,12 @@ def test_paper_table_deltas_and_interval_flags(tmp_path):
     # the summary counts the three compared cells, two of them flagged
     summary = table_row(section(text, "## Summary"), "official")
     assert summary[1:4] == ["3", "1", "2"]
-    # notes: method-level known defects and the reported entries' notes
+    # notes: method-level known defects at the bottom; a reported row's note beside the row
     notes = section(text, "## Notes")
-    assert "6 \\* mean(ar)" in notes and "printed rsum differs from its recalls by 0.1" in notes
+    assert "6 \\* mean(ar)" in notes and "printed rsum differs from its recalls by 0.1" not in notes
+    header = table_row(section(text, "### Table 1"), "row")
+    alpha_b = dict(zip(header, table_row(section(text, "### Table 1"), "Alpha-B")))
+    assert alpha_b["note"] == "printed rsum differs from its recalls by 0.1"
 
 
 def test_rounding_slack_of_the_printed_number_is_not_a_flag(tmp_path):
@@ -226,7 +230,7 @@ def test_per_image_rsum_averages_to_the_protocol_rsum():
     sims = np.round(_sims(rng, 50, 1.5), 1)  # rounding makes ties: the headline rsum is tie-pessimistic
     v, strata = per_image_rsum(sims, "recall")
     assert strata is None and v.shape == (50,)
-    assert v.mean() == pytest.approx(recall_metrics(sims, "recall")["rsum"], abs=1e-9)
+    assert v.mean() == pytest.approx(compute_protocol("recall", sims)["rsum"], abs=1e-9)
     v1k, folds = per_image_rsum(sims, "coco1k")
     assert np.array_equal(folds, np.repeat(np.arange(5), 10))
     assert v1k.mean() == pytest.approx(fold_recall(sims)["rsum"], abs=1e-9)
@@ -241,15 +245,15 @@ def test_dataset_report_significance_efficiency_and_plots(tmp_path):
             ("alpha-a-official", {"method": "alpha", "variant": "a", "source": "official"}, strong, 0.5),
             ("alpha-b-official", {"method": "alpha", "variant": "b", "source": "official"}, weak, 0.05),
             ("beta-x-official", {"method": "beta", "variant": "x", "source": "official"}, strong, 2.0)):
-        add_eval(store, "toy", run, cfg, {"recall": recall_metrics(sims, "recall", bootstrap=0)}, sims=sims,
+        add_eval(store, "toy", run, cfg, {"recall": compute_protocol("recall", sims, bootstrap=0)}, sims=sims,
                  efficiency={"parameters": 2_500_000, "encode_ms_per_image": 0.25, "encode_ms_per_caption": 0.125,
                              "scoring_seconds": secs})
     for seed, gpu_h, wall in ((0, 0.5, 1800.0), (1, 1.5, 5400.0)):
         train = add_train(store, "toy", f"beta-x-seed{seed}", seed, gpu_h, wall)
         add_eval(store, "toy", f"beta-x-seed{seed}", {"method": "beta", "variant": "x", "source": f"seed{seed}",
                                                       "seed": seed, "train_job": train},
-                 {"recall": recall_metrics(
-                     weak, "recall", bootstrap=0)}, sims=weak, efficiency={"scoring_seconds": 1.0})
+                 {"recall": compute_protocol("recall", weak, bootstrap=0)}, sims=weak,
+                 efficiency={"scoring_seconds": 1.0})
     paths = write_reports(tmp_path / "results", tmp_path / "reports", registry=registry())
     ds = (tmp_path / "reports" / "toy.md").read_text()
     rec = section(ds, "## recall")
@@ -262,7 +266,7 @@ def test_dataset_report_significance_efficiency_and_plots(tmp_path):
     assert p["alpha/a official"] == "best" and p["beta/x official"] == "1.000"
     assert p["alpha/b official"] == "≤0.001" and p["beta/x retrained,"] == "≤0.001"
     # rsum reproduces the stored metrics (computed by the project's recall module) to the printed digit
-    rsum = recall_metrics(strong, "recall", bootstrap=0)["rsum"]
+    rsum = compute_protocol("recall", strong, bootstrap=0)["rsum"]
     # no interval stored in this metrics.json: the far-off reported number is shown but cannot be flagged
     assert rows[("alpha/a", "official checkpoint")]["rsum"] == f"{rsum:.1f} (300.0, {rsum - 300:+.1f})"
     eff = section(ds, "## Efficiency")
@@ -285,14 +289,14 @@ def test_demo_report_states_chance_level_and_synthetic_features(tmp_path):
     rng = np.random.default_rng(2)
     sims = _sims(rng, 20, 1.0)
     add_eval(store, "demo", "alpha-a-seed0", {"method": "alpha", "variant": "a", "source": "seed0", "seed": 0},
-             {"recall": recall_metrics(sims, "recall")}, sims=sims)
+             {"recall": compute_protocol("recall", sims)}, sims=sims)
     write_reports(tmp_path / "results", tmp_path / "reports", dataset="demo", registry=registry())
     demo = (tmp_path / "reports" / "demo.md").read_text()
     assert "synthetic" in demo
     assert f"Chance level for 20 images x 100 captions (a random scorer): rsum {chance_rsum(20):.1f}" in demo
     # the paper report lists the demo run as a result without a reported counterpart
     paper = (tmp_path / "reports" / "alpha.md").read_text()
-    assert "### demo, recall over the full matrix" in section(paper, "## Results without a reported counterpart")
+    assert "### demo, recall over the full matrix" in section(paper, "## Other runs")
 
 
 def test_index_links_reports_with_revision_and_environment(tmp_path):
@@ -349,7 +353,8 @@ def test_nested_ci95_of_the_bootstrap_summary_drives_the_flags(tmp_path):
             "pmrp": {"available": False, "reason": "no plausible-match ground truth"}}
     lo, hi = node["ci95"]["i2t"]["eccv_map_at_r"]
     rsum_lo, rsum_hi = node["ci95"]["rsum"]["coco_5k"]
-    doc = {**REGISTRY, "reported": [
+    datasets = {**REGISTRY["datasets"], "toy": {**REGISTRY["datasets"]["toy"], "protocols": ["recall", "cxc", "eccv"]}}
+    doc = {**REGISTRY, "datasets": datasets, "reported": [
         {"method": "alpha", "variant": "a", "dataset": "toy", "protocol": "eccv", "source": "paper", "table": "Table 3",
          "label": "Alpha-A", "values": {"i2t.eccv_map_at_r": round((lo + hi) / 2, 1),
                                         "rsum.coco_5k": round(rsum_hi + 5, 1)}}]}
@@ -393,3 +398,17 @@ def test_a_retrained_runs_objective_comes_from_its_training_recipe():
     assert resolved_setting(registry, cfg, {"objective": "only_contrastive"})["objective"] == "only_contrastive"
     assert resolved_setting(registry, {**cfg, "setting": {"objective": "usa"}},
                             {"objective": "only_contrastive"})["objective"] == "usa"
+
+
+def test_runs_of_a_baseline_method_show_as_baseline_rows(tmp_path):
+    doc = {**REGISTRY, "methods": {**REGISTRY["methods"], "zs": {
+        "title": "Zero-shot", "adapter": "methods.zs:ZS", "baseline": True, "variants": {"b32": {"options": {}}}}}}
+    store = ResultStore(tmp_path / "results")
+    add_eval(store, "toy", "zs-b32-official", {"method": "zs", "variant": "b32", "source": "official"},
+             {"recall": recall_block(30.0, 20.0, 200.0)})
+    add_eval(store, "toy", "alpha-a-official", {"method": "alpha", "variant": "a", "source": "official"},
+             {"recall": recall_block(52.0, 38.0, 320.0)})
+    write_reports(tmp_path / "results", tmp_path / "reports", dataset="toy", registry=parse_registry(doc))
+    rec = section((tmp_path / "reports" / "toy.md").read_text(), "## recall")
+    assert table_row(rec, "zs/b32")[1].startswith("baseline: official checkpoint")
+    assert table_row(rec, "alpha/a")[1].startswith("official checkpoint")

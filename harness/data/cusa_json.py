@@ -20,6 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.data.images import image_problems_summary
+from harness.errors import ItrbenchError
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_WORDS = 64
@@ -28,7 +31,7 @@ _PUNCT = re.compile(r"([,.'!?\"()*#:;~])")
 _SPACES = re.compile(r"\s{2,}")
 
 
-class CusaDataError(ValueError):
+class CusaDataError(ItrbenchError):
     """A CUSA data file that cannot be used as asked (missing, malformed, unsafe, incomplete)."""
 
 
@@ -75,8 +78,8 @@ def load_image(path: str | Path) -> Any:
             return im.convert("RGB")
     except FileNotFoundError as exc:
         raise CusaDataError(f"{path}: image file not found") from exc
-    except OSError as exc:
-        raise CusaDataError(f"{path}: not a readable image ({exc})") from exc
+    except Exception as exc:  # PIL: OSError for most bad files, also SyntaxError, ValueError, DecompressionBombError
+        raise CusaDataError(f"{path}: not a readable image ({type(exc).__name__}: {str(exc)[:200]})") from exc
 
 
 class PixelImages(Sequence):
@@ -150,9 +153,13 @@ def load_cusa_split(root: str | Path, split: str, *, check_images: bool = True) 
     if not path.is_file():
         raise CusaDataError(f"{path}: no such file (expected the CUSA/ALBEF json layout new_{split}.json)")
     try:
-        rows = json.loads(path.read_text(encoding="utf8"))
+        rows = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CusaDataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except json.JSONDecodeError as exc:
-        raise CusaDataError(f"{path}: not valid json ({exc})") from exc
+        raise CusaDataError(f"{path}: not valid json ({exc})") from None
+    except RecursionError:
+        raise CusaDataError(f"{path}: json nested too deeply; expected a list of rows") from None
     if not isinstance(rows, list) or not rows:
         raise CusaDataError(f"{path}: expected a non-empty list of {{image_path, caption, image_id}} rows")
     image_path: dict[Hashable, str] = {}
@@ -165,6 +172,8 @@ def load_cusa_split(root: str | Path, split: str, *, check_images: bool = True) 
             raise CusaDataError(f"{path}: row {n} has image_id {img!r}; expected a string or integer")
         if not isinstance(cap, str) or not isinstance(file, str):
             raise CusaDataError(f"{path}: row {n}: caption and image_path must be strings")
+        if not file or "\x00" in file:
+            raise CusaDataError(f"{path}: row {n}: image_path {file!r:.80} is not a file name")
         if img in image_path and image_path[img] != file:
             raise CusaDataError(f"{path}: image_id {img!r} names two files: {image_path[img]!r} and {file!r} "
                                 f"(row {n})")
@@ -191,9 +200,10 @@ def load_cusa_split(root: str | Path, split: str, *, check_images: bool = True) 
     return split_obj
 
 
-def check_cusa_json(root: str | Path, split: str, dataset: str | None = None) -> list[str]:
+def check_cusa_json(root: str | Path, split: str, dataset: str | None = None,
+                    decode_images: bool = False) -> list[str]:
     """Problems of `new_{split}.json` (in one of `split_folders`) and its images ([] when usable), for
-    `check-data`."""
+    `check-data`; `decode_images` decodes every image file (else only missing ones are reported)."""
     folder = find_split_folder(root, split, dataset)
     if folder is None:
         tried = ", ".join(str(split_json(d, split)) for d in split_folders(root, dataset))
@@ -207,9 +217,18 @@ def check_cusa_json(root: str | Path, split: str, dataset: str | None = None) ->
     if missing:
         shown = ", ".join(str(p) for p in missing[:3])
         problems.append(f"{data.path}: {len(missing)} of {data.n_images} images are missing (e.g. {shown})")
+    if decode_images:
+        gone = set(missing)
+        problems += image_problems_summary(data.path, [p for p in data.image_paths if p not in gone])
     for n, caption in enumerate(data.captions):
         try:
             pre_caption(caption)
         except ValueError as exc:
             problems.append(f"{data.path}: caption {n}: {exc}")
+    for name, bad in (("a byte-order mark (U+FEFF)", lambda c: "\ufeff" in c),
+                      ("NUL bytes", lambda c: "\x00" in c)):
+        rows = [n for n, c in enumerate(data.captions) if bad(c)]
+        if rows:
+            problems.append(f"{data.path}: {len(rows)} caption(s) hold {name} (first: caption {rows[0]}: "
+                            f"{data.captions[rows[0]][:60]!r}); remove them")
     return problems

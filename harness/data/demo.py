@@ -24,7 +24,7 @@ from harness.results import save_npy, write_text
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "demo"
 SPLITS = {"train": (0, 500), "dev": (500, 600), "test": (600, 800)}  # image index ranges
 REGIONS, FEATURE_DIM = 12, 512
-VERSION = "demo-v2"
+VERSION = "demo-v3"  # v3: concept ties broken by first mention (v2 depended on PYTHONHASHSEED)
 STOPWORDS = frozenset(
     "a an the of on in at to with and is are it its this that there their while for from by as some two three "
     "one up down near next into out his her he she they them over under has have be being been other very".split())
@@ -49,9 +49,12 @@ def concept_vector(word: str, dim: int = FEATURE_DIM) -> np.ndarray:
 
 def synthesize_regions(captions: list[str], rng: np.random.Generator, regions: int = REGIONS,
                        dim: int = FEATURE_DIM) -> np.ndarray:
-    """Region features of one image from its captions: top concepts first, then background."""
-    counts = Counter(w for c in captions for w in set(content_words(c)))
-    words = [w for w, _ in counts.most_common(regions)]
+    """Region features of one image from its captions: top concepts first, then background.
+
+    A word counts once per caption; equally frequent words keep the order of their first mention (a
+    dict, not a set, removes repeats), so the features never depend on the interpreter's hash seed."""
+    counts = Counter(w for c in captions for w in dict.fromkeys(content_words(c)))
+    words = [w for w, _ in sorted(counts.items(), key=lambda item: -item[1])[:regions]]
     out = 0.6 * rng.standard_normal((regions, dim)).astype(np.float32)
     for r, w in enumerate(words):
         out[r] += concept_vector(w, dim) * (1.0 + 0.25 * counts[w])

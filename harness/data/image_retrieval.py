@@ -19,6 +19,7 @@ preprocessing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +27,15 @@ from typing import Any
 
 import numpy as np
 
+from harness.data.images import image_problems_summary
+from harness.errors import ItrbenchError
+
 DATASETS = ("cub", "sop", "inshop", "inaturalist")
 CUB_EVAL_CLASSES = range(100, 200)
 SOP_EVAL_CLASSES = range(11318, 22634)
 
 
-class ImageRetrievalDataError(ValueError):
+class ImageRetrievalDataError(ItrbenchError):
     """A retrieval list file that is missing or malformed."""
 
 
@@ -56,12 +60,31 @@ def _need(path: Path) -> Path:
     return path
 
 
+def _lines(path: Path) -> list[str]:
+    """The lines of a list file (universal newlines); errors name the file."""
+    try:
+        return path.read_bytes().decode("utf-8").replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    except UnicodeDecodeError as exc:
+        raise ImageRetrievalDataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise ImageRetrievalDataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _int(text: str, path: Path, line: int, what: str) -> int:
+    if re.fullmatch(r"-?[0-9]+", text) is None:
+        raise ImageRetrievalDataError(f"{path}:{line}: {what} '{text[:40]}' is not an integer")
+    return int(text)
+
+
 def load_cub(root: str | Path) -> RetrievalSet:
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
     images = _need(Path(root) / "cub" / "CUB_200_2011" / "images")
-    _, class_to_idx = find_classes(str(images))
-    items = make_dataset(str(images), class_to_idx, extensions=IMG_EXTENSIONS)
+    try:
+        _, class_to_idx = find_classes(str(images))
+        items = make_dataset(str(images), class_to_idx, extensions=IMG_EXTENSIONS)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise ImageRetrievalDataError(f"{images}: {exc} (expected 200 class folders of images)") from None
     keep = [(p, y) for p, y in items if y in CUB_EVAL_CLASSES and not Path(p).name.startswith("._")]
     if not keep:
         raise ImageRetrievalDataError(f"{images}: no images in classes 100-199 (expected 200 class folders)")
@@ -72,17 +95,19 @@ def load_sop(root: str | Path) -> RetrievalSet:
     base = Path(root) / "sop" / "Stanford_Online_Products"
     listing = _need(base / "Ebay_test.txt")
     paths, labels = [], []
-    with open(listing) as f:
-        for i, line in enumerate(f):
-            if i == 0:
-                continue
-            fields = line.split()
-            if len(fields) != 4:
-                raise ImageRetrievalDataError(f"{listing}:{i + 1}: expected image_id class_id super_class_id path")
-            label = int(fields[1]) - 1
-            if label in SOP_EVAL_CLASSES:
-                labels.append(label)
-                paths.append(str(base / fields[3]))
+    lines = _lines(listing)
+    if lines and lines[-1] == "":
+        lines = lines[:-1]
+    for i, line in enumerate(lines):
+        if i == 0:
+            continue
+        fields = line.split()
+        if len(fields) != 4:
+            raise ImageRetrievalDataError(f"{listing}:{i + 1}: expected image_id class_id super_class_id path")
+        label = _int(fields[1], listing, i + 1, "class_id") - 1
+        if label in SOP_EVAL_CLASSES:
+            labels.append(label)
+            paths.append(str(base / fields[3]))
     return RetrievalSet("sop", paths, np.asarray(labels, dtype=np.int64))
 
 
@@ -90,8 +115,7 @@ def load_inshop(root: str | Path) -> RetrievalSet:
     base = Path(root) / "inshop"
     listing = _need(base / "Eval" / "list_eval_partition.txt")
     rows = {"query": [], "gallery": []}
-    with open(listing) as f:
-        lines = f.read().splitlines()
+    lines = _lines(listing)
     if len(lines) < 2 or lines[1].split()[:3] != ["image_name", "item_id", "evaluation_status"]:
         raise ImageRetrievalDataError(f"{listing}: expected a count line, then 'image_name item_id "
                                       "evaluation_status'")
@@ -102,7 +126,7 @@ def load_inshop(root: str | Path) -> RetrievalSet:
         if len(fields) != 3:
             raise ImageRetrievalDataError(f"{listing}:{i}: expected image_name item_id evaluation_status")
         if fields[2] in rows:
-            rows[fields[2]].append((fields[0], int(fields[1].split("_")[-1])))
+            rows[fields[2]].append((fields[0], _int(fields[1].split("_")[-1], listing, i, "item_id")))
     items = sorted({item for part in rows.values() for _, item in part})
     index = {item: k for k, item in enumerate(items)}
 
@@ -120,12 +144,13 @@ def load_inshop(root: str | Path) -> RetrievalSet:
 def load_inaturalist(root: str | Path) -> RetrievalSet:
     base = Path(root) / "inaturalist"
     listing = _need(base / "Inat_dataset_splits" / "Inaturalist_test_set1.txt")
-    with open(listing) as f:
-        rel = [p for p in f.read().split("\n") if p != ""]
-    try:
-        names = [int(p.split("/")[-2]) for p in rel]
-    except (ValueError, IndexError):
-        raise ImageRetrievalDataError(f"{listing}: expected paths like <group>/<class id>/<file>.jpg") from None
+    rel = [p for p in _lines(listing) if p != ""]
+    parts = [p.split("/") for p in rel]
+    bad = next((n for n, q in enumerate(parts) if len(q) < 2 or not q[-2].isascii() or not q[-2].isdigit()), None)
+    if bad is not None:
+        raise ImageRetrievalDataError(f"{listing}:{bad + 1}: expected paths like <group>/<class id>/<file>.jpg, "
+                                      f"found '{rel[bad][:80]}'")
+    names = [int(q[-2]) for q in parts]
     index = {c: k for k, c in enumerate(sorted(set(names)))}
     return RetrievalSet("inaturalist", [str(base / p) for p in rel],
                         np.asarray([index[c] for c in names], dtype=np.int64))
@@ -140,9 +165,10 @@ def load_image_retrieval(root: str | Path, name: str) -> RetrievalSet:
     return LOADERS[name](root)
 
 
-def check_image_retrieval(root: str | Path, names: tuple[str, ...] = DATASETS,
-                          check_images: bool = True) -> list[str]:
-    """Problems with the listed datasets under `root`, each naming its file; [] when valid."""
+def check_image_retrieval(root: str | Path, names: tuple[str, ...] = DATASETS, check_images: bool = True,
+                          decode_images: bool = False) -> list[str]:
+    """Problems with the listed datasets under `root`, each naming its file; [] when valid. `check_images`
+    reports missing image files, `decode_images` also the ones that do not decode."""
     problems = []
     for name in names:
         try:
@@ -150,12 +176,18 @@ def check_image_retrieval(root: str | Path, names: tuple[str, ...] = DATASETS,
         except (ImageRetrievalDataError, FileNotFoundError, OSError) as exc:
             problems.append(f"{name}: {exc}")
             continue
+        paths = ds.paths + (ds.gallery_paths or [])
+        if not paths:
+            problems.append(f"{name}: no images listed for evaluation")
+            continue
         if check_images:
-            paths = ds.paths + (ds.gallery_paths or [])
-            missing = [p for p in paths if not Path(p).is_file()]
+            missing = [p for p in paths if "\x00" in p or not Path(p).is_file()]
             if missing:
                 problems.append(f"{name}: {len(missing)} of {len(paths)} listed images are missing "
                                 f"(first: {missing[0]})")
+            if decode_images:
+                gone = set(missing)
+                problems += image_problems_summary(name, [p for p in paths if p not in gone], "listed images")
     return problems
 
 

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.errors import ItrbenchError
 
-class DataError(ValueError):
+
+class DataError(ItrbenchError):
     """A data folder or file that does not have the expected layout or content."""
 
 
@@ -59,17 +61,55 @@ def resolve_precomp_dir(root: str | Path, split: str, dataset: str | None = None
                     + f". Expected the SCAN precomp layout, e.g. {root}/{dataset or 'coco'}/precomp/{split}_ims.npy")
 
 
+def read_text_file(path: Path, what: str) -> str:
+    """A UTF-8 text file (universal newlines); DataError naming the file when missing or not UTF-8."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing {what}") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}, line {line}: {exc.reason}); re-save the "
+                        f"{what} as UTF-8") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def read_captions(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"{path}: missing caption file (one caption per line)")
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = read_text_file(path, "caption file (one caption per line)").split("\n")
     if lines and lines[-1] == "":
         lines = lines[:-1]
     empty = [i + 1 for i, line in enumerate(lines) if not line.strip()]
     if empty:
         raise DataError(f"{path}: empty caption on line {empty[0]} ({len(empty)} empty lines); every line must hold "
                         "one caption")
-    return [line.rstrip("\r") for line in lines]
+    return lines
+
+
+def read_id_lines(path: Path) -> list[str]:
+    """Non-empty lines of an ids file (`<split>_ids.txt`, `<split>_capids.txt`), stripped."""
+    text = read_text_file(path, "ids file (one id per line)")
+    return [line.strip() for line in text.split("\n") if line.strip()]
+
+
+def caption_text_problems(path: Path, captions: list[str]) -> list[str]:
+    """Characters that break or skew tokenisation: a byte-order mark, NUL or other control characters."""
+    problems = []
+    if captions and captions[0].startswith("\ufeff"):
+        problems.append(f"{path}: starts with a byte-order mark (U+FEFF), which becomes part of the first caption; "
+                        "re-save the file as UTF-8 without BOM")
+    for name, bad in (("NUL bytes", lambda c: "\x00" in c),
+                      ("byte-order marks inside lines", lambda c: "\ufeff" in c[1:]),
+                      ("control characters", lambda c: any(ord(ch) < 32 and ch not in "\t\x00" for ch in c))):
+        lines = [i + 1 for i, c in enumerate(captions) if bad(c)]
+        if lines:
+            problems.append(f"{path}: {name} on line {lines[0]} ({len(lines)} line(s)); remove them")
+    return problems
 
 
 def open_images(path: Path) -> np.ndarray:
@@ -77,14 +117,20 @@ def open_images(path: Path) -> np.ndarray:
         raise DataError(f"{path}: missing image feature file (float32 array N x R x D)")
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
-        raise DataError(f"{path}: not a plain .npy array ({exc})") from exc
+    except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, tokenize errors, EOFError ...
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path}: not a plain .npy array ({text}); the file may be truncated or corrupt: "
+                        "download or extract it again") from None
+    if not isinstance(arr, np.ndarray):  # np.load of an .npz archive
+        raise DataError(f"{path}: an .npz archive, expected a plain .npy array (images, regions, dim)")
     if arr.ndim == 2:  # one vector per image: treat as a single region
         arr = arr[:, None, :]
     if arr.ndim != 3:
         raise DataError(f"{path}: expected shape (images, regions, dim), found {arr.shape}")
     if arr.dtype not in (np.float32, np.float16, np.float64):
         raise DataError(f"{path}: expected float features, found dtype {arr.dtype}")
+    if arr.shape[1] == 0 or arr.shape[2] == 0:
+        raise DataError(f"{path}: empty feature rows: shape {arr.shape}")
     return arr
 
 
@@ -96,6 +142,8 @@ def load_precomp(root: str | Path, split: str, dataset: str | None = None, capti
     captions = read_captions(caps_path)
     images = open_images(ims_path)
     n_img, n_cap = images.shape[0], len(captions)
+    if n_img == 0 or n_cap == 0:
+        raise DataError(f"{ims_path}: {n_img} images and {n_cap} captions in {caps_path.name}; the split is empty")
     if n_img == n_cap and n_cap % captions_per_image == 0 and n_img > 1:
         images = _dedupe_repeated(images, ims_path, captions_per_image)
         n_img = images.shape[0]
@@ -107,7 +155,7 @@ def load_precomp(root: str | Path, split: str, dataset: str | None = None, capti
     ids = None
     ids_path = folder / f"{split}_ids.txt"
     if ids_path.is_file():
-        ids = [line.strip() for line in ids_path.read_text().splitlines() if line.strip()]
+        ids = read_id_lines(ids_path)
     return PrecompSplit(folder, split, images, captions, ids, captions_per_image)
 
 
@@ -162,7 +210,18 @@ def check_precomp(root: str | Path, dataset: str, splits: list[str], feature_dim
         if want is not None and data.n_images != want:
             problems.append(f"{ims_path}: {data.n_images} images, the {dataset} {split} split has {want}")
         problems += scan_features(data.images, ims_path)
+        problems += caption_text_problems(data.path / f"{split}_caps.txt", data.captions)
         if data.ids is not None and len(data.ids) not in (data.n_images, len(data.captions)):
             problems.append(f"{data.path / f'{split}_ids.txt'}: {len(data.ids)} ids for {data.n_images} images / "
                             f"{len(data.captions)} captions")
+        capids = data.path / f"{split}_capids.txt"
+        if capids.is_file():
+            try:
+                n = len(read_id_lines(capids))
+            except DataError as exc:
+                problems.append(str(exc))
+            else:
+                if n != len(data.captions):
+                    problems.append(f"{capids}: {n} caption ids for {len(data.captions)} captions in "
+                                    f"{split}_caps.txt; expected one per caption")
     return problems

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.errors import ItrbenchError
+
 STS_YEARS = {
     "STS12": ("STS12-en-test", ("MSRpar", "MSRvid", "SMTeuroparl", "surprise.OnWN", "surprise.SMTnews")),
     "STS13": ("STS13-en-test", ("FNWN", "headlines", "OnWN")),  # SentEval ships STS13 without SMT
@@ -37,7 +39,7 @@ TASK_KEYS = {"STS12": "sts12", "STS13": "sts13", "STS14": "sts14", "STS15": "sts
              "STSBenchmark": "stsb", "SICKRelatedness": "sickr"}
 
 
-class SentEvalError(ValueError):
+class SentEvalError(ItrbenchError):
     """A SentEval data file that is missing or not in the expected format."""
 
 
@@ -69,8 +71,21 @@ def _join(text: str) -> str:
 def _read_text(path: Path) -> str:
     if not path.is_file():
         raise SentEvalError(f"{path}: file not found (SentEval downstream layout expected)")
-    with open(path, encoding="utf8") as f:
-        return f.read()
+    try:
+        with open(path, encoding="utf8") as f:
+            return f.read()
+    except UnicodeDecodeError as exc:
+        raise SentEvalError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise SentEvalError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _score(text: str) -> float:
+    """A gold score: a finite number (float() also takes 'nan' and 'inf', which would poison a correlation)."""
+    value = float(text)
+    if not np.isfinite(value):
+        raise ValueError(text)
+    return value
 
 
 def _file_lines(path: Path) -> list[str]:
@@ -96,7 +111,7 @@ def read_sts_subset(folder: Path, subset: str) -> StsPairs:
         if g == "":
             continue
         try:
-            gold.append(float(g))
+            gold.append(_score(g))
         except ValueError:
             raise SentEvalError(f"{gs}:{i}: gold score '{g}' is not a number") from None
         left.append(_join(parts[0]))
@@ -121,7 +136,7 @@ def _scored_pairs(path: Path, lines: list[str], first: int, columns: tuple[int, 
         if len(cols) <= max(columns):
             raise SentEvalError(f"{path}:{i}: {len(cols)} tab-separated columns, expected {expected}")
         try:
-            gold.append(float(cols[score]))
+            gold.append(_score(cols[score]))
         except ValueError:
             raise SentEvalError(f"{path}:{i}: {score_name} '{cols[score]}' is not a number") from None
         left.append(_join(cols[a]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from harness.executors.base import Executor, Outcome, StopFlag, Task, execute_task
-from harness.executors.status import error_lines
+from harness.status import error_lines
 
 
 class InlineExecutor(Executor):

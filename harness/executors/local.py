@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.executors.base import INTERRUPTED_EXIT, Executor, Outcome, Task
-from harness.executors.status import LOG, error_lines, read_status
+from harness.status import LOG, error_lines, read_status
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # so workers import this very checkout
 CANCEL_GRACE_SECONDS = 60.0  # after SIGTERM, time to write a checkpoint before SIGKILL

@@ -27,7 +27,7 @@ from typing import Any
 import submitit
 
 from harness.executors.base import Executor, Outcome, StopFlag, Task, execute_task
-from harness.executors.status import error_lines
+from harness.status import error_lines
 
 OPTIONS = ("partition", "account", "qos", "constraint", "timeout_min", "cpus_per_task", "mem_gb",
            "array_parallelism", "max_requeues", "signal_delay_s", "folder", "cluster")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.executors.base import INTERRUPTED_EXIT, StopFlag, Task, execute_task
-from harness.executors.status import read_status
+from harness.status import read_status
 
 
 def main(argv: Sequence[str] | None = None) -> int:

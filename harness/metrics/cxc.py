@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.errors import ItrbenchError
 from harness.metrics.bootstrap import DEFAULT_RESAMPLES, QueryScores, summarize
 from harness.metrics.eccv import (
     I2T,
@@ -53,7 +54,7 @@ THRESHOLDS = {"sits": 3.0, "sts": 3.0, "sis": 2.5}
 N_IMAGES, N_CAPTIONS = 5000, 25000
 
 
-class CxcError(ValueError):
+class CxcError(ItrbenchError):
     """A CxC annotation file that cannot be read as expected."""
 
 
@@ -64,15 +65,15 @@ def _parse_ids(path: Path, column: list[str], kind: str) -> np.ndarray:
     """COCO ids from a CxC id column ('COCO_val2014:sentid:<id>' or 'COCO_val2014_<12 digits>.jpg')."""
     head, tail = PREFIXES[kind]
     lo, cut = len(head), -len(tail) if tail else None
-    try:
-        if not all(x.startswith(head) and x.endswith(tail) for x in column):
-            raise ValueError
-        return np.asarray([int(x[lo:cut]) for x in column], dtype=np.int64)
-    except ValueError:
-        for row, x in enumerate(column):
-            if not (x.startswith(head) and x.endswith(tail) and x[lo:cut].isdigit()):
-                raise CxcError(f"{path}:{row + 2}: expected '{head}<id>{tail}', got '{x}'") from None
-        raise
+
+    def ok(x: str) -> bool:
+        digits = x[lo:cut]
+        return x.startswith(head) and x.endswith(tail) and digits.isascii() and digits.isdigit() and len(digits) < 19
+
+    for row, x in enumerate(column):
+        if not ok(x):
+            raise CxcError(f"{path}:{row + 2}: expected '{head}<id>{tail}', got '{x[:80]}'")
+    return np.asarray([int(x[lo:cut]) for x in column], dtype=np.int64)
 
 
 def read_cxc_csv(path: str | Path, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -81,8 +82,11 @@ def read_cxc_csv(path: str | Path, kind: str) -> tuple[np.ndarray, np.ndarray, n
 
     path = Path(path)
     first, second = HEADERS[kind]
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if tuple(df.columns[:3]) != (first, second, "agg_score"):
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise CxcError(f"{path}: not a readable CSV file ({type(exc).__name__}: {str(exc).strip()[:160]})") from None
+    if tuple(df.columns[:3]) != (first, second, "agg_score") or len(set(df.columns[:3])) != 3:
         raise CxcError(f"{path}: header {list(df.columns)}, expected '{first},{second},agg_score,...'")
     a = _parse_ids(path, df[first].tolist(), "image" if first.startswith("image") else "caption")
     b = _parse_ids(path, df[second].tolist(), "image" if second.startswith("image") else "caption")

@@ -22,13 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.errors import ItrbenchError
+
 ID_FILE = "testall_ids.txt"
 CAPID_FILE = "testall_capids.txt"
 ID_SUBDIRS = (".", "cxc_annots", "precomp")
 N_IMAGES, N_CAPTIONS = 5000, 25000
 
 
-class IdError(ValueError):
+class IdError(ItrbenchError):
     """An id file (or an id in a ground-truth file) that does not fit the COCO 5K test set."""
 
 
@@ -64,13 +66,18 @@ class IdLists:
 
 def read_id_lists(path: str | Path) -> IdLists:
     """Read a {query id: [ids]} json file (eccv_caption's ground-truth format) into flat arrays."""
-    with open(path) as f:
-        raw = json.load(f)
     try:
-        keys = np.fromiter((int(k) for k in raw), dtype=np.int64, count=len(raw))
+        with open(path, "rb") as f:
+            raw = json.loads(f.read().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise IdError(f"{path}: not a valid json file ({type(exc).__name__}: {str(exc)[:160]})") from None
+    try:
+        if not isinstance(raw, dict) or not all(isinstance(v, list) for v in raw.values()):
+            raise TypeError("not a mapping of lists")
+        keys = np.fromiter((_int_id(k) for k in raw), dtype=np.int64, count=len(raw))
         sizes = np.fromiter((len(v) for v in raw.values()), dtype=np.int64, count=len(raw))
-        values = np.fromiter((int(x) for v in raw.values() for x in v), dtype=np.int64, count=int(sizes.sum()))
-    except (TypeError, ValueError, AttributeError) as exc:
+        values = np.fromiter((_int_id(x) for v in raw.values() for x in v), dtype=np.int64, count=int(sizes.sum()))
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise IdError(f"{path}: expected {{id: [ids, ...]}} with integer ids ({exc})") from None
     return IdLists(keys, sizes, values)
 
@@ -119,12 +126,27 @@ def canonical_ids() -> CocoTestIds:
     return CocoTestIds(imgs[::5].copy(), caps, source="eccv_caption coco_test_ids.npy")
 
 
+def _int_id(x: object) -> int:
+    """A COCO id: an int (not a bool or float), or a string of ASCII digits; ValueError otherwise."""
+    if isinstance(x, int) and not isinstance(x, bool):
+        return x
+    if isinstance(x, str) and x.isascii() and x.isdigit():
+        return int(x)
+    raise ValueError(f"{x!r:.40} is not an integer id")
+
+
 def _read_int_lines(path: Path) -> np.ndarray:
-    lines = [ln.strip() for ln in path.read_text().splitlines()]
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise IdError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise IdError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    lines = [ln.strip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln]
     try:
-        return np.asarray([int(ln) for ln in lines], dtype=np.int64)
-    except ValueError as exc:
+        return np.asarray([_int_id(ln) for ln in lines], dtype=np.int64)
+    except (ValueError, OverflowError) as exc:
         raise IdError(f"{path}: expected one integer COCO id per line ({exc})") from None
 
 

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from harness.errors import ItrbenchError
+
 RECALL_KS = (1, 5, 10)
-PROTOCOL_SIZES = {"coco5k": (5000, 25000), "f30k1k": (1000, 5000), "coco1k": (5000, 25000)}
 
 
-class MatrixError(ValueError):
+class MatrixError(ItrbenchError):
     """A similarity matrix that cannot be evaluated (NaN, wrong shape)."""
 
 
@@ -57,6 +58,15 @@ def owners(n_img: int, n_cap: int, captions_per_image: int = 5,
         raise MatrixError(f"{name}: captions must be grouped by image in row order (image 0's captions first, "
                           f"every image with at least one caption)")
     return owner
+
+
+def uniform_captions(image_of_caption: np.ndarray, n_img: int) -> int | None:
+    """k when caption j belongs to image j // k for every caption (the SCAN precomp order), else None."""
+    owner = np.asarray(image_of_caption)
+    if n_img <= 0 or owner.size % n_img:
+        return None
+    k = owner.size // n_img
+    return k if np.array_equal(owner, np.arange(owner.size) // k) else None
 
 
 def check_matrix(sims: np.ndarray, captions_per_image: int = 5, name: str = "similarity matrix",
@@ -256,30 +266,3 @@ def _mean_tree(items: list):
     if isinstance(first, dict):
         return {k: _mean_tree([it[k] for it in items]) for k in first}
     return float(np.mean(items))
-
-
-def recall_metrics(sims: np.ndarray, protocol: str, captions_per_image: int = 5,
-                   image_of_caption: np.ndarray | None = None, bootstrap: int = 1000, seed: int = 0) -> dict:
-    """The recall protocol `protocol` (coco1k, coco5k, f30k1k, recall) of an images x captions matrix.
-
-    Returns {"protocol", "i2t": {r1, r5, r10, medr, meanr, ...}, "t2i": {...}, "rsum", "ties": {...}}
-    with recalls in percent. The headline values are tie-pessimistic; "tie_optimistic" holds the bound.
-    `bootstrap` resamples (0 to skip) give "ci": {"i2t.r1": [lo, hi], ..., "rsum": [lo, hi]}.
-    """
-    sims = np.asarray(sims)
-    if protocol in ("coco5k", "f30k1k"):
-        want = PROTOCOL_SIZES[protocol]
-        if sims.shape[0] != want[0] or (image_of_caption is None and sims.shape != want):
-            raise MatrixError(f"{protocol} needs a {want[0]} x {want[1]} matrix, got {sims.shape[0]} x {sims.shape[1]}")
-        result = full_recall(sims, captions_per_image, image_of_caption, bootstrap, seed)
-    elif protocol == "coco1k":
-        if image_of_caption is not None and not np.array_equal(image_of_caption, np.arange(sims.shape[1]) // 5):
-            raise MatrixError("coco1k folds need exactly 5 captions per image in canonical order")
-        if sims.shape != PROTOCOL_SIZES["coco1k"]:
-            raise MatrixError(f"coco1k needs the 5000 x 25000 COCO 5K matrix (5 folds), got {sims.shape}")
-        result = fold_recall(sims, 5, captions_per_image, bootstrap, seed)
-    elif protocol == "recall":
-        result = full_recall(sims, captions_per_image, image_of_caption, bootstrap, seed)
-    else:
-        raise MatrixError(f"unknown recall protocol '{protocol}'; valid: coco1k, coco5k, f30k1k, recall")
-    return {"protocol": protocol, **result}

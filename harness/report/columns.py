@@ -26,8 +26,23 @@ def protocol_title(protocol: str) -> str:
     return PROTOCOL_TITLES.get(protocol, protocol)
 
 
+SPECIAL_NAMES = {"rsum_printed": "printed rsum"}  # the official 5-fold summary's "rsum" line (6 x mean i2t)
+
+
+def fold_key(key: str) -> tuple[int, str] | None:
+    """(fold, metric) of a per-fold key ('folds.3.i2t.r1' -> (3, 'i2t.r1')), None for other keys."""
+    parts = key.split(".", 2)
+    if len(parts) == 3 and parts[0] == "folds" and parts[1].isdigit():
+        return int(parts[1]), parts[2]
+    return None
+
+
 def column_name(key: str) -> str:
-    """'i2t.r1' -> 'i2t R@1', 't2i.eccv_map_at_r' -> 't2i eccv map@R', 'rsum' -> 'rsum'."""
+    """'i2t.r1' -> 'i2t R@1', 't2i.eccv_map_at_r' -> 't2i eccv map@R', 'rsum' -> 'rsum', 'i2t.medr' -> 'i2t medr'."""
+    if key in SPECIAL_NAMES:
+        return SPECIAL_NAMES[key]
+    if (fk := fold_key(key)) is not None:
+        return f"fold {fk[0]} {column_name(fk[1])}"
     parts = key.split(".")
 
     def pretty(p: str) -> str:

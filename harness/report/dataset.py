@@ -17,7 +17,7 @@ from harness.report.columns import (
 )
 from harness.report.markdown import (
     MISSING,
-    compare_cell,
+    compare_reported,
     decimals_for,
     escape,
     image,
@@ -28,7 +28,7 @@ from harness.report.markdown import (
     table,
 )
 from harness.report.plots import EffPoint, effectiveness_vs_efficiency
-from harness.report.runs import RETRAINED, RunGroup, Stat, get_path, matching_reported, plain_stat
+from harness.report.runs import RETRAINED, RunGroup, Stat, get_path, matching_reported, plain_stat, stored_key
 from harness.report.significance import RESAMPLES, group_values, paired_p
 from harness.results import JobResult
 
@@ -99,7 +99,7 @@ def _recall_section(registry: Registry, groups: Sequence[RunGroup], protocol: st
     decimals = {c: decimals_for([s.mean for st in stats if isinstance(s := st[c], Stat)]) for c in cols}
     rows = []
     for i, (g, rep, st) in enumerate(zip(rows_groups, reps, stats)):
-        cells = [compare_cell(st[c], rep.values.get(c) if rep else None, decimals[c])[0] for c in cols]
+        cells = [compare_reported(st[c], rep, c, decimals[c])[0] for c in cols]
         rsum = st["rsum"]
         ci = interval_text(rsum.interval, 1) + (" ±2σ" if rsum.n > 1 else "") if isinstance(rsum, Stat) \
             and rsum.interval else MISSING
@@ -119,7 +119,13 @@ def _recall_section(registry: Registry, groups: Sequence[RunGroup], protocol: st
 
 def _generic_section(registry: Registry, groups: Sequence[RunGroup], protocol: str) -> list[str]:
     rows_groups = [g for g in groups if g.has_protocol(protocol)]
-    reported_keys = [k for g in rows_groups if (rep := matching_reported(registry, g, protocol)) for k in rep.values]
+    reps = {id(g): matching_reported(registry, g, protocol) for g in rows_groups}
+    # a reported key under the column of the statistic it is ("sts.stsb" is the stored "spearman.stsb")
+    aliases: dict[int, dict[str, str]] = {}
+    for g in rows_groups:
+        rep = reps[id(g)]
+        aliases[id(g)] = {stored_key(protocol, k): k for k in rep.values} if rep is not None else {}
+    reported_keys = [c for g in rows_groups for c in aliases[id(g)]]
     cols = metric_columns(rows_groups, protocol, reported_keys)
     out: list[str] = []
     if not cols:
@@ -130,9 +136,9 @@ def _generic_section(registry: Registry, groups: Sequence[RunGroup], protocol: s
         decimals = {c: decimals_for([s.mean for st in stats if isinstance(s := st[c], Stat)]) for c in pcols}
         rows = []
         for g, st in zip(rows_groups, stats):
-            rep = matching_reported(registry, g, protocol)
+            rep, alias = reps[id(g)], aliases[id(g)]
             rows.append([escape(g.model), escape(g.source),
-                         *[compare_cell(st[c], rep.values.get(c) if rep else None, decimals[c])[0] for c in pcols]])
+                         *[compare_reported(st[c], rep, alias.get(c, c), decimals[c])[0] for c in pcols]])
         out += ([f"**{part}**", ""] if part else []) + table(["model", "reproduced by", *map(column_name, pcols)],
                                                              rows, ["l", "l"] + ["r"] * len(pcols)) + [""]
     return out

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from harness.report.runs import Stat, Undefined, outside, printed_decimals
+from harness.registry import Reported
+from harness.report.columns import RECALL_COLUMNS
+from harness.report.runs import Stat, Undefined, half_unit, outside
 
 MISSING = "—"
 FLAG = "⚠"
 NOT_DEFINED = "not defined"
+DERIVED = "†"  # a reported-side number the source does not print (e.g. an rsum summed from printed recalls)
 
 
 def escape(text: object) -> str:
@@ -41,9 +44,9 @@ def number(value: float | None, decimals: int = 1) -> str:
     return MISSING if value is None else f"{value:.{decimals}f}"
 
 
-def reported_text(value: float, decimals: int = 1) -> str:
-    """A reported number with the column's decimals, or more where the registry has more (0.815)."""
-    return f"{value:.{max(decimals, printed_decimals(value))}f}"
+def reported_text(value: float, decimals: int = 1, derived: bool = False) -> str:
+    """A reported number with the decimals its source printed, marked when the source does not print it."""
+    return f"{value:.{decimals}f}" + (DERIVED if derived else "")
 
 
 def stat_text(stat: Stat | Undefined | None, decimals: int = 1) -> str:
@@ -55,20 +58,44 @@ def stat_text(stat: Stat | Undefined | None, decimals: int = 1) -> str:
     return text if stat.std is None else f"{text} ± {stat.std:.{decimals}f}"
 
 
-def compare_cell(stat: Stat | Undefined | None, reported: float | None, decimals: int = 1) -> tuple[str, bool]:
+def compare_cell(stat: Stat | Undefined | None, reported: float | None, decimals: int = 1, *,
+                 derived: bool = False, terms: int = 1) -> tuple[str, bool]:
     """"reproduced (reported, delta)" with FLAG when the reported number lies outside the reproduced interval.
 
+    Both numbers are printed with `decimals`, the source's. The reported number stands for every value that
+    rounds to it: half a unit of its last digit, times `terms` for a sum of printed numbers (`derived`).
     Returns the cell text and whether it was flagged.
     """
     text = stat_text(stat, decimals)
     if reported is None:
         return text, False
+    shown = reported_text(reported, decimals, derived)
     if not isinstance(stat, Stat):
-        return f"{text} ({reported_text(reported, decimals)})", False
-    flagged = outside(reported, stat.interval)
+        return f"{text} ({shown})", False
+    flagged = outside(reported, stat.interval, half_unit(decimals) * max(1, terms))
     delta = stat.mean - reported
     flag = f" {FLAG}" if flagged else ""
-    return f"{text} ({reported_text(reported, decimals)}, {delta:+.{decimals}f}){flag}", flagged
+    return f"{text} ({shown}, {delta:+.{decimals}f}){flag}", flagged
+
+
+def derived_terms(rep: Reported, key: str) -> int:
+    """How many printed numbers a derived reported value sums (rsum: the row's printed recalls), else 1."""
+    if key not in rep.derived:
+        return 1
+    if key == "rsum" or key.endswith(".rsum"):
+        prefix = key[: -len("rsum")]
+        return max(1, sum(1 for k in RECALL_COLUMNS if k != "rsum" and f"{prefix}{k}" in rep.values))
+    return 1
+
+
+def compare_reported(stat: Stat | Undefined | None, rep: Reported | None, key: str,
+                     decimals: int = 1) -> tuple[str, bool]:
+    """compare_cell against a registry row's number at `key`, with the decimals its source printed (or
+    `decimals` where the row has no such number)."""
+    if rep is None or rep.values.get(key) is None:
+        return compare_cell(stat, None, decimals)
+    return compare_cell(stat, rep.values[key], rep.places(key), derived=key in rep.derived,
+                        terms=derived_terms(rep, key))
 
 
 def interval_text(interval: tuple[float, float] | None, decimals: int = 1) -> str:

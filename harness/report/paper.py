@@ -8,11 +8,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.registry import Method, Registry, Reported
-from harness.report.columns import column_name, metric_columns, ordered, protocol_title, split_columns
+from harness.report.columns import (
+    column_name,
+    fold_key,
+    metric_columns,
+    ordered,
+    protocol_title,
+    split_columns,
+)
 from harness.report.markdown import (
+    DERIVED,
     FLAG,
     MISSING,
-    compare_cell,
+    compare_reported,
     decimals_for,
     escape,
     image,
@@ -21,15 +29,20 @@ from harness.report.markdown import (
     table,
 )
 from harness.report.plots import RepPoint, reproduced_vs_reported
-from harness.report.runs import RunGroup, Stat, matching_reported
+from harness.report.runs import RunGroup, Stat, matching_rows
 
 LEGEND = (
-    "Cells read `reproduced (reported, delta)`, delta = reproduced − reported; retrained rows show the mean ± "
-    "sample std over seeds. " + FLAG + " marks a reported number that lies outside the reproduced interval even "
-    "after allowing half a unit of its last printed digit: the stored 95% bootstrap interval over queries for "
-    "a single run, mean ± 2 std when several seeds ran (rows without a stored interval are never flagged; the "
-    "*interval* column shows what was used). " + MISSING + " = not reproduced (no finished result); it is "
-    "never a zero. Recalls are in percent and tie-pessimistic (see the dataset reports for the tie bounds). "
+    "Cells read `reproduced (reported, delta)`, delta = reproduced − reported, both with the decimals the source "
+    "printed; retrained rows show the mean ± sample std over seeds. A run fills a reported row only when it is the "
+    "model the row describes: the same variant and the same settings (loss, batch size, objective, ensemble "
+    "members, checkpoint epoch, precision), a row that names no setting describing the default recipe. Imported "
+    "matrices (e.g. the official code's own output) fill cells like runs of ours and say where they came from. "
+    + FLAG + " marks a reported number that lies outside the reproduced interval even after allowing half a unit "
+    "of its last printed digit: the stored 95% bootstrap interval over queries for a single run, mean ± 2 std when "
+    "several seeds ran (rows without a stored interval are never flagged; the *interval* column shows what was "
+    "used). " + DERIVED + " marks a reported-side number the source does not print (the registry summed the "
+    "printed recalls; its slack is the sum of theirs). " + MISSING + " = not reproduced (no finished result); it "
+    "is never a zero. Recalls are in percent and tie-pessimistic (see the dataset reports for the tie bounds). "
     "Numbers come from `results/` only."
 )
 
@@ -59,39 +72,76 @@ def row_label(rep: Reported) -> str:
     return rep.variant + "".join(f", {k}={v}" for k, v in rep.setting.items())
 
 
-def _reported_table(key: tuple[str, str, str], entries: list[Reported], groups: Sequence[RunGroup],
-                    tally: Tally) -> list[str]:
+class _Cells:
+    """Cells of one reported table: each (row, run group) line, compared and counted once per key."""
+
+    def __init__(self, protocol: str, tally: Tally) -> None:
+        self.protocol, self.tally = protocol, tally
+
+    def __call__(self, rep: Reported, g: RunGroup | None, key: str) -> str:
+        if g is None:
+            return compare_reported(None, rep, key, rep.places(key))[0]
+        stat = g.stat(self.protocol, key)
+        text, flagged = compare_reported(stat, rep, key, rep.places(key))
+        _count(self.tally, g, self.protocol, key, stat, rep.values.get(key), flagged)
+        return text
+
+
+def _reported_table(registry: Registry, key: tuple[str, str, str], entries: list[Reported],
+                    groups: Sequence[RunGroup], tally: Tally) -> list[str]:
+    """One row per (reported row, run group that is its model): every metric family of the row left to right;
+    per-fold values in a collapsible table below."""
     _, _, protocol = key
-    columns = ordered(k for rep in entries for k in rep.values)
+    keys = ordered(k for rep in entries for k in rep.values)
+    main = [k for k in keys if fold_key(k) is None]
+    folds = [k for k in keys if fold_key(k) is not None]
     sources = ", ".join(dict.fromkeys(rep.source for rep in entries))
     out = [f"**{protocol_title(protocol)}** (`{protocol}`; reported in {escape(sources)})", ""]
-    for part, cols in split_columns(columns, protocol):
-        pending = []  # (rep, group or None, stats) first, so that decimals can be chosen per column
-        for rep in entries:
-            matched = [g for g in groups if g.matches(rep)]
-            pending += [(rep, g, {c: g.stat(protocol, c) for c in cols}) for g in matched] or [(rep, None, {})]
-        decimals = {c: decimals_for([s.mean for _, _, st in pending if isinstance(s := st.get(c), Stat)]
-                                    + [v for rep in entries if (v := rep.values.get(c)) is not None]) for c in cols}
-        rows = []
-        for rep, g, stats in pending:
-            if g is None:
-                cells = [compare_cell(None, rep.values.get(c), decimals[c])[0] for c in cols]
-                rows.append([escape(row_label(rep)), "not reproduced", *cells, MISSING])
-                continue
-            cells = []
-            for c in cols:
-                text, flagged = compare_cell(stats[c], rep.values.get(c), decimals[c])
-                cells.append(text)
-                _count(tally, g, protocol, c, stats[c], rep.values.get(c), flagged)
-            shown = "rsum" if "rsum" in cols else cols[-1]
-            st = stats[shown]
-            interval = interval_text(st.interval, decimals[shown]) if isinstance(st, Stat) else MISSING
-            basis = f" ({st.basis}, {column_name(shown)})" if isinstance(st, Stat) and st.interval else ""
-            rows.append([escape(row_label(rep)), escape(g.source), *cells, interval + basis])
-        title = [f"*{part}*", ""] if part else []
-        out += title + table(["row", "reproduced by", *[column_name(c) for c in cols], "interval"], rows,
-                             ["l", "l"] + ["r"] * (len(cols) + 1)) + [""]
+    lines: list[tuple[Reported, RunGroup | None]] = []
+    for rep in entries:
+        matched = [g for g in groups if g.matches(rep, registry)]
+        lines += [(rep, g) for g in matched] or [(rep, None)]
+    cell = _Cells(protocol, tally)
+    with_notes = any(rep.note for rep in entries)
+    shown = "rsum" if "rsum" in main else (main[-1] if main else None)
+    rows = []
+    for i, (rep, g) in enumerate(lines):
+        first = i == 0 or lines[i - 1][0] is not rep
+        cells = [cell(rep, g, c) for c in main]
+        interval = MISSING
+        if g is not None and shown is not None:
+            st = g.stat(protocol, shown)
+            if isinstance(st, Stat) and st.interval:
+                interval = (interval_text(st.interval, rep.places(shown))
+                            + f" ({st.basis}, {column_name(shown)})")
+        row = [escape(row_label(rep)), escape(g.source) if g is not None else "not reproduced", *cells, interval]
+        if with_notes:
+            row.append(escape(rep.note) if first and rep.note else "")
+        rows.append(row)
+    header = ["row", "reproduced by", *[column_name(c) for c in main], "interval"] + (["note"] if with_notes else [])
+    out += table(header, rows, ["l", "l"] + ["r"] * (len(main) + 1) + (["l"] if with_notes else [])) + [""]
+    if folds:
+        out += _fold_details(lines, folds, cell)
     return out
+
+
+def _fold_details(lines: Sequence[tuple[Reported, RunGroup | None]], folds: Sequence[str], cell: _Cells) -> list[str]:
+    """The per-fold cells of the table's rows, one line per (row, fold), in a collapsible block."""
+    fold_ids = sorted({fk[0] for k in folds if (fk := fold_key(k)) is not None})
+    metrics = ordered(fk[1] for k in folds if (fk := fold_key(k)) is not None)
+    rows = []
+    for rep, g in lines:
+        for f in fold_ids:
+            if not any(f"folds.{f}.{m}" in rep.values for m in metrics):
+                continue
+            rows.append([escape(row_label(rep)), escape(g.source) if g is not None else "not reproduced", str(f),
+                         *[cell(rep, g, f"folds.{f}.{m}") for m in metrics]])
+    if not rows:
+        return []
+    summary = f"Per-fold values of the rows above (folds {fold_ids[0]}–{fold_ids[-1]})"
+    return ["<details>", f"<summary>{escape(summary)}</summary>", ""] + table(
+        ["row", "reproduced by", "fold", *[column_name(m) for m in metrics]], rows,
+        ["l", "l", "r"] + ["r"] * len(metrics)) + ["", "</details>", ""]
 
 
 def _count(tally: Tally, g: RunGroup, protocol: str, key: str, stat, reported: float | None, flagged: bool) -> None:
@@ -115,13 +165,14 @@ def _summary(tally: Tally) -> list[str]:
                   "not checked (no interval stored)"], rows) + [""]
 
 
-def _unmatched(method: Method, groups: Sequence[RunGroup], registry: Registry) -> list[str]:
-    """Reproduced numbers the paper has no table for (e.g. the demo set, or protocols it did not report)."""
+def _other_runs(groups: Sequence[RunGroup], registry: Registry) -> list[str]:
+    """Runs (per dataset and protocol) that no reported row describes: another setting, dataset or protocol than
+    the paper's tables (e.g. the demo set, or a loss the paper did not report), labelled with their settings."""
     out: list[str] = []
     pairs = sorted({(g.dataset, p) for g in groups for r in g.runs for p in (r.metrics.get("protocols") or {})})
     for dataset, protocol in pairs:
-        rows_groups = [g for g in groups if g.dataset == dataset and g.has_protocol(protocol)
-                       and matching_reported(registry, g, protocol) is None]
+        rows_groups = [g for g in groups if g.dataset == dataset and g.computed(protocol)
+                       and not matching_rows(registry, g, protocol)]
         if not rows_groups:
             continue
         cols = metric_columns(rows_groups, protocol)
@@ -133,23 +184,22 @@ def _unmatched(method: Method, groups: Sequence[RunGroup], registry: Registry) -
                     for g, row in zip(rows_groups, stats)]
             head = f"### {dataset}, {protocol_title(protocol)}" + (f" ({part})" if part else "")
             out += [head, "", f"See [{dataset}.md]({dataset}.md) for efficiency and significance.", ""]
-            out += table(["model", "reproduced by", *[column_name(c) for c in pcols]], rows,
+            out += table(["run (settings)", "reproduced by", *[column_name(c) for c in pcols]], rows,
                          ["l", "l"] + ["r"] * len(pcols)) + [""]
     if out:
-        out = ["## Results without a reported counterpart", ""] + out
+        out = ["## Other runs", "",
+               "Runs that no reported row describes (another dataset, protocol or setting than the paper's tables), "
+               "labelled with their settings.", ""] + out
     return out
 
 
-def _notes(method: Method, reported: Sequence[Reported]) -> list[str]:
+def _notes(method: Method) -> list[str]:
     out = ["## Notes", ""]
     if method.notes:
-        out += ["Known issues of the official code and its reporting (from the registry):", ""]
+        out += ["Known issues of the official code and its reporting (from the registry; notes on single reported "
+                "rows sit beside them in the tables):", ""]
         out += [f"- {escape(n)}" for n in method.notes] + [""]
-    rep_notes = list(dict.fromkeys(f"{rep.table or rep.source}, {row_label(rep)} ({rep.dataset}, {rep.protocol}): "
-                                   f"{rep.note}" for rep in reported if rep.note))
-    if rep_notes:
-        out += ["On individual reported numbers:", ""] + [f"- {escape(n)}" for n in rep_notes] + [""]
-    if len(out) == 2:
+    else:
         out += ["The registry records no known issue for this paper.", ""]
     return out
 
@@ -163,11 +213,15 @@ def paper_report(registry: Registry, method_name: str, groups: Sequence[RunGroup
     tally = Tally()
     body: list[str] = []
     heading = None
-    for key, entries in table_groups(reported):
+    groups_by_table = table_groups(reported)
+    for key, entries in groups_by_table:
         if key[:2] != heading:  # one heading per (table, dataset); one sub-table per protocol below it
             heading = key[:2]
             body += [f"### {escape(key[0])} — {key[1]}", ""]
-        body += _reported_table(key, entries, mine, tally)
+            same_heading = [r for k, rows in groups_by_table if k[:2] == heading for r in rows]
+            for note in dict.fromkeys(r.table_note for r in same_heading if r.table_note):
+                body += [f"> **About this heading:** {escape(note)}", ""]
+        body += _reported_table(registry, key, entries, mine, tally)
     out = [f"# {escape(method.title)}", "", f"{escape(method.venue)} · official code: {escape(method.code)}", "",
            LEGEND, ""]
     if mine:
@@ -183,6 +237,6 @@ def paper_report(registry: Registry, method_name: str, groups: Sequence[RunGroup
         plots.append(plot)
         out += [image(f"{method_name}: reproduced vs reported", f"plots/{plot.name}"), ""]
     out += ["## Reported tables", ""] + (body or ["The registry holds no reported number for this paper.", ""])
-    out += _unmatched(method, mine, registry)
-    out += _notes(method, reported)
+    out += _other_runs(mine, registry)
+    out += _notes(method)
     return "\n".join(out).rstrip() + "\n", plots

@@ -1,11 +1,14 @@
 """Finished evaluation results grouped into report rows, and the statistics of one metric over a row.
 
-A row (`RunGroup`) is one model configuration on one dataset: (method, variant, setting) evaluated either
-from one official checkpoint or retrained from scratch, in which case every seed that ran is one run of the
-row. A metric over a row is a `Stat`: the value of a single run with its stored 95% bootstrap interval, or
-the mean and sample std over seeds with the interval mean +- 2 std.
+A row (`RunGroup`) is one model configuration on one dataset: (method, variant, resolved setting) evaluated
+from one official checkpoint, from one imported matrix (e.g. the official code's own output, with where it
+came from), or retrained from scratch, in which case every seed that ran is one run of the row. Which
+reported rows a row fills is decided by `harness.report.matching`. A metric over a row is a `Stat`: the value
+of a single run with its stored 95% bootstrap interval, or the mean and sample std over seeds with the
+interval mean +- 2 std. Any reported key is looked up in whatever shape the protocol stored it: nested
+("i2t.r1"), flat, per fold ("folds.3.t2i.r5", a list), under the paper's statistic ("sts.stsb" is the stored
+Spearman), or derived from the stored numbers ("rsum_printed", the official 5-fold summary's rsum line).
 """
-
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -16,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from harness.registry import Registry, Reported
+from harness.report.matching import DEFAULT_PRECISION, PRECISION, fact_keys, resolve_run, row_matches, same
 from harness.results import JobResult, ResultStore
 
-OFFICIAL, RETRAINED = "official", "retrained"
+OFFICIAL, RETRAINED, IMPORTED = "official", "retrained", "imported"
 CI_KEYS = ("ci", "ci95")  # where a protocol's bootstrap intervals may be stored
 
 
@@ -53,21 +57,61 @@ def not_defined(node: Any) -> str | None:
 
 
 def get_path(tree: Any, path: str) -> Any:
-    """`tree["a"]["b"]` for path "a.b"; an Undefined where a node on the way says it does not apply."""
+    """`tree["a"]["b"]` for path "a.b" (a list is indexed by a number: "folds.0.i2t.r1"); an Undefined where
+    a node on the way says it does not apply; None where the path does not exist."""
     node: Any = tree
     for part in path.split("."):
         if (reason := not_defined(node)) is not None:
             return Undefined(reason)
-        if not isinstance(node, Mapping) or part not in node:
+        if isinstance(node, Mapping):
+            if part not in node:
+                return None
+            node = node[part]
+        elif isinstance(node, Sequence) and not isinstance(node, str) and part.isdigit():
+            if int(part) >= len(node):
+                return None
+            node = node[int(part)]
+        else:
             return None
-        node = node[part]
     if (reason := not_defined(node)) is not None:
         return Undefined(reason)
     return node
 
 
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def printed_rsum(node: Mapping[str, Any]) -> float | None:
+    """The official 5-fold summary's "rsum" line, 6 x mean over folds of the mean i2t recall (2 x the i2t
+    recall sum); a full-split evaluation prints the true rsum."""
+    folds = node.get("folds")
+    if isinstance(folds, Sequence) and not isinstance(folds, str) and folds:
+        means = []
+        for fold in folds:
+            vals = [_number(get_path(fold, f"i2t.r{k}")) for k in (1, 5, 10)]
+            if any(v is None for v in vals):
+                return None
+            means.append(sum(vals) / 3.0)  # type: ignore[arg-type]
+        return 6.0 * sum(means) / len(means)
+    return _number(node.get("rsum"))
+
+
+# Reported keys that no protocol stores under their own name but that the stored numbers determine.
+DERIVED_KEYS = {"rsum_printed": printed_rsum}
+
+
 # Protocols whose reported numbers ("sts.stsb", "image_retrieval.cub") are one statistic of several we store.
 HEADLINE_GROUP = {"sts": "spearman", "image_retrieval": "r1"}
+
+
+def stored_key(protocol: str, key: str) -> str:
+    """Where a reported key's number is stored: "sts.stsb" -> "spearman.stsb" (the paper's statistic)."""
+    if protocol in HEADLINE_GROUP and key.startswith(f"{protocol}."):
+        return f"{HEADLINE_GROUP[protocol]}.{key[len(protocol) + 1:]}"
+    return key
 
 
 def metric_value(metrics: Mapping[str, Any], protocol: str, key: str) -> float | Undefined | None:
@@ -76,16 +120,18 @@ def metric_value(metrics: Mapping[str, Any], protocol: str, key: str) -> float |
     if node is None or isinstance(node, Undefined):
         return node
     value = get_path(node, key)
-    if value is None and key.startswith(f"{protocol}."):  # e.g. "sts.avg" inside protocol sts
-        rest = key[len(protocol) + 1:]
+    if value is None and isinstance(node, Mapping) and key in node:  # stored flat: {"i2t.r1": ...}
+        value = node[key]
+    rest = key[len(protocol) + 1:] if key.startswith(f"{protocol}.") else key  # "sts.avg" inside protocol sts
+    if value is None and rest != key:
         value = get_path(node, rest)
-        if value is None and protocol in HEADLINE_GROUP:  # the paper's number is the headline statistic
-            value = get_path(node, f"{HEADLINE_GROUP[protocol]}.{rest}")
+    if value is None and protocol in HEADLINE_GROUP:  # the paper's number is the headline statistic
+        value = get_path(node, f"{HEADLINE_GROUP[protocol]}.{rest}")
+    if value is None and key in DERIVED_KEYS and isinstance(node, Mapping):
+        value = DERIVED_KEYS[key](node)
     if isinstance(value, Undefined):
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
+    return _number(value)
 
 
 def _as_interval(value: Any) -> tuple[float, float] | None:
@@ -114,15 +160,17 @@ def stored_interval(metrics: Mapping[str, Any], protocol: str, key: str) -> tupl
 
 @dataclass
 class RunGroup:
-    """One report row: the runs of one (dataset, method, variant, setting, official checkpoint | retrained)."""
+    """One report row: the runs of one (dataset, method, variant, setting, official | retrained | imported)."""
 
     dataset: str
     method: str
     variant: str
-    setting: tuple[tuple[str, Any], ...]
-    kind: str  # OFFICIAL, RETRAINED, or another source name
-    tag: str = ""  # which official checkpoint (run folder name), "" for retrained rows
+    setting: tuple[tuple[str, Any], ...]  # resolved (see harness.report.matching), facts shared by all runs
+    kind: str  # OFFICIAL, RETRAINED, IMPORTED, or another source name
+    tag: str = ""  # which checkpoint / imported matrix (run folder name), "" for retrained rows
     runs: list[JobResult] = field(default_factory=list)
+    baseline: bool = False  # a run of a baseline method (e.g. zero-shot CLIP), shown as such
+    facts: frozenset[str] = frozenset()  # settings that are facts about the runs (the checkpoint epoch)
 
     @property
     def setting_dict(self) -> dict[str, Any]:
@@ -130,12 +178,20 @@ class RunGroup:
 
     @property
     def model(self) -> str:
-        extra = "".join(f", {k}={v}" for k, v in self.setting)
+        """'vsl/sgr, batch_size=32, loss=triplet': the variant and every recipe setting (fp32 precision not named;
+        facts such as the checkpoint epoch are part of `source`)."""
+        extra = "".join(f", {k}={v}" for k, v in self.setting
+                        if k not in self.facts and not (k == PRECISION and v == DEFAULT_PRECISION))
         return f"{self.method}/{self.variant}{extra}"
 
     @property
     def source(self) -> str:
-        """How the numbers were made: 'official checkpoint', 'retrained, 3 seeds (0, 1, 2)'."""
+        """How the numbers were made: 'official checkpoint', 'retrained, 3 seeds (0, 1, 2)', 'imported: ...'."""
+        text = self._source() + "".join(f", {'checkpoint ' if k == 'epoch' else ''}{k} {v}"
+                                         for k, v in self.setting if k in self.facts)
+        return f"baseline: {text}" if self.baseline else text
+
+    def _source(self) -> str:
         if self.kind == OFFICIAL:
             names = sorted({Path(str(r.config["checkpoint"])).name for r in self.runs if r.config.get("checkpoint")})
             suffix = self.tag.rsplit("-", 1)[-1] if self.tag else OFFICIAL
@@ -149,6 +205,9 @@ class RunGroup:
             listed = ", ".join(str(s) for s in seeds)
             return f"retrained, {len(self.runs)} seed{'s' if len(self.runs) != 1 else ''}" + \
                 (f" ({listed})" if listed else "")
+        if self.kind == IMPORTED:
+            where = sorted({provenance_text(r.config.get("provenance")) for r in self.runs} - {""})
+            return "imported matrix" + (f": {'; '.join(where)}" if where else " (provenance not recorded)")
         return self.kind
 
     @property
@@ -157,6 +216,10 @@ class RunGroup:
 
     def has_protocol(self, protocol: str) -> bool:
         return any(get_path(r.metrics, f"protocols.{protocol}") is not None for r in self.runs)
+
+    def computed(self, protocol: str) -> bool:
+        """Whether some run computed the protocol (not only recorded that it does not apply)."""
+        return any(isinstance(get_path(r.metrics, f"protocols.{protocol}"), Mapping) for r in self.runs)
 
     def stat(self, protocol: str, key: str) -> Stat | Undefined | None:
         values = [metric_value(r.metrics, protocol, key) for r in self.runs]
@@ -177,11 +240,24 @@ class RunGroup:
         values = [(r.metrics.get("efficiency") or {}).get(key) for r in self.runs]
         return plain_stat([float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)])
 
-    def matches(self, rep: Reported) -> bool:
-        if (rep.method, rep.variant, rep.dataset) != (self.method, self.variant, self.dataset):
-            return False
-        mine = self.setting_dict
-        return all(mine.get(k) == v for k, v in rep.setting.items())
+    def matches(self, rep: Reported, registry: Registry) -> bool:
+        """Whether this row's runs are the model `rep` describes (variant, dataset and every setting agree)."""
+        return row_matches(registry, rep, self.method, self.variant, self.dataset, self.setting_dict)
+
+
+def provenance_text(provenance: Any) -> str:
+    """Where an imported matrix came from, in a few words: its label or origin, the file name and the start of
+    its sha256 (the import command's {file, sha256, label, ...}); a plain string as it is."""
+    if provenance is None:
+        return ""
+    if not isinstance(provenance, Mapping):
+        return str(provenance)
+    parts = [str(provenance[k]) for k in ("label", "from", "origin", "note") if provenance.get(k)]
+    if provenance.get("file"):
+        parts.append(Path(str(provenance["file"])).name)
+    if provenance.get("sha256"):
+        parts.append(f"sha256 {str(provenance['sha256'])[:12]}")
+    return ", ".join(parts)
 
 
 def plain_stat(nums: Sequence[float]) -> Stat | None:
@@ -193,29 +269,12 @@ def plain_stat(nums: Sequence[float]) -> Stat | None:
 
 
 def resolved_setting(registry: Registry, config: Mapping[str, Any],
-                     recipe: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The run's setting, completed where the config leaves a declared setting implicit: from the training
-    `recipe` of a retrained run (e.g. objective only_contrastive), else from the registry's variant.
-
-    E.g. an ESA* run of two BiGRU members has setting {members: bigru} even when its config does not say so.
-    """
-    setting = dict(config.get("setting") or {})
-    method = registry.methods.get(str(config.get("method")))
-    if method is None:
-        return setting
-    variant = method.variants.get(str(config.get("variant")))
-    for key in method.settings:
-        if key in setting:
-            continue
-        if recipe is not None and key in recipe:
-            setting[key] = recipe[key]
-        elif variant is None:
-            continue
-        elif key == "members" and variant.is_ensemble and len(set(variant.members)) == 1:
-            setting[key] = variant.members[0]
-        elif key in variant.options:
-            setting[key] = variant.options[key]
-    return setting
+                     recipe: Mapping[str, Any] | None = None, store: ResultStore | None = None) -> dict[str, Any]:
+    """The run's setting, every setting of its method resolved from what it stored (harness.report.matching):
+    from the training `recipe` of a retrained run (e.g. objective only_contrastive), else from the registry's
+    recipe and variant. E.g. an ESA* run of two BiGRU members has setting {members: bigru} even when its config
+    does not say so."""
+    return resolve_run(registry, config, store, train_recipe=recipe)
 
 
 def run_kind(config: Mapping[str, Any]) -> str:
@@ -224,6 +283,8 @@ def run_kind(config: Mapping[str, Any]) -> str:
         return OFFICIAL
     if source.startswith("seed"):
         return RETRAINED
+    if source.startswith(IMPORTED):
+        return IMPORTED
     return source or "unknown"
 
 
@@ -239,21 +300,18 @@ def _order_key(registry: Registry, g: RunGroup) -> tuple:
     m_idx = methods.index(g.method) if g.method in methods else len(methods)
     variants = list(registry.methods[g.method].variants) if g.method in registry.methods else []
     v_idx = variants.index(g.variant) if g.variant in variants else len(variants)
-    return (g.dataset, m_idx, g.method, v_idx, g.variant, str(g.setting), g.kind != OFFICIAL, g.kind, g.tag)
-
-
-def _train_recipe(store: ResultStore, config: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The recipe of the training job behind a retrained evaluation (None for official checkpoints)."""
-    name = config.get("train_job")
-    if not name or not (store.job_dir(str(name)) / "config.yaml").is_file():
-        return None
-    recipe = store.load(str(name)).config.get("recipe")
-    return recipe if isinstance(recipe, Mapping) else None
+    kind_idx = {OFFICIAL: 0, IMPORTED: 1, RETRAINED: 2}.get(g.kind, 3)
+    return (g.dataset, m_idx, g.method, v_idx, g.variant, str(g.setting), kind_idx, g.kind, g.tag)
 
 
 def collect_groups(registry: Registry, store: ResultStore, dataset: str | None = None) -> list[RunGroup]:
-    """Every finished evaluation under the store, grouped into rows, in registry order."""
+    """Every finished evaluation under the store, grouped into rows, in registry order.
+
+    Runs share a row when their method, variant, resolved recipe settings and kind agree (seeds of one recipe);
+    facts that differ between seeds (the best epoch) do not split a row: the row keeps the value all its runs
+    share, or none."""
     groups: dict[tuple, RunGroup] = {}
+    facts_of: dict[tuple, list[dict[str, Any]]] = {}
     for res in store.finished():
         cfg = res.config
         if cfg.get("stage") != "evaluate" or not cfg.get("method") or not cfg.get("dataset"):
@@ -261,25 +319,40 @@ def collect_groups(registry: Registry, store: ResultStore, dataset: str | None =
         if dataset is not None and cfg["dataset"] != dataset:
             continue
         kind = run_kind(cfg)
-        tag = res.path.parent.name if kind == OFFICIAL else ""
-        setting = tuple(sorted(resolved_setting(registry, cfg, _train_recipe(store, cfg)).items()))
+        tag = "" if kind == RETRAINED else res.path.parent.name
+        method = registry.methods.get(str(cfg["method"]))
+        facts = fact_keys(method)
+        resolved = resolve_run(registry, cfg, store, res.metrics)
+        setting = tuple(sorted((k, v) for k, v in resolved.items() if k not in facts))
         key = (cfg["dataset"], cfg["method"], str(cfg.get("variant")), setting, kind, tag)
         group = groups.setdefault(key, RunGroup(cfg["dataset"], cfg["method"], str(cfg.get("variant")), setting,
-                                                kind, tag))
+                                                kind, tag, baseline=bool(getattr(method, "baseline", False)),
+                                                facts=facts))
         group.runs.append(res)
+        facts_of.setdefault(key, []).append({k: v for k, v in resolved.items() if k in facts})
+    for key, group in groups.items():
+        runs = facts_of[key]
+        shared = {k: runs[0][k] for k in runs[0] if all(k in r and same(r[k], runs[0][k]) for r in runs)}
+        if shared:
+            group.setting = tuple(sorted([*group.setting, *shared.items()], key=lambda kv: str(kv[0])))
     return sorted(groups.values(), key=lambda g: _order_key(registry, g))
 
 
+def matching_rows(registry: Registry, group: RunGroup, protocol: str) -> list[Reported]:
+    """Every registry row (registry order) that describes the row's model on this dataset and protocol."""
+    return [rep for rep in registry.reported_for(group.method, group.dataset)
+            if rep.protocol == protocol and group.matches(rep, registry)]
+
+
 def matching_reported(registry: Registry, group: RunGroup, protocol: str) -> Reported | None:
-    """The first registry entry (registry order) for the row's model on this dataset and protocol."""
-    for rep in registry.reported_for(group.method, group.dataset):
-        if rep.protocol == protocol and group.matches(rep):
-            return rep
-    return None
+    """The first registry row (registry order) that describes the row's model on this dataset and protocol."""
+    rows = matching_rows(registry, group, protocol)
+    return rows[0] if rows else None
 
 
 def printed_decimals(value: float) -> int:
-    """Decimals a reported number was printed with, as far as the float tells (82.6 -> 1, 0.815 -> 3)."""
+    """Decimals a number needs, as far as the float tells (82.6 -> 1, 0.815 -> 3; 98.0 -> 0: a reported
+    number's printed decimals are its registry row's `places`, not this)."""
     text = repr(float(value))
     if "e" in text or "." not in text:
         return 0
@@ -287,15 +360,21 @@ def printed_decimals(value: float) -> int:
     return 0 if frac == "0" else len(frac)
 
 
+def half_unit(decimals: int) -> float:
+    """Half a unit of the last printed digit (1 decimal -> 0.05): a printed number's rounding slack."""
+    return 0.5 * 10.0 ** -decimals
+
+
 def printed_half_unit(value: float) -> float:
-    """Half a unit of the last printed digit of a reported number (82.6 -> 0.05): its rounding slack."""
-    return 0.5 * 10.0 ** -printed_decimals(value)
+    """Half a unit of the last digit a number needs (82.6 -> 0.05)."""
+    return half_unit(printed_decimals(value))
 
 
-def outside(reported: float, interval: tuple[float, float] | None) -> bool:
-    """True when the printed number, with its rounding slack, lies entirely outside the interval."""
+def outside(reported: float, interval: tuple[float, float] | None, slack: float | None = None) -> bool:
+    """True when the printed number, widened by its rounding slack (default: half a unit of the digits it
+    needs), lies entirely outside the interval."""
     if interval is None:
         return False
     lo, hi = interval
-    slack = printed_half_unit(reported)
+    slack = printed_half_unit(reported) if slack is None else slack
     return reported + slack < lo or reported - slack > hi

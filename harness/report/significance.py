@@ -39,18 +39,25 @@ def load_sims(result_dir: Path) -> np.ndarray | None:
     return None
 
 
-def _block_values(block: np.ndarray, captions_per_image: int) -> np.ndarray:
-    i2t, t2i = count_ranks(block, captions_per_image)
+def _block_values(block: np.ndarray, captions_per_image: int, owner: np.ndarray | None = None) -> np.ndarray:
+    i2t, t2i = count_ranks(block, captions_per_image, image_of_caption=owner)
     a = sum((i2t.pessimistic < k).astype(np.float64) for k in RECALL_KS) * 100.0
     b = sum((t2i.pessimistic < k).astype(np.float64) for k in RECALL_KS) * 100.0
-    return a + b.reshape(-1, captions_per_image).mean(axis=1)
+    if owner is None:
+        return a + b.reshape(-1, captions_per_image).mean(axis=1)
+    # uneven captions per image: each image carries its captions' share of the caption mean, so that the
+    # mean of v over images is still exactly the rsum
+    return a + np.bincount(owner, weights=b, minlength=len(a)) * (len(a) / len(b))
 
 
-def per_image_rsum(sims: np.ndarray, protocol: str,
-                   captions_per_image: int = 5) -> tuple[np.ndarray, np.ndarray | None]:
-    """(v, strata): per-image rsum contributions whose mean is the protocol's rsum; strata = COCO 1K folds."""
+def per_image_rsum(sims: np.ndarray, protocol: str, captions_per_image: int = 5,
+                   owner: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(v, strata): per-image rsum contributions whose mean is the protocol's rsum; strata = COCO 1K folds.
+    `owner` (caption -> image) allows any number of captions per image (not for the COCO 1K folds)."""
     if protocol not in RECALL_PROTOCOLS:
         raise ValueError(f"per-image rsum is defined for {', '.join(RECALL_PROTOCOLS)}, not '{protocol}'")
+    if owner is not None and np.array_equal(owner, np.arange(len(owner)) // captions_per_image):
+        owner = None
     if protocol == "coco1k":
         parts, strata = [], []
         for k, (rows, cols) in enumerate(fold_slices(sims.shape[0], 5, captions_per_image)):
@@ -58,7 +65,8 @@ def per_image_rsum(sims: np.ndarray, protocol: str,
             parts.append(_block_values(block, captions_per_image))
             strata.append(np.full(len(parts[-1]), k))
         return np.concatenate(parts), np.concatenate(strata)
-    return _block_values(check_matrix(np.asarray(sims), captions_per_image), captions_per_image), None
+    sims = check_matrix(np.asarray(sims), captions_per_image, image_of_caption=owner)
+    return _block_values(sims, captions_per_image, owner), None
 
 
 def group_values(runs: Sequence[JobResult], protocol: str) -> tuple[np.ndarray, np.ndarray | None] | None:
@@ -68,7 +76,9 @@ def group_values(runs: Sequence[JobResult], protocol: str) -> tuple[np.ndarray, 
         sims = load_sims(run.path)
         if sims is None:
             return None
-        v, strata = per_image_rsum(sims, protocol)
+        owner_file = run.path / "image_of_caption.npy"
+        owner = np.load(owner_file) if owner_file.is_file() else None
+        v, strata = per_image_rsum(sims, protocol, owner=owner)
         if total is not None and total.shape != v.shape:
             return None
         total = v if total is None else total + v

@@ -298,7 +298,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     from harness.results import write_json
 
     json_out = _output_file(args.json, "--json", [args.sims, args.image_of_caption])
-    sims = load_matrix(args.sims)
+    sims = load_matrix(args.sims, mapped=True)
     mapping = Path(args.image_of_caption) if args.image_of_caption else owner_path(Path(args.sims))
     owner = load_owner(mapping, sims.shape[1]) if (args.image_of_caption or mapping.is_file()) else None
     ids = Path(args.data_root) if args.data_root else None
@@ -338,7 +338,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_check_data(args: argparse.Namespace) -> int:
     from harness.campaign import parse_list
-    from harness.data.checks import check_dataset
+    from harness.checks import check_dataset
 
     registry = _registry(args) if args.dataset not in ("senteval", "image_retrieval") else None
     problems = check_dataset(args.dataset, args.data_root, parse_list(args.splits) or None, layout=args.layout,

@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from harness.protocols import PROTOCOLS, is_defined
+
 console = Console(width=None if sys.stdout.isatty() else 160)  # logs and CI: do not squeeze job names
 errors = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
@@ -74,8 +76,6 @@ def protocol_summary(result: Mapping[str, Any], title: str) -> Table:
 
 def show_protocols(metrics: Mapping[str, Any], title: str) -> None:
     """Every protocol of an evaluation: recall tables, the other families' summaries, "not defined" lines."""
-    from harness.protocols import PROTOCOLS, is_defined
-
     recall = {n: m for n, m in metrics.items() if is_defined(m) and n in PROTOCOLS
               and PROTOCOLS[n].family == "recall"}
     if recall:

@@ -22,10 +22,18 @@ import torch
 
 from harness.adapter import Adapter, parameter_count
 from harness.data.cusa_json import find_split_folder, load_cusa_split
+from harness.data.image_retrieval import (
+    ImageFiles,
+    ImageRetrievalDataError,
+    check_image_retrieval,
+    load_image_retrieval,
+    present_sets,
+)
 from harness.data.matrices import OWNER, owner_path
 from harness.data.precomp import candidate_dirs
 from harness.metrics.coco_captions import coco_ids_of_columns
 from harness.metrics.ids import CocoTestIds
+from harness.metrics.image_retrieval import image_retrieval_protocol
 from harness.precision import check_precision
 from harness.protocols import BOOTSTRAP, EvalInputs, run_protocols, wanted
 from harness.registry import Method, RegistryError
@@ -301,15 +309,6 @@ def image_retrieval_runner(adapter: Adapter, batch_size: int) -> Callable[[Path]
         return None
 
     def run(root: Path) -> dict[str, Any]:
-        from harness.data.image_retrieval import (
-            ImageFiles,
-            ImageRetrievalDataError,
-            check_image_retrieval,
-            load_image_retrieval,
-            present_sets,
-        )
-        from harness.metrics.image_retrieval import image_retrieval_protocol
-
         names, absent = present_sets(root)
         if not names:
             raise ImageRetrievalDataError(f"{root}: no image retrieval set found (" + "; ".join(absent.values()) + ")")

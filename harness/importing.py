@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from harness.data.matrices import MatrixFileError, load_matrix, load_owner
+from harness.data.precomp import DataError, load_precomp
 from harness.evaluation import EvalSettings, MatrixOutput, SplitSpec, evaluate_matrix
 from harness.metrics.recall import MatrixError, owners
 from harness.registry import Registry, RegistryError, load_registry
@@ -37,8 +38,6 @@ def _split_size(data_root: Path | None, dataset: str, split: str) -> int | None:
     """Images in the split's data files, when a data folder is given (the matrix must have as many rows)."""
     if data_root is None:
         return None
-    from harness.data.precomp import DataError, load_precomp
-
     try:
         return len(load_precomp(data_root, split, dataset).images)
     except DataError:

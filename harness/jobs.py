@@ -261,15 +261,34 @@ def _lock(job_dir: Path, main: bool) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             f.seek(0)
-            raise JobLocked(f"{job_dir}: already running ({f.read().strip() or 'another process'})") from exc
+            raise JobLocked(f"{job_dir}: running elsewhere ({f.read().strip() or 'another process'})") from exc
         f.seek(0)
         f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.write(f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         f.flush()
         try:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def lock_holder(job_dir: str | Path) -> str | None:
+    """Who runs this job right now ("host H, pid P, since T"), when another process holds its lock; else None."""
+    path = Path(job_dir) / ".lock"
+    if not path.is_file():
+        return None
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            return f.read().strip() or "another process"
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
 
 
 def _kill_hook(kind: str) -> Callable[[], None]:

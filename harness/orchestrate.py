@@ -24,14 +24,15 @@ from rich.table import Table
 from rich.text import Text
 
 from harness.campaign import Campaign
-from harness.data.checks import check_dataset
+from harness.checks import check_dataset
 from harness.data.demo import build_demo, build_demo_images
 from harness.display import console, say
 from harness.executors import make_executor
 from harness.executors.base import Executor, Outcome, StopFlag, Task
-from harness.jobs import RunSettings, is_cached, reset_job
+from harness.jobs import RunSettings, is_cached, lock_holder, reset_job
 from harness.plan import Job, Plan, build_plan, data_layout
 from harness.registry import RegistryError, load_registry
+from harness.report import write_reports
 from harness.results import ResultStore
 from harness.status import format_seconds, read_status
 
@@ -116,10 +117,13 @@ def plan_table(plan: Plan, store: ResultStore, force: set[str] | bool = False) -
 
 # ---- running ----------------------------------------------------------------------------------------
 
+BLOCKING = ("failed", "skipped", "interrupted", "elsewhere")  # states whose dependents cannot run
+
+
 @dataclass
 class _Row:
     job: Job
-    state: str  # cached | waiting | running | done | failed | skipped | interrupted
+    state: str  # cached | waiting | running | done | failed | skipped | interrupted | elsewhere
     submitted: float | None = None
     ended: float | None = None
     note: str = ""
@@ -157,7 +161,8 @@ class Scheduler:
                     self.executor.cancel()
                 if not cancelled:
                     self.skip_blocked()
-                    ready = [r for r in self.rows.values() if r.state == "waiting" and self.deps_done(r.job)]
+                    ready = [r for r in self.rows.values() if r.state == "waiting" and self.deps_done(r.job)
+                             and not self.held_elsewhere(r)]
                     for task in self.executor.start([self.task(r.job) for r in ready]):
                         self.mark_started(task)
                 for outcome in self.executor.wait(self.poll):
@@ -179,8 +184,16 @@ class Scheduler:
         for r in self.rows.values():
             if r.state in ("waiting", "running"):
                 r.state, r.note = "interrupted", "not run (stopped)"
-        return {name: r.note or r.state for name, r in self.rows.items()
-                if r.state in ("failed", "skipped", "interrupted")}
+        return {name: r.note or r.state for name, r in self.rows.items() if r.state in BLOCKING}
+
+    def held_elsewhere(self, row: _Row) -> bool:
+        """Another orchestrator (or a requeued Slurm job) runs this job now: not a failure; shown with who and since."""
+        holder = lock_holder(self.store.job_dir(row.job.name))
+        if holder is None:
+            return False
+        row.state, row.note = "elsewhere", f"running elsewhere ({holder})"
+        self.say(f"{row.job.name}: {row.note}; not started here", "yellow")
+        return True
 
     def mark_started(self, task: Task) -> None:
         row = self.rows[task.name]
@@ -198,8 +211,7 @@ class Scheduler:
             for r in self.rows.values():
                 if r.state != "waiting":
                     continue
-                bad = [d for d in r.job.depends if self.rows.get(d) and self.rows[d].state in
-                       ("failed", "skipped", "interrupted")]
+                bad = [d for d in r.job.depends if self.rows.get(d) and self.rows[d].state in BLOCKING]
                 if bad:
                     r.state, r.note, changed = "skipped", f"needs {', '.join(bad)}", True
                     self.say(f"skip {r.job.name} (needs {', '.join(bad)})", "yellow")
@@ -213,6 +225,8 @@ class Scheduler:
         elif outcome.interrupted:
             row.state, row.note = "interrupted", outcome.error
             self.say(f"stopped {outcome.name}: {outcome.error}", "yellow")
+        elif self.held_elsewhere(row):
+            pass
         else:
             row.state, row.note = "failed", outcome.error.splitlines()[-1] if outcome.error else "failed"
             body = "\n".join("    " + line for line in outcome.error.splitlines())
@@ -231,7 +245,7 @@ class Scheduler:
         rows = list(self.rows.values())
         shown = rows
         if len(rows) > MAX_TABLE_ROWS:
-            shown = [r for r in rows if r.state in ("running", "failed", "interrupted")]
+            shown = [r for r in rows if r.state in ("running", "failed", "interrupted", "elsewhere")]
             shown += [r for r in rows if r.state == "waiting"][:max(0, MAX_TABLE_ROWS - len(shown))]
         for r in shown:
             state, progress, eta, elapsed = self.describe(r)
@@ -245,7 +259,7 @@ class Scheduler:
 
     def describe(self, r: _Row) -> tuple[Text, str, str, str]:
         styles = {"done": "green", "cached": "green", "failed": "red", "skipped": "yellow",
-                  "interrupted": "yellow", "running": "bold cyan"}
+                  "interrupted": "yellow", "elsewhere": "yellow", "running": "bold cyan"}
         if r.state != "running":
             elapsed = format_seconds(r.ended - r.submitted) if r.ended and r.submitted else ""
             return Text(r.state, style=styles.get(r.state, "")), r.note, "", elapsed
@@ -321,8 +335,6 @@ def run_campaign(campaign: Campaign) -> int:
         return 130
     finally:
         signal.signal(signal.SIGINT, previous)
-    from harness.report import write_reports
-
     try:
         for path in write_reports(campaign.results, campaign.reports, dataset=plan.jobs[0].dataset,
                                   registry=load_registry(*campaign.registry_files)):
@@ -331,7 +343,7 @@ def run_campaign(campaign: Campaign) -> int:
         say(f"report failed: {type(exc).__name__}: {exc}", "red")
         problems.setdefault("report", str(exc))
     if problems:
-        say(f"{len(problems)} job(s) failed, skipped or stopped:", "red")
+        say(f"{len(problems)} job(s) did not finish here:", "red")
         for name, why in problems.items():
             say(f"  {name}: {why}")
         if stop():

@@ -24,6 +24,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from harness.data.cusa_json import find_split_folder
+from harness.data.precomp import DataError, resolve_precomp_dir
 from harness.jobconfig import JobConfig
 from harness.registry import Registry, RegistryError
 
@@ -135,16 +137,12 @@ def split_files(data_root: str | Path, dataset: str, split: str, layout: str = "
     """The files a job reading `split` of `dataset` depends on."""
     root = Path(data_root)
     if layout == "precomp":
-        from harness.data.precomp import DataError, resolve_precomp_dir
-
         try:
             folder = resolve_precomp_dir(root, split, dataset)
         except DataError:
             return []
         return sorted(p for p in folder.iterdir() if p.is_file() and p.name.startswith(f"{split}_"))
     if layout == "cusa_json":  # the json and the teacher features (images are named by the json, not hashed)
-        from harness.data.cusa_json import find_split_folder
-
         folder = find_split_folder(root, split, dataset)
         return [] if folder is None else [p for p in (folder / f"new_{split}.json", folder / f"{split}_unicom.npz")
                                           if p.is_file()]

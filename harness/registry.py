@@ -17,12 +17,11 @@ from typing import Any
 import yaml
 
 from harness.errors import ItrbenchError
+from harness.protocols import PROTOCOLS
 
 # The project's registry: the top-level registry.yaml, shipped inside the package as harness/registry.yaml
 # (a link in a checkout, a copy in an installed wheel).
 REGISTRY_PATH = Path(__file__).resolve().with_name("registry.yaml")
-
-PROTOCOLS = ("coco1k", "coco5k", "f30k1k", "eccv", "cxc", "sts", "image_retrieval", "recall")
 
 
 class RegistryError(ItrbenchError):

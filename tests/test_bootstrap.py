@@ -38,15 +38,50 @@ def test_weights_are_the_resampled_index_counts():
 
 def test_interval_matches_an_explicit_loop_and_is_seeded():
     rng = np.random.default_rng(0)
-    hits = 100.0 * (rng.random(800) < 0.4)
+    scores = rng.random(800) * 100.0  # all distinct: the units themselves are resampled
     draws = _draws(800, 1000, seed=5)
-    means = np.array([hits[d].mean() for d in draws])
-    lo, hi = bootstrap_ci(hits, n=1000, seed=5)
+    means = np.array([scores[d].mean() for d in draws])
+    lo, hi = bootstrap_ci(scores, n=1000, seed=5)
     assert (lo, hi) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])))
-    assert bootstrap_ci(hits, n=1000, seed=5) == (lo, hi)
-    assert bootstrap_ci(hits, n=1000, seed=6) != (lo, hi)
-    half = 1.96 * np.sqrt(40 * 60 / 800)  # normal approximation of a proportion in percent
-    assert hi - lo == pytest.approx(2 * half, rel=0.12)
+    assert bootstrap_ci(scores, n=1000, seed=5) == (lo, hi)
+    assert bootstrap_ci(scores, n=1000, seed=6) != (lo, hi)
+
+
+def test_hit_indicators_are_resampled_by_category_with_the_same_distribution():
+    """0/100 hits take two values: the draws are made per category (a multinomial), which is the query
+    bootstrap in distribution: the resampled mean is 100/Q times a Binomial(Q, p) count."""
+    rng = np.random.default_rng(0)
+    q, p = 800, 0.4
+    hits = 100.0 * (rng.random(q) < p)
+    p_hat = hits.mean() / 100.0
+    (means,) = bs.resampled_means([(hits, None)], q, n=20000, seed=5)
+    counts = means * q / 100.0
+    assert np.allclose(counts, np.round(counts))  # whole numbers of hits drawn
+    assert counts.mean() == pytest.approx(q * p_hat, rel=0.005)
+    assert counts.var() == pytest.approx(q * p_hat * (1 - p_hat), rel=0.05)
+    explicit = np.array([hits[d].mean() for d in _draws(q, 4000, seed=9)])
+    lo, hi = bootstrap_ci(hits, n=4000, seed=5)
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(explicit, [2.5, 97.5])), abs=0.75)
+    half = 1.96 * np.sqrt(100 * 100 * p_hat * (1 - p_hat) / q)  # normal approximation of a proportion in percent
+    assert hi - lo == pytest.approx(2 * half, rel=0.08)
+    assert bootstrap_ci(hits, n=1000, seed=5) == bootstrap_ci(hits, n=1000, seed=5)
+
+
+def test_category_draws_keep_strata_and_joint_units():
+    """Per-image rsum contributions (few distinct values) with COCO 1K-like strata: category draws give the
+    same interval as explicit per-stratum draws of images with their captions, up to Monte Carlo error."""
+    rng = np.random.default_rng(4)
+    n_img = 500
+    i2t = rng.integers(0, 4, n_img) * 100.0
+    t2i = rng.integers(0, 4, 5 * n_img) * 100.0
+    units, strata = np.arange(5 * n_img) // 5, np.arange(n_img) // 100
+    lo, hi = rsum_ci(i2t, t2i, i2t_units=np.arange(n_img), t2i_units=units, strata=strata, n=4000, seed=1)
+    draw_rng, ref = np.random.default_rng(2), []
+    for _ in range(4000):
+        d = np.concatenate([s * 100 + draw_rng.integers(0, 100, 100) for s in range(5)])
+        ref.append(i2t[d].mean() + t2i[(d[:, None] * 5 + np.arange(5)).ravel()].mean())
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(ref, [2.5, 97.5])), abs=1.5)
+    assert hi - lo == pytest.approx(np.subtract(*np.percentile(ref, [97.5, 2.5])), rel=0.06)
 
 
 def test_strata_keep_group_sizes():
@@ -106,8 +141,10 @@ def test_summarize_and_compare_shapes():
     assert lo < out["rsum"]["coco_5k"] < hi
     assert out["queries"] == {"i2t": {"coco_5k": 100}, "t2i": {"coco_5k": 500}}
     assert out["tie_affected_queries"]["i2t"]["coco_5k"] == 0
-    alone = bootstrap_ci(i2t[:, 1], n=300, seed=0)
-    assert out["ci95"]["i2t"]["coco_5k_r5"] == pytest.approx(list(alone))  # metrics share resamples
+    # resampled jointly with the other metrics of its units; alone: the same bootstrap up to Monte Carlo error
+    lo5, hi5 = out["ci95"]["i2t"]["coco_5k_r5"]
+    assert lo5 < i2t[:, 1].mean() < hi5
+    assert [lo5, hi5] == pytest.approx(list(bootstrap_ci(i2t[:, 1], n=300, seed=0)), abs=3.0)
     assert "ci95" not in summarize(groups, n=0)
     worse = [_group("i2t", "coco_5k", np.where(rng.random((100, 3)) < 0.5, 0.0, i2t), np.arange(100))]
     cmp = compare(groups, worse, n=300, seed=0)

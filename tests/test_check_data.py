@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from harness.checks import check_dataset
 from harness.cli import main
-from harness.data.checks import check_dataset
 from harness.data.cusa_json import check_cusa_json
 from harness.data.image_retrieval import check_image_retrieval
 from harness.data.precomp import DataError, check_precomp, load_precomp

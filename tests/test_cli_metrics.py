@@ -39,3 +39,18 @@ def test_h5_input_and_bad_inputs(tmp_path, capsys):
     assert main(["metrics", "--sims", str(tmp_path / "nan.npy"), "--protocol", "f30k1k"]) == 2
     assert "NaN" in capsys.readouterr().err
     assert main(["metrics", "--sims", str(tmp_path / "missing.npy"), "--protocol", "f30k1k"]) == 2
+
+
+def test_metrics_and_help_never_import_torch(tmp_path):
+    """`metrics` on numpy files is numpy work: a fresh process never imports torch, transformers or open_clip."""
+    import subprocess
+    import sys
+
+    sims = tmp_path / "sims.npy"
+    np.save(sims, np.eye(4, 20, dtype=np.float32))
+    probe = ("import sys\nfrom harness.cli import main\ntry:\n    code = main(sys.argv[1:])\n"
+             "except SystemExit as exc:\n    code = exc.code\n"
+             "print(sorted(m for m in ('torch', 'transformers', 'open_clip') if m in sys.modules), code)")
+    for args in (["metrics", "--sims", str(sims), "--protocol", "recall", "--bootstrap", "0"], ["--help"]):
+        out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True)
+        assert out.stdout.strip().splitlines()[-1] == "[] 0", (args, out.stdout[-500:], out.stderr[-500:])

@@ -34,6 +34,7 @@ from hypothesis.extra import numpy as hnp
 from harness.checkpoints import load_container
 from harness.data.cusa_json import check_cusa_json, load_cusa_split, load_image
 from harness.data.image_retrieval import load_inaturalist, load_inshop, load_sop
+from harness.data.matrices import load_matrix
 from harness.data.precomp import check_precomp, load_precomp
 from harness.data.senteval import read_sick, read_sts_subset, read_stsb
 from harness.errors import CorruptFileWarning, ItrbenchError
@@ -456,3 +457,37 @@ def test_tile_caches(data):
                 assert f["done"].shape == (2, 2)
 
         holds(read, [path], valid, memory=False)
+
+
+# ---- similarity matrices (`metrics --sims`, `evaluate` outputs) ----------------------------------------
+
+def _matrix_bytes(suffix: str) -> bytes:
+    sims = np.arange(12, dtype=np.float32).reshape(3, 4) / 12
+    buf = io.BytesIO()
+    if suffix == ".npy":
+        np.save(buf, sims)
+    elif suffix == ".npz":
+        np.savez(buf, sims=sims)
+    elif suffix == ".pt":
+        torch.save({"sims": torch.from_numpy(sims)}, buf)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            with h5py.File(Path(tmp) / "m.h5", "w") as f:
+                f["sims"] = sims
+            return (Path(tmp) / "m.h5").read_bytes()
+    return buf.getvalue()
+
+
+@fuzz(40)
+@given(suffix=st.sampled_from([".npy", ".npz", ".pt", ".h5"]), data=st.data())
+def test_matrix_files(suffix, data):
+    blob = data.draw(mutated(_matrix_bytes(suffix)))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"sims{suffix}"
+        path.write_bytes(blob)
+
+        def valid(arr: np.ndarray) -> None:
+            assert arr.ndim == 2 and arr.dtype in (np.float32, np.float64)
+            assert arr.nbytes <= 2 * len(blob) + (1 << 20)
+
+        holds(lambda: load_matrix(path), [path], valid, memory=suffix in (".npy", ".npz"))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -111,6 +114,43 @@ def test_failed_job_shows_its_error_and_does_not_stop_independent_jobs(tmp_path,
     np.testing.assert_allclose(np.load(results / "tiny-pair-official" / "eval" / "sims.npy"), (sims[0] + sims[1]) / 2,
                                rtol=1e-6)
     assert not np.allclose(sims[0], sims[1])
+
+
+def test_a_job_locked_by_another_process_shows_running_elsewhere(tmp_path, out):
+    campaign(tmp_path)
+    ck = tmp_path / "checkpoints" / "tiny" / "a" / "demo"
+    ck.mkdir(parents=True)
+    write_official(ck / "a.pth", 1)
+    write_official(ck / "a2.pth", 2)
+    held = tmp_path / "results" / "demo" / "tiny-a-official" / "eval"
+    held.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(held / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(run_args(tmp_path, "--stage", "evaluate")) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    text = " ".join(out.export_text().split())
+    assert f"demo/tiny-a-official/eval: running elsewhere (host {socket.gethostname()}, pid {holder.pid}, since" in text
+    assert "failed demo/tiny-a-official/eval" not in text
+    assert "skip demo/tiny-pair-official/eval (needs demo/tiny-a-official/eval)" in text
+    assert (tmp_path / "results" / "demo" / "tiny-a-official2" / "eval" / "metrics.json").is_file()
+    assert not (held / "metrics.json").exists() and not (held / "config.yaml").exists()  # nothing written into it
+    assert main(run_args(tmp_path, "--stage", "evaluate")) == 0  # the other process is gone: the job runs here
+
+
+# a second process holding a job's lock the way a running job does
+HOLD_LOCK = """
+import fcntl, os, socket, sys, time
+f = open(sys.argv[1], "a+")
+fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+f.truncate(0)
+f.write(f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\\n")
+f.flush()
+print("locked", flush=True)
+time.sleep(600)
+"""
 
 
 @pytest.mark.parametrize("change, expected", [

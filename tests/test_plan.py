@@ -174,7 +174,7 @@ def test_task_round_trips_through_json(setup):
 def test_pixel_methods_read_and_fingerprint_the_cusa_json_layout(tmp_path):
     """CUSA jobs on coco depend on new_{split}.json and the teacher features, not on precomp files, and
     check-data looks for the json layout for them."""
-    from harness.data.checks import check_dataset
+    from harness.checks import check_dataset
     from harness.plan import data_layout
     from harness.registry import load_registry
 

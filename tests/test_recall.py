@@ -91,8 +91,17 @@ def test_summary_definitions():
 def test_nan_and_shape_errors():
     sims = random_sims(4, 0)
     sims[1, 3] = np.nan
-    with pytest.raises(MatrixError, match="NaN"):
+    with pytest.raises(MatrixError, match="1 NaN or infinite"):
         full_recall(sims)
+    for bad in (np.inf, -np.inf):  # in the last block of rows and in a COCO 1K-style fold
+        big = random_sims(40, 1)
+        big[39, 196] = bad
+        with pytest.raises(MatrixError, match="1 NaN or infinite"):
+            full_recall(big)
+        with pytest.raises(MatrixError, match="fold 4 of the similarity matrix: 1 NaN"):
+            fold_recall(big)
+    huge = random_sims(40, 2) * np.float32(3e37)  # finite scores whose sum overflows: accepted
+    assert np.isfinite(full_recall(huge)["rsum"])
     with pytest.raises(MatrixError, match="captions per image"):
         full_recall(np.zeros((4, 19), np.float32))
     with pytest.raises(MatrixError, match="COCO 5K needs 5000 images, this matrix has 4"):

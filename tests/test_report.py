@@ -412,3 +412,22 @@ def test_runs_of_a_baseline_method_show_as_baseline_rows(tmp_path):
     rec = section((tmp_path / "reports" / "toy.md").read_text(), "## recall")
     assert table_row(rec, "zs/b32")[1].startswith("baseline: official checkpoint")
     assert table_row(rec, "alpha/a")[1].startswith("official checkpoint")
+
+
+def test_a_nan_rsum_is_never_best_is_listed_last_and_marked(tmp_path):
+    rng = np.random.default_rng(3)
+    store = ResultStore(tmp_path / "results")
+    n = 30
+    broken = compute_protocol("recall", _sims(rng, n, 3.0), bootstrap=0)
+    broken["rsum"] = float("nan")  # e.g. a diverged model whose matrix held NaN
+    for run, variant, block in (("alpha-a-official", "a", broken),
+                                ("alpha-b-official", "b", compute_protocol("recall", _sims(rng, n, 0.5), bootstrap=0))):
+        add_eval(store, "toy", run, {"method": "alpha", "variant": variant, "source": "official"}, {"recall": block},
+                 sims=_sims(rng, n, 1.0))
+    write_reports(tmp_path / "results", tmp_path / "reports", registry=registry())
+    rec = section((tmp_path / "reports" / "toy.md").read_text(), "## recall")
+    header = table_row(rec, "model")
+    models = [ln.split(" | ")[0].strip("| ") for ln in rec.splitlines() if ln.startswith("| alpha/")]
+    assert models == ["alpha/b", "alpha/a"]  # registry order puts a first; its NaN rsum sends it last
+    a, b = dict(zip(header, table_row(rec, "alpha/a"))), dict(zip(header, table_row(rec, "alpha/b")))
+    assert a["p vs best (rsum)"] == "not ranked: rsum is not finite" and b["p vs best (rsum)"] == "best"

@@ -15,10 +15,12 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
+from math import comb
 from pathlib import Path
 
 import numpy as np
 
+from harness.data.demo_images import write_demo_split
 from harness.results import save_npy, write_text
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "demo"
@@ -83,8 +85,6 @@ def build_demo_images(root: str | Path) -> Path:
 
     Small SYNTHETIC images drawn from each image's captions (harness.data.demo_images), same splits and
     captions as the region-feature form, for methods with a pixel tower."""
-    from harness.data.demo_images import write_demo_split
-
     folder = Path(root) / "demo" / "cusa"
     stamp = folder / "VERSION"
     if stamp.is_file() and stamp.read_text().strip() == VERSION:
@@ -99,8 +99,6 @@ def build_demo_images(root: str | Path) -> Path:
 
 def chance_rsum(n_images: int, captions_per_image: int = 5) -> float:
     """Expected rsum of a random scorer: i2t hits if any of k positives is in the top K of k*N captions."""
-    from math import comb
-
     n_cap = captions_per_image * n_images
     total = 0.0
     for K in (1, 5, 10):

@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from harness import distributed
+from harness.jobs import JobContext, RunSettings, registry_from, run_job
 from harness.plan import Job
+from harness.results import ResultStore, write_text
 
 INTERRUPTED_EXIT = 75  # a worker that stopped on request after saving its progress (EX_TEMPFAIL)
 TASK_FILE = "task.json"
@@ -41,14 +44,10 @@ class Task:
 
     @classmethod
     def from_json(cls, text: str) -> Task:
-        from harness.jobs import RunSettings
-
         d = json.loads(text)
         return cls(Job.from_dict(d["job"]), RunSettings.from_dict(d["settings"]), int(d.get("processes", 1)))
 
     def write(self) -> Path:
-        from harness.results import write_text
-
         path = self.job_dir() / TASK_FILE
         write_text(path, self.to_json())
         return path
@@ -97,10 +96,6 @@ def resolve_device(settings: Any) -> str:
 def execute_task(task: Task, should_stop: Callable[[], bool] | None = None,
                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run one task in this process (one rank of it, under a multi-process launcher)."""
-    from harness import distributed
-    from harness.jobs import JobContext, registry_from, run_job
-    from harness.results import ResultStore
-
     settings = task.settings
     registry = registry_from(settings.registry)
     device = resolve_device(settings)

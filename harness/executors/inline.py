@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from harness.executors.base import Executor, Outcome, StopFlag, Task, execute_task
+from harness.jobs import JobInterrupted
 from harness.status import error_lines
 
 
@@ -26,8 +27,6 @@ class InlineExecutor(Executor):
         if not tasks or self.stop():
             return []
         task = tasks[0]
-        from harness.jobs import JobInterrupted
-
         self.started(task)
         try:
             execute_task(task, should_stop=self.stop)

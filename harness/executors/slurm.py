@@ -27,6 +27,7 @@ from typing import Any
 import submitit
 
 from harness.executors.base import Executor, Outcome, StopFlag, Task, execute_task
+from harness.jobs import JobInterrupted
 from harness.status import error_lines
 
 OPTIONS = ("partition", "account", "qos", "constraint", "timeout_min", "cpus_per_task", "mem_gb",
@@ -39,8 +40,6 @@ class JobRunner(submitit.helpers.Checkpointable):
     resumes from the job's own checkpoint files; by then the job has saved them at a step boundary."""
 
     def __call__(self, task: Task) -> str:
-        from harness.jobs import JobInterrupted
-
         if task.processes > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=True)
         env = submitit.JobEnvironment()

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.executors.base import INTERRUPTED_EXIT, StopFlag, Task, execute_task
+from harness.jobs import JobInterrupted
 from harness.status import read_status
 
 
@@ -25,8 +26,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     task = Task.from_json(Path(argv[0]).read_text())
     stop = StopFlag()
     stop.install([signal.SIGTERM, signal.SIGUSR2])
-    from harness.jobs import JobInterrupted
-
     try:
         execute_task(task, should_stop=stop, log=lambda msg: None)
     except JobInterrupted:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from harness.checks import check_dataset
 from harness.fetch import archive, drive
 from harness.fetch.download import download
 from harness.fetch.errors import ArchiveError, FetchError, IntegrityError, SourceError
@@ -43,8 +44,6 @@ def fetch_data(name: str, data_root: Path, *, registry: Registry, console: Conso
         splits = list(splits or dict.fromkeys(["train", ds.validation_split, ds.split]))
 
     def problems() -> list[str]:
-        from harness.data.checks import check_dataset
-
         if name == "senteval":
             return check_dataset("senteval", data_root / src.target)
         return check_dataset(name, data_root, list(splits or ()))

@@ -61,29 +61,78 @@ def resample_weights(n_units: int, n: int = DEFAULT_RESAMPLES, seed: int = 0,
         done += c
 
 
+def category_weights(category: np.ndarray, n: int = DEFAULT_RESAMPLES, seed: int = 0,
+                     strata: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """Yield (chunk, categories) counts, n rows in all: how many of each resample's draws fall in each category.
+
+    `category[u]` names unit u's category (units of one category are interchangeable: same values, same
+    stratum). Drawing units with replacement and counting per category is a multinomial draw with the
+    categories' shares as probabilities, so this is the unit bootstrap exactly, in distribution, at a cost
+    that grows with the number of categories, not of units."""
+    category = np.asarray(category)
+    n_cat = int(category.max()) + 1 if category.size else 0
+    rng = np.random.default_rng(seed)
+    groups = [(members.size, np.bincount(category[members], minlength=n_cat)) for members in
+              _groups(category.size, strata)]
+    done = 0
+    while done < n:
+        c = min(_CHUNK, n - done)
+        w = np.zeros((c, n_cat), dtype=np.float64)
+        for size, members_per_cat in groups:
+            present = np.flatnonzero(members_per_cat)
+            w[:, present] += rng.multinomial(size, members_per_cat[present] / size, size=c)
+        yield w
+        done += c
+
+
+COLLAPSE = 8  # resample categories instead of units when there are at least this many units per category
+
+
 def resampled_means(jobs: Sequence[tuple[np.ndarray, np.ndarray | None]], n_units: int,
                     n: int = DEFAULT_RESAMPLES, seed: int = 0, strata: np.ndarray | None = None) -> list[np.ndarray]:
     """Bootstrap means of several per-query value arrays under one shared set of resamples.
 
     Each job is (values (Q,) or (Q, M), units (Q,) or None): `units[q]` is the unit query q belongs to
     (None: the queries are the units, Q == n_units). Returns one (n,) or (n, M) array per job.
+
+    A resample weights unit u by how often it was drawn, w_u, and each job's mean is then
+    sum_u w_u S_u / sum_u w_u c_u, with S_u the sum of the unit's query values and c_u its number of queries.
+    Units with identical (S, c) in every job and the same stratum are interchangeable; when they are few
+    (hit indicators take a handful of values), the draws are made per category (`category_weights`),
+    which is the same bootstrap in distribution and hundreds of times cheaper on 25,000 queries.
     """
-    prepared = []
+    sums, counts, squeeze = [], [], []
     for values, units in jobs:
         v = np.asarray(values, dtype=np.float64)
-        squeeze = v.ndim == 1
-        v = v[:, None] if squeeze else v
-        if units is None and v.shape[0] != n_units:
-            raise ValueError(f"{v.shape[0]} queries but {n_units} resampling units and no units mapping")
-        prepared.append((v, None if units is None else np.asarray(units), squeeze))
-    outs: list[list[np.ndarray]] = [[] for _ in prepared]
-    for w in resample_weights(n_units, n, seed, strata):
-        for out, (v, units, _) in zip(outs, prepared):
-            wq = w if units is None else w[:, units]
-            total = wq.sum(axis=1, keepdims=True)
+        squeeze.append(v.ndim == 1)
+        v = v[:, None] if v.ndim == 1 else v
+        if units is None:
+            if v.shape[0] != n_units:
+                raise ValueError(f"{v.shape[0]} queries but {n_units} resampling units and no units mapping")
+            sums.append(v)
+            counts.append(np.ones(n_units))
+        else:
+            units = np.asarray(units)
+            sums.append(np.stack([np.bincount(units, weights=col, minlength=n_units) for col in v.T], axis=1))
+            counts.append(np.bincount(units, minlength=n_units).astype(np.float64))
+    strata_col = np.zeros(n_units) if strata is None else np.asarray(strata, dtype=np.float64)
+    if strata_col.shape != (n_units,):
+        raise ValueError(f"strata must give one stratum per unit ({n_units}), got shape {strata_col.shape}")
+    features = np.column_stack([*sums, *counts, strata_col])
+    _, first, category = np.unique(features, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # categories in order of first appearance: independent of the values' sort order
+    first, category = first[order], np.argsort(order)[category.reshape(-1)]
+    if len(first) * COLLAPSE <= n_units:
+        sums, counts = [s[first] for s in sums], [c[first] for c in counts]
+        weights = category_weights(category, n, seed, None if strata is None else strata_col[first][category])
+    else:
+        weights = resample_weights(n_units, n, seed, strata)
+    outs: list[list[np.ndarray]] = [[] for _ in sums]
+    for w in weights:
+        for out, s, c in zip(outs, sums, counts):
             with np.errstate(invalid="ignore", divide="ignore"):
-                out.append((wq @ v) / total)
-    return [np.concatenate(o)[:, 0] if sq else np.concatenate(o) for o, (_, _, sq) in zip(outs, prepared)]
+                out.append((w @ s) / (w @ c)[:, None])
+    return [np.concatenate(o)[:, 0] if sq else np.concatenate(o) for o, sq in zip(outs, squeeze)]
 
 
 def _interval(stats: np.ndarray, level: float) -> np.ndarray:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from harness.errors import ItrbenchError
+from harness.metrics.bootstrap import bootstrap_ci, rsum_ci
 
 RECALL_KS = (1, 5, 10)
 
@@ -70,8 +71,10 @@ def uniform_captions(image_of_caption: np.ndarray, n_img: int) -> int | None:
 
 
 def check_matrix(sims: np.ndarray, captions_per_image: int = 5, name: str = "similarity matrix",
-                 image_of_caption: np.ndarray | None = None) -> np.ndarray:
-    """Validate shape and finiteness; returns the matrix as a float32/float64 ndarray."""
+                 image_of_caption: np.ndarray | None = None, finite: bool = True) -> np.ndarray:
+    """Validate shape and finiteness; returns the matrix as a float32/float64 ndarray.
+
+    `finite=False` leaves the finiteness check to the caller (count_ranks makes it in its own pass)."""
     sims = np.asarray(sims)
     if sims.ndim != 2:
         raise MatrixError(f"{name}: expected a 2-D images x captions matrix, got shape {sims.shape}")
@@ -83,25 +86,31 @@ def check_matrix(sims: np.ndarray, captions_per_image: int = 5, name: str = "sim
                           f"per image ({captions_per_image * n_img} columns)")
     if sims.dtype not in (np.float32, np.float64):
         sims = sims.astype(np.float32)
-    if np.isfinite(sims.sum()):  # one cheap pass; a NaN or inf makes the sum non-finite
-        return sims
+    if finite and not np.isfinite(sims.sum()):  # one cheap pass; a NaN or inf makes the sum non-finite
+        _refuse_non_finite(sims, name)
+    return sims
+
+
+def _refuse_non_finite(sims: np.ndarray, name: str) -> None:
+    """Raise naming the number of NaN / inf scores (none: the sum merely overflowed, and all is well)."""
     bad = int(np.count_nonzero(~np.isfinite(sims)))
     if bad:
         raise MatrixError(f"{name}: {bad} NaN or infinite scores; the official ranking would place NaN first "
                           "silently. Fix the model/scores before evaluating")
-    return sims
 
 
-def count_ranks(sims: np.ndarray, captions_per_image: int = 5,
-                image_of_caption: np.ndarray | None = None) -> tuple[QueryRanks, QueryRanks]:
-    """Image->text and text->image ranks in one pass over the matrix.
+def count_ranks(sims: np.ndarray, captions_per_image: int = 5, image_of_caption: np.ndarray | None = None,
+                name: str = "similarity matrix") -> tuple[QueryRanks, QueryRanks]:
+    """Image->text and text->image ranks in one pass over the matrix, which must be finite (checked here).
 
-    Rows are processed in small blocks that stay in cache; each block is compared with the row
-    thresholds (best own caption, for i2t) and with the column thresholds (the caption's own image,
-    for t2i). Blocks run on a thread pool (numpy releases the GIL in these kernels).
+    Rows are processed in small blocks that stay in cache; each block is checked for NaN / inf and
+    compared with the row thresholds (best own caption, for i2t) and with the column thresholds (the
+    caption's own image, for t2i). Blocks run on a thread pool (numpy releases the GIL in these kernels).
     """
     n_img, n_cap = sims.shape
     k = captions_per_image
+    if image_of_caption is not None and uniform_captions(image_of_caption, n_img) == k:
+        image_of_caption = None  # the j // k order spelled out: the vectorized path applies
     if image_of_caption is None:
         own = sims[:, : n_img * k].reshape(n_img, n_img, k)[np.arange(n_img), np.arange(n_img)]  # (N, k)
         best = own.max(axis=1)
@@ -114,29 +123,35 @@ def count_ranks(sims: np.ndarray, captions_per_image: int = 5,
     pos = np.ascontiguousarray(sims[owner, np.arange(n_cap)])
     gt_i = np.empty(n_img, np.int64)
     ge_i = np.empty(n_img, np.int64)
-    acc_dtype = np.uint16 if n_img < 2**16 else np.uint32
-    rows = 16
+    row_dtype = np.uint16 if n_cap < 2**16 else np.uint32  # per-row counts of one block
+    rows = 16  # a block of rows stays in cache; its column counts fit in uint8
 
-    def work(bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    def work(bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, bool]:
         a0, a1 = bounds
         buf = np.empty((rows, n_cap), dtype=bool)
-        gt_t = np.zeros(n_cap, acc_dtype)
-        ge_t = np.zeros(n_cap, acc_dtype)
+        view = buf.view(np.uint8)
+        gt_t = np.zeros(n_cap, np.uint16)  # a chunk has at most 256 rows
+        ge_t = np.zeros(n_cap, np.uint16)
+        finite = True
         for a in range(a0, a1, rows):
             b = min(a1, a + rows)
-            blk, bb, thr = sims[a:b], buf[: b - a], best[a:b, None]
+            blk, bb, u, thr = sims[a:b], buf[: b - a], view[: b - a], best[a:b, None]
+            # max propagates NaN and +inf, min -inf: two cheap reductions instead of a sum
+            finite = finite and bool(np.isfinite(blk.max())) and bool(np.isfinite(blk.min()))
             np.greater(blk, thr, out=bb)
-            gt_i[a:b] = np.count_nonzero(bb, axis=1)
+            gt_i[a:b] = np.add.reduce(u, axis=1, dtype=row_dtype)
             np.greater_equal(blk, thr, out=bb)
-            ge_i[a:b] = np.count_nonzero(bb, axis=1)
+            ge_i[a:b] = np.add.reduce(u, axis=1, dtype=row_dtype)
             np.greater(blk, pos, out=bb)
-            gt_t += np.add.reduce(bb.view(np.uint8), axis=0, dtype=acc_dtype)
+            gt_t += np.add.reduce(u, axis=0, dtype=np.uint8)
             np.greater_equal(blk, pos, out=bb)
-            ge_t += np.add.reduce(bb.view(np.uint8), axis=0, dtype=acc_dtype)
-        return gt_t, ge_t
+            ge_t += np.add.reduce(u, axis=0, dtype=np.uint8)
+        return gt_t, ge_t, finite
 
     with ThreadPoolExecutor(_threads()) as pool:
         parts = list(pool.map(work, _chunks(n_img, 256)))
+    if not all(p[2] for p in parts):
+        _refuse_non_finite(sims, name)
     gt_t = np.sum([p[0] for p in parts], axis=0, dtype=np.int64)
     ge_t = np.sum([p[1] for p in parts], axis=0, dtype=np.int64)
     i2t = QueryRanks(optimistic=gt_i, pessimistic=ge_i - own_ties)
@@ -176,7 +191,7 @@ def full_recall(sims: np.ndarray, captions_per_image: int = 5, image_of_caption:
 
     `image_of_caption` (captions grouped by image, any number each) replaces the j // k rule.
     `bootstrap` > 0 adds 95% intervals over queries ("ci")."""
-    sims = check_matrix(sims, captions_per_image, image_of_caption=image_of_caption)
+    sims = check_matrix(sims, captions_per_image, image_of_caption=image_of_caption, finite=False)
     i2t, t2i = count_ranks(sims, captions_per_image, image_of_caption)
     out = _with_sums(_direction(i2t), _direction(t2i))
     if bootstrap:
@@ -190,8 +205,6 @@ def recall_intervals(i2t: np.ndarray, t2i: np.ndarray, i2t_units: np.ndarray, t2
                      strata: np.ndarray | None = None, n: int = 1000, seed: int = 0) -> dict[str, list[float]]:
     """95% bootstrap intervals of R@K (per direction, queries resampled) and of rsum (each image resampled
     with its caption queries). `strata` (one per image) keeps resamples inside COCO 1K folds."""
-    from harness.metrics.bootstrap import bootstrap_ci, rsum_ci
-
     out: dict[str, list[float]] = {}
     for name, ranks, units in (("i2t", i2t, i2t_units), ("t2i", t2i, t2i_units)):
         hits = np.stack([100.0 * (ranks < k) for k in RECALL_KS], axis=1)
@@ -239,8 +252,9 @@ def fold_recall(sims: np.ndarray, folds: int = 5, captions_per_image: int = 5, b
     per_fold = []
     ranks = []
     for k, (r, c) in enumerate(fold_slices(sims.shape[0], folds, captions_per_image)):
-        block = check_matrix(sims[r, c], captions_per_image, name=f"fold {k} of the similarity matrix")
-        i2t, t2i = count_ranks(block, captions_per_image)
+        name = f"fold {k} of the similarity matrix"
+        block = check_matrix(sims[r, c], captions_per_image, name=name, finite=False)
+        i2t, t2i = count_ranks(block, captions_per_image, name=name)
         ranks.append((i2t.pessimistic, t2i.pessimistic))
         per_fold.append(_with_sums(_direction(i2t), _direction(t2i)))
     out = _mean_tree(per_fold)

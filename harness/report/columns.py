@@ -6,15 +6,12 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from harness.protocols import PROTOCOLS, names_of_family
 from harness.report.runs import RunGroup, Undefined, get_path, not_defined
 
 RECALL_COLUMNS = ("i2t.r1", "i2t.r5", "i2t.r10", "t2i.r1", "t2i.r5", "t2i.r10", "rsum")
-RECALL_PROTOCOLS = ("coco1k", "coco5k", "f30k1k", "recall")
-PROTOCOL_TITLES = {
-    "coco1k": "COCO 1K (mean of 5 folds)", "coco5k": "COCO 5K", "f30k1k": "Flickr30K 1K",
-    "eccv": "ECCV Caption", "cxc": "CxC (Crisscrossed Captions)", "sts": "STS (text similarity)",
-    "image_retrieval": "image-to-image retrieval", "recall": "recall over the full matrix",
-}
+RECALL_PROTOCOLS = names_of_family("recall")
+PROTOCOL_TITLES = {name: p.title for name, p in PROTOCOLS.items()}
 # bookkeeping entries of a protocol's metrics, never shown as metric columns
 SKIP_KEYS = frozenset({"protocol", "ties", "tie_optimistic", "tie_affected_queries", "queries", "folds", "ci", "ci95",
                        "bootstrap", "defined", "available", "reason", "shape", "ids", "warning", "source", "resamples",

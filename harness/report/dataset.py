@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.data.demo import SPLITS, chance_rsum
+from harness.protocols import HEADLINE_PREFERENCE
 from harness.registry import Registry
 from harness.report.columns import (
     RECALL_PROTOCOLS,
@@ -32,7 +35,7 @@ from harness.report.runs import RETRAINED, RunGroup, Stat, get_path, matching_re
 from harness.report.significance import RESAMPLES, group_values, paired_p
 from harness.results import JobResult
 
-HEADLINE_ORDER = ("coco5k", "f30k1k", "coco1k", "recall")  # the protocol the efficiency plot uses
+HEADLINE_ORDER = HEADLINE_PREFERENCE  # the protocol the efficiency plot uses
 
 
 @dataclass
@@ -40,11 +43,14 @@ class Significance:
     """Paired bootstrap of every row against the best row of one recall protocol."""
 
     rows: list[RunGroup]
+    protocol: str
     best: RunGroup | None
     p: dict[int, float | None]  # row index -> p-value (None: no stored matrix / different shapes)
     note: str = ""
 
     def text(self, i: int) -> str:
+        if not _finite_rsum(self.rows[i], self.protocol):
+            return NOT_RANKED
         if self.best is None:
             return MISSING
         if self.rows[i] is self.best:
@@ -52,25 +58,36 @@ class Significance:
         return p_value_text(self.p.get(i), RESAMPLES)
 
 
+NOT_RANKED = "not ranked: rsum is not finite"
+
+
+def _finite_rsum(g: RunGroup, protocol: str) -> bool:
+    s = g.stat(protocol, "rsum")
+    return not isinstance(s, Stat) or math.isfinite(s.mean)
+
+
 def significance(groups: Sequence[RunGroup], protocol: str) -> Significance:
-    rows = [g for g in groups if g.has_protocol(protocol)]
+    """Rows in registry order, those whose rsum is NaN / inf last (never the best, marked not ranked)."""
+    present = [g for g in groups if g.has_protocol(protocol)]
+    rows = [g for g in present if _finite_rsum(g, protocol)] + [g for g in present if not _finite_rsum(g, protocol)]
     best = _best(rows, protocol)
     if best is None or len(rows) < 2:
-        return Significance(rows, best, {})
+        return Significance(rows, protocol, best, {})
     ref = group_values(best.runs, protocol)
     if ref is None:
-        return Significance(rows, best, {}, "the best row has no stored similarity matrix")
+        return Significance(rows, protocol, best, {}, "the best row has no stored similarity matrix")
     p: dict[int, float | None] = {}
     for i, g in enumerate(rows):
-        if g is best:
+        if g is best or not _finite_rsum(g, protocol):
             continue
         mine = group_values(g.runs, protocol)
         p[i] = None if mine is None or mine[0].shape != ref[0].shape else paired_p(mine[0], ref[0], ref[1])
-    return Significance(rows, best, p)
+    return Significance(rows, protocol, best, p)
 
 
 def _best(groups: Sequence[RunGroup], protocol: str) -> RunGroup | None:
-    scored = [(s.mean, i) for i, g in enumerate(groups) if isinstance(s := g.stat(protocol, "rsum"), Stat)]
+    scored = [(s.mean, i) for i, g in enumerate(groups)
+              if isinstance(s := g.stat(protocol, "rsum"), Stat) and math.isfinite(s.mean)]
     return groups[max(scored, key=lambda t: (t[0], -t[1]))[1]] if scored else None
 
 
@@ -164,7 +181,8 @@ def _at_a_glance(sigs: Mapping[str, Significance], alpha: float = 0.05) -> list[
         best = sig.best.stat(protocol, "rsum")
         tied = [g.label for i, g in enumerate(sig.rows) if (p := sig.p.get(i)) is not None and p >= alpha]
         worse = [g.label for i, g in enumerate(sig.rows) if (p := sig.p.get(i)) is not None and p < alpha]
-        untested = [g.label for i, g in enumerate(sig.rows) if g is not sig.best and sig.p.get(i) is None]
+        untested = [g.label + ("" if _finite_rsum(g, protocol) else " (rsum not finite)")
+                    for i, g in enumerate(sig.rows) if g is not sig.best and sig.p.get(i) is None]
         rows.append([f"`{protocol}`", f"{escape(sig.best.label)}: {stat_text(best, 1)}",
                      "; ".join(map(escape, tied)) or MISSING, "; ".join(map(escape, worse)) or MISSING,
                      "; ".join(map(escape, untested)) or MISSING])
@@ -272,8 +290,6 @@ def unfinished_jobs(results_root: Path, dataset: str) -> list[str]:
 
 
 def demo_note(groups: Sequence[RunGroup], split: str = "test") -> list[str]:
-    from harness.data.demo import SPLITS, chance_rsum
-
     shapes = sorted({tuple(r.metrics.get("shape") or ()) for g in groups for r in g.runs} - {()})
     if not shapes and split in SPLITS:  # no result yet: the size of the demo's evaluation split
         n = SPLITS[split][1] - SPLITS[split][0]

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.metrics.bootstrap import paired_bootstrap_p
 from harness.metrics.recall import RECALL_KS, check_matrix, count_ranks, fold_slices
+from harness.protocols import PROTOCOLS, names_of_family
 from harness.results import JobResult
 
-RECALL_PROTOCOLS = ("coco1k", "coco5k", "f30k1k", "recall")
+RECALL_PROTOCOLS = names_of_family("recall")
 RESAMPLES = 1000
 SIMS_FILES = ("sims.npy", "sims.h5")
 
@@ -58,9 +60,10 @@ def per_image_rsum(sims: np.ndarray, protocol: str, captions_per_image: int = 5,
         raise ValueError(f"per-image rsum is defined for {', '.join(RECALL_PROTOCOLS)}, not '{protocol}'")
     if owner is not None and np.array_equal(owner, np.arange(len(owner)) // captions_per_image):
         owner = None
-    if protocol == "coco1k":
+    folds = PROTOCOLS[protocol].folds
+    if folds:
         parts, strata = [], []
-        for k, (rows, cols) in enumerate(fold_slices(sims.shape[0], 5, captions_per_image)):
+        for k, (rows, cols) in enumerate(fold_slices(sims.shape[0], folds, captions_per_image)):
             block = check_matrix(np.asarray(sims[rows, cols]), captions_per_image, name=f"fold {k}")
             parts.append(_block_values(block, captions_per_image))
             strata.append(np.full(len(parts[-1]), k))
@@ -89,6 +92,4 @@ def group_values(runs: Sequence[JobResult], protocol: str) -> tuple[np.ndarray, 
 
 def paired_p(a: np.ndarray, b: np.ndarray, strata: np.ndarray | None, resamples: int = RESAMPLES) -> float:
     """Two-sided paired bootstrap p-value for mean(a) != mean(b) over the same images."""
-    from harness.metrics.bootstrap import paired_bootstrap_p
-
     return float(paired_bootstrap_p(a, b, n=resamples, seed=0, strata=strata))

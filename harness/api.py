@@ -30,11 +30,12 @@ from harness.data.cusa_json import (
 )
 from harness.data.demo import build_demo_images
 from harness.data.precomp import DataError, load_precomp
+from harness.errors import ItrbenchError
 from harness.features import PackedFeatures, PaddedFeatures, PaddedTokens, concat_blocks, slice_samples
 
 __all__ = [
     "CLIP_MEAN", "CLIP_STD", "SAFE_GLOBALS", "Adapter", "CheckpointError", "CusaDataError", "CusaSplit",
-    "DataError", "PackedFeatures", "PaddedFeatures", "PaddedTokens", "PixelImages", "TrainData", "TrainingSetup",
+    "DataError", "ItrbenchError", "PackedFeatures", "PaddedFeatures", "PaddedTokens", "PixelImages", "TrainData", "TrainingSetup",
     "add_prefix", "build_demo_images", "clip_preprocess", "concat_blocks", "dataset_of_name", "find_split_folder",
     "load_container", "load_cusa_split", "load_precomp", "load_strict", "opt_dict", "parameter_count",
     "pre_caption", "require_keys", "slice_samples", "strip_prefix",

@@ -94,6 +94,8 @@ def job_state(store: ResultStore, job: Job) -> str:
     cfg_key = store.load(job.name).config.get("key") if (d / "config.yaml").is_file() else None
     if cfg_key is not None and cfg_key != job.key:
         return "restart: key changed"
+    if cfg_key is None and (d / "work").exists():  # what run_job does: progress it cannot match is moved aside
+        return "restart: config.yaml unreadable or missing, earlier progress set aside"
     if (d / "work" / "checkpoint.pth").is_file():
         last = read_status(d).get("progress")
         return "resume: checkpoint" + (f" ({last})" if last else "")
@@ -110,8 +112,8 @@ def plan_table(plan: Plan, store: ResultStore, force: set[str] | bool = False) -
     for job in plan.order():
         state = "rerun: forced" if (force is True or (force and job.name in force)) else job_state(store, job)
         style = "green" if state == "cached" else ("yellow" if state.startswith(("rerun", "restart")) else "")
-        table.add_row(job.name, job.stage, str(job.gpus) if job.stage == "train" else "-",
-                      "\n".join(job.depends) or "-", Text(state, style=style), job.key[:10])
+        table.add_row(escape(job.name), job.stage, str(job.gpus) if job.stage == "train" else "-",
+                      escape("\n".join(job.depends) or "-"), Text(state, style=style), job.key[:10])
     return table
 
 
@@ -249,7 +251,7 @@ class Scheduler:
             shown += [r for r in rows if r.state == "waiting"][:max(0, MAX_TABLE_ROWS - len(shown))]
         for r in shown:
             state, progress, eta, elapsed = self.describe(r)
-            table.add_row(r.job.name, r.job.stage, state, progress, eta, elapsed)
+            table.add_row(escape(r.job.name), r.job.stage, state, Text(progress), eta, elapsed)  # progress: raw text
         counts: dict[str, int] = {}
         for r in rows:
             counts[r.state] = counts.get(r.state, 0) + 1

@@ -31,9 +31,9 @@ import torch
 
 from harness import distributed
 from harness.adapter import Adapter
-from harness.checkpoints import load_container
+from harness.checkpoints import CheckpointError, load_container
 from harness.metrics.recall import full_recall
-from harness.results import save_torch
+from harness.results import quarantine, save_torch
 from harness.scoring import similarity_matrix
 
 CHECKPOINT = "checkpoint.pth"
@@ -125,8 +125,9 @@ def train(adapter: Adapter, train_images: Any, train_captions: list[str], recipe
     summary = TrainSummary(epochs=epochs, best_rsum=-1.0, best_epoch=-1)
     pos = _Position()
     ckpt = work_dir / CHECKPOINT
-    if ckpt.is_file():
-        pos = _resume(adapter, setup.optimizer, rng, ckpt, summary, dist)
+    container = _readable_checkpoint(ckpt, main, log) if ckpt.is_file() else None
+    if container is not None:
+        pos = _resume(adapter, setup.optimizer, rng, ckpt, container, summary, dist)
         log(f"resumed from {ckpt} at epoch {pos.epoch}" + (f" step {pos.step}" if pos.step else ""))
     n = len(train_captions)
     owner = np.arange(n) // captions_per_image if image_of_caption is None else np.asarray(image_of_caption)
@@ -260,9 +261,22 @@ def _save(adapter: Adapter, optimizer: torch.optim.Optimizer, rng: np.random.Gen
     save_torch(work_dir / CHECKPOINT, container)
 
 
+def _readable_checkpoint(path: Path, main: bool, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The step checkpoint's content; a truncated or corrupt one is moved aside (never deleted) and
+    training restarts from the beginning (every process reads the file; the main one moves it)."""
+    try:
+        container, problem = load_container(path), None
+    except CheckpointError as exc:  # "<path>: not a readable torch checkpoint (...); <hint>": keep the middle
+        container, problem = None, str(exc).removeprefix(f"{path}: ").split("; ")[0]
+    distributed.barrier()
+    if problem is not None and main:
+        aside = quarantine(path, problem)
+        log(f"{path.name} unreadable, moved aside to {aside.name}; training restarts from epoch 0")
+    return container
+
+
 def _resume(adapter: Adapter, optimizer: torch.optim.Optimizer, rng: np.random.Generator, path: Path,
-            summary: TrainSummary, dist: distributed.DistContext | None) -> _Position:
-    container = load_container(path)
+            container: Mapping[str, Any], summary: TrainSummary, dist: distributed.DistContext | None) -> _Position:
     state = container.get("itrbench")
     if state is None:
         raise ValueError(f"{path}: not an itrbench training checkpoint (no optimizer/RNG state); move it away "

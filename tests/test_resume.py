@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from test_orchestrate_fixtures import campaign, one_thread, run_args, worker_env, write_official  # noqa: F401 - one_thread: autouse fixture
 
 from harness.api import load_container
 from harness.cli import main
+from harness.errors import CorruptFileWarning
 from harness.jobs import KILL_ENV
 from harness.training import BEST, CHECKPOINT
 
@@ -60,6 +62,25 @@ def test_training_killed_mid_epoch_resumes_from_its_last_checkpoint(tmp_path):
     theirs = load_container(reference / "results" / TRAIN / "work" / BEST)["itrbench"]["model_state"]
     for key in theirs:
         torch.testing.assert_close(mine[key], theirs[key], rtol=1e-5, atol=1e-6)  # thread counts differ
+
+
+def test_a_truncated_step_checkpoint_is_set_aside_and_training_restarts(tmp_path):
+    killed = campaign(tmp_path / "killed")
+    args = ["--variants", "a", "--stage", "train", "--checkpoint-steps", "2"]
+    _killed_run(run_args(killed, *args), "step:5")
+    work = killed / "results" / TRAIN / "work"
+    data = (work / CHECKPOINT).read_bytes()
+    (work / CHECKPOINT).write_bytes(data[: len(data) // 3])  # a disk fault after the atomic write
+
+    with pytest.warns(CorruptFileWarning, match=r"checkpoint.pth: unreadable \(not a readable torch checkpoint"):
+        assert main(run_args(killed, *args)) == 0
+    log = (killed / "results" / TRAIN / "job.log").read_text()
+    assert "checkpoint.pth unreadable, moved aside to checkpoint.pth.corrupt-" in log
+    assert "training restarts from epoch 0" in log and "resumed from" not in log
+    aside = list(work.glob(f"{CHECKPOINT}.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == data[: len(data) // 3]  # kept, not deleted
+    done = _metrics(killed, TRAIN)
+    assert done["resumed_from"] is None and done["efficiency"]["steps"] == 14
 
 
 def test_evaluation_killed_mid_scoring_resumes_from_the_last_finished_tile(tmp_path):

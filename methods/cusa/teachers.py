@@ -13,8 +13,10 @@ from pathlib import Path
 
 import torch
 
+from harness.api import ItrbenchError
 
-class TeacherError(ValueError):
+
+class TeacherError(ItrbenchError):
     """A teacher that cannot be loaded (not a local sentence-transformers folder)."""
 
 

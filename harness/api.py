@@ -35,7 +35,8 @@ from harness.features import PackedFeatures, PaddedFeatures, PaddedTokens, conca
 
 __all__ = [
     "CLIP_MEAN", "CLIP_STD", "SAFE_GLOBALS", "Adapter", "CheckpointError", "CusaDataError", "CusaSplit",
-    "DataError", "ItrbenchError", "PackedFeatures", "PaddedFeatures", "PaddedTokens", "PixelImages", "TrainData", "TrainingSetup",
+    "DataError", "ItrbenchError", "PackedFeatures", "PaddedFeatures", "PaddedTokens", "PixelImages", "TrainData",
+    "TrainingSetup",
     "add_prefix", "build_demo_images", "clip_preprocess", "concat_blocks", "dataset_of_name", "find_split_folder",
     "load_container", "load_cusa_split", "load_precomp", "load_strict", "opt_dict", "parameter_count",
     "pre_caption", "require_keys", "slice_samples", "strip_prefix",

@@ -1,6 +1,6 @@
 """The frozen, typed config of one job: what it computes (recipe, overrides, checkpoint, members, split), as the
 planner resolved it. Its dict form is what `config.yaml` holds and what the job's identity hashes; code reads
-it by attribute (`JobConfig.from_dict(store.load(name).config)` for a stored job)."""
+it by attribute: jobs through `Job.config`, the report through `JobResult.job` (a stored job, read leniently)."""
 
 from __future__ import annotations
 
@@ -59,6 +59,21 @@ class JobConfig:
         if missing:
             raise ValueError(f"job config: missing field(s) {', '.join(missing)}")
         values = {k: v for k, v in d.items() if k in known}
+        for k in ("splits", "members"):
+            if values.get(k) is not None:
+                values[k] = tuple(values[k])
+        return cls(**values)
+
+    @classmethod
+    def stored(cls, d: JobConfig | Mapping[str, Any]) -> JobConfig:
+        """A stored job's config read leniently, as reports read results written by other versions: fields
+        this version does not know are ignored, and a missing method / variant / dataset / stage reads as ''."""
+        if isinstance(d, JobConfig):
+            return d
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in d.items() if k in known}
+        for k in ("stage", "method", "variant", "dataset"):
+            values[k] = "" if values.get(k) is None else str(values[k])
         for k in ("splits", "members"):
             if values.get(k) is not None:
                 values[k] = tuple(values[k])

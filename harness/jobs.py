@@ -56,6 +56,7 @@ from harness.evaluation import (
     evaluate_matrix,
     evaluate_models,
     mean_matrix,
+    peak_memory,
 )
 from harness.jobconfig import JobConfig
 from harness.plan import Job, data_layout
@@ -306,17 +307,6 @@ def _kill_hook(kind: str) -> Callable[[], None]:
     return tick
 
 
-def _peak_memory(device: str) -> tuple[float | None, str]:
-    if str(device).startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
-    try:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "process_max_rss"
-    except ImportError:  # pragma: no cover - Windows
-        return None, "unknown"
-
-
 class _Runner:
     """The work of one job, with progress reporting."""
 
@@ -358,7 +348,7 @@ class _Runner:
                         checkpoint_every_steps=ctx.settings.checkpoint_steps,
                         checkpoint_every_seconds=minutes * 60 if minutes else None,
                         should_stop=ctx.should_stop, dist=ctx.dist, curve=self.dir / CURVE)
-        peaks = distributed.all_gather_objects(_peak_memory(ctx.device))
+        peaks = distributed.all_gather_objects(peak_memory(ctx.device))
         known = [p for p, _ in peaks if p is not None]
         gpus = ctx.processes if ctx.device.startswith("cuda") else 0
         return {"stage": "train", "best_rsum": summary.best_rsum, "best_epoch": summary.best_epoch,

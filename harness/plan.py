@@ -15,6 +15,7 @@ Runtime settings (GPU count, checkpoint interval, tile sizes) are not part of th
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
 import json
@@ -175,21 +176,51 @@ def _hash_files(files: Iterable[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+def _package_files(package: str, module: str) -> list[Path]:
+    spec = importlib.util.find_spec(package) if package else None
+    if spec is not None and spec.submodule_search_locations:
+        return [f for loc in spec.submodule_search_locations for f in _source_files(Path(loc))]
+    mspec = importlib.util.find_spec(module)
+    return [Path(mspec.origin)] if mspec is not None and mspec.origin else []
+
+
+def _sibling_packages(files: Iterable[Path], root: str) -> set[str]:
+    """Packages under the same top-level package (`methods.cusa` for `root` = methods) that `files` import."""
+    found = set()
+    for path in files:
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level
+                     else [])
+            for name in names:
+                parts = name.split(".")
+                if len(parts) >= 2 and parts[0] == root:
+                    found.add(".".join(parts[:2]))
+    return found
+
+
 @lru_cache(maxsize=32)
 def code_version(adapter: str) -> str:
     """Hash of the code a job of the method with adapter "pkg.module:Class" runs: the adapter's package
-    (methods/esa/ for methods.esa.adapter) plus the shared harness modules (HARNESS_CODE)."""
+    (methods/esa/ for methods.esa.adapter), the sibling packages it imports (methods/cusa/ for
+    clip_zeroshot, which builds on CUSA's CLIP), and the shared harness modules (HARNESS_CODE)."""
     module = adapter.partition(":")[0]
     package = module.rpartition(".")[0]
-    files: list[Path] = []
-    spec = importlib.util.find_spec(package) if package else None
-    if spec is not None and spec.submodule_search_locations:
-        for loc in spec.submodule_search_locations:
-            files += _source_files(Path(loc))
-    else:
-        mspec = importlib.util.find_spec(module)
-        if mspec is not None and mspec.origin:
-            files.append(Path(mspec.origin))
+    files = _package_files(package, module)
+    root = module.partition(".")[0]
+    seen = {package}
+    todo = _sibling_packages(files, root) - seen if package else set()
+    while todo:
+        sibling = min(todo)  # a fixed order: the hash must not depend on PYTHONHASHSEED
+        todo.discard(sibling)
+        seen.add(sibling)
+        extra = _package_files(sibling, sibling)
+        files += extra
+        todo |= _sibling_packages(extra, root) - seen
     for rel in HARNESS_CODE:
         files += _source_files(ROOT / rel)
     return _hash_files(files)

@@ -28,6 +28,7 @@ import numpy as np
 import yaml
 
 from harness.errors import CorruptFileWarning, StorageError
+from harness.jobconfig import JobConfig
 
 PACKAGES = ("itrbench", "torch", "torchvision", "numpy", "transformers", "open_clip_torch", "eccv_caption",
             "sentence-transformers", "h5py", "scipy")
@@ -235,8 +236,13 @@ class JobResult:
 
     path: Path
     metrics: dict[str, Any]
-    config: dict[str, Any]
+    config: dict[str, Any]  # config.yaml as stored: the job config's fields, plus key, name and identity
     env: dict[str, Any]
+
+    @property
+    def job(self) -> JobConfig:
+        """The job's typed config (read leniently: results of other versions stay readable)."""
+        return JobConfig.stored(self.config)
 
 
 class ResultStore:

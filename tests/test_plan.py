@@ -222,3 +222,21 @@ def test_set_overrides_reach_the_recipes_they_name_and_the_identity(setup):
     with pytest.raises(ValueError, match="'tiyn' is not a method of this campaign.*Did you mean 'tiny.lr'"):
         parse_overrides(["tiyn.lr=1"], registry, ["tiny"], "demo")
     assert parse_overrides(["lr=1"], registry, ["tiny"], "demo") == {"*": {"lr": 1.0}}  # int -> float recipe
+
+
+def test_code_version_follows_the_sibling_packages_a_method_imports(tmp_path, monkeypatch):
+    """clip_zeroshot builds on methods.cusa: a change there changes its jobs' identity (same top-level package)."""
+    root = tmp_path / "labmethods"
+    for pkg, body in (("base", "Z = 0\n"), ("shared", "from labmethods.base import Z\n"),
+                      ("mine", "from labmethods.shared import Z\n"), ("other", "W = 1\n")):
+        (root / pkg).mkdir(parents=True)
+        (root / pkg / "__init__.py").write_text("")
+        (root / pkg / "adapter.py").write_text(body)
+    (root / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code_version.cache_clear()
+    before = code_version("labmethods.mine.adapter:A")
+    for pkg, changes in (("other", False), ("base", True)):  # not imported / imported through `shared`
+        (root / pkg / "extra.py").write_text("V = 3\n")
+        code_version.cache_clear()
+        assert (code_version("labmethods.mine.adapter:A") != before) is changes, pkg

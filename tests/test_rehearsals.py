@@ -73,6 +73,24 @@ def test_flickr30k_full_and_trimmed(lab):
                  "--json", str(tmp / "f.json"), "--bootstrap", "0"]) == 0
     assert main(["check-data", "--registry", str(reg), "--dataset", "mine", "--data-root", str(tmp / "data")]) == 1
 
+    # imported: the user's matrix, and a paper's (the official code's own output) beside it, with paired tests
+    full = np.load(tmp / "full" / "sims.npy")
+    truth = np.arange(5000)[None, :] // 5 == np.arange(1000)[:, None]
+    np.save(tmp / "esa.npy", (full + 2.0 * truth).astype(np.float32))  # a far better model than the stub
+    for method, path in (("stub/a", tmp / "full" / "sims.npy"), ("esa/bigru", tmp / "esa.npy")):
+        assert main(["import", "--registry", str(reg), "--sims", str(path), "--method", method, "--dataset", "f30k",
+                     "--results", str(tmp / "res")]) == 0
+    assert main(["report", "--registry", str(reg), "--results", str(tmp / "res"), "--reports", str(tmp / "rep")]) == 0
+    f30k = (tmp / "rep" / "f30k.md").read_text()
+    section = f30k[f30k.index("## Flickr30K 1K (`f30k1k`)"):f30k.index("## recall over")]
+    rows = {ln.split(" | ")[0].strip("| "): ln for ln in section.splitlines() if ln.startswith(("| stub/a", "| esa/"))}
+    assert set(rows) == {"stub/a", "esa/bigru"}
+    assert "| best |" in rows["esa/bigru"] and "imported matrix: esa.npy" in rows["esa/bigru"]
+    assert "| ≤0.001 |" in rows["stub/a"] and "| rehearsal |" in rows["stub/a"]  # its own reported row
+    esa_rsum = json.loads((tmp / "res" / "f30k" / "esa-bigru-imported" / "eval" / "metrics.json").read_text())
+    esa_rsum = esa_rsum["protocols"]["f30k1k"]["rsum"]
+    assert f"{esa_rsum:.1f} (" in (tmp / "rep" / "esa.md").read_text()  # the paper's cells, beside its numbers
+
 
 def test_coco5k_with_karpathy_ids_runs_every_protocol(lab):
     tmp, reg, ck = lab

@@ -79,9 +79,9 @@ class Runs:
         self.store.finish(name, metrics)
         return name
 
-    def _eval(self, name: str, config: dict, dataset: str, method: str) -> str:
+    def _eval(self, name: str, config: dict, dataset: str, method: str, **metrics_extra: Any) -> str:
         return self._finish(name, {"stage": "evaluate", "dataset": dataset, "split": "test", "method": method,
-                                   **config}, eval_metrics(dataset, method))
+                                   **config}, {**eval_metrics(dataset, method), **metrics_extra})
 
     def retrained(self, method: str, variant: str, dataset: str, seed: int = 0, best_epoch: int = 9,
                   tag: str = "", **recipe_changes: Any) -> str:
@@ -102,11 +102,14 @@ class Runs:
                           {"variant": variant, "seed": 0 if source.startswith("seed") else None, "source": source,
                            "members": members}, dataset, method)
 
-    def official(self, method: str, variant: str, dataset: str, tag: str = "official", **extra: Any) -> str:
+    def official(self, method: str, variant: str, dataset: str, tag: str = "official",
+                 checkpoint_epoch: int | None = None, **extra: Any) -> str:
+        """An official checkpoint's evaluation; its epoch (read from the checkpoint) is stored in metrics.json."""
         return self._eval(f"{dataset}/{method}-{variant}-{tag}/eval",
                           {"variant": variant, "seed": None, "source": "official",
                            "checkpoint": f"checkpoints/{method}/{variant}/{dataset}/model.pth", **extra},
-                          dataset, method)
+                          dataset, method,
+                          **({} if checkpoint_epoch is None else {"checkpoint_epoch": checkpoint_epoch}))
 
     def imported(self, method: str, variant: str, dataset: str, provenance: dict, setting: dict | None = None,
                  tag: str = "imported") -> str:

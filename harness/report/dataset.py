@@ -197,12 +197,12 @@ def _at_a_glance(sigs: Mapping[str, Significance], alpha: float = 0.05) -> list[
 
 def _train_jobs(run: JobResult, jobs: Mapping[str, JobResult]) -> list[JobResult] | None:
     """The training job(s) behind an evaluation (one per ensemble member); None when unknown."""
-    names = [run.config["train_job"]] if run.config.get("train_job") else []
-    for member in run.config.get("members") or []:
+    names = [run.job.train_job] if run.job.train_job else []
+    for member in run.job.members or ():
         m = jobs.get(member)
-        if m is None or not m.config.get("train_job"):
+        if m is None or not m.job.train_job:
             return None
-        names.append(m.config["train_job"])
+        names.append(m.job.train_job)
     found = [jobs.get(n) for n in names]
     return found if found and all(found) else None
 
@@ -266,8 +266,8 @@ def _runs_table(groups: Sequence[RunGroup], root: Path) -> list[str]:
                 where = run.path.relative_to(root).as_posix()
             except ValueError:
                 where = run.path.as_posix()
-            rows.append([f"`{escape(where)}`", escape(g.model), number(run.config.get("seed"), 0)
-                         if isinstance(run.config.get("seed"), int) else MISSING,
+            rows.append([f"`{escape(where)}`", escape(g.model), number(run.job.seed, 0)
+                         if isinstance(run.job.seed, int) else MISSING,
                          f"`{rev}`" if rev else MISSING, escape(env.get("device") or MISSING),
                          escape((env.get("packages") or {}).get("torch") or MISSING)])
     return table(["result folder", "model", "seed", "code revision", "device", "torch"], rows,

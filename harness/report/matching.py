@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from harness.jobconfig import JobConfig
 from harness.registry import Method, Registry, RegistryError, Reported
 from harness.results import ResultStore
 
@@ -167,14 +168,12 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
-def run_epoch(config: Mapping[str, Any], metrics: Mapping[str, Any] | None = None,
-              train_metrics: Mapping[str, Any] | None = None) -> int | None:
-    """The checkpoint epoch of an evaluation, 1-based: recorded in its config (`checkpoint_epoch`) or metrics
-    (`checkpoint_epoch`), or the best epoch of its training job (stored 0-based, + 1)."""
-    for source in (config, metrics or {}):
-        value = _as_int(source.get("checkpoint_epoch"))
-        if value is not None:
-            return value
+def run_epoch(metrics: Mapping[str, Any] | None = None, train_metrics: Mapping[str, Any] | None = None) -> int | None:
+    """The checkpoint epoch of an evaluation, 1-based: recorded in its metrics (`checkpoint_epoch`), or the best
+    epoch of its training job (stored 0-based, + 1)."""
+    value = _as_int((metrics or {}).get("checkpoint_epoch"))
+    if value is not None:
+        return value
     if train_metrics is not None:
         best = _as_int(train_metrics.get("best_epoch"))
         if best is not None and best >= 0:
@@ -182,19 +181,21 @@ def run_epoch(config: Mapping[str, Any], metrics: Mapping[str, Any] | None = Non
     return None
 
 
-def resolve_run(registry: Registry, config: Mapping[str, Any], store: ResultStore | None = None,
+def resolve_run(registry: Registry, config: JobConfig | Mapping[str, Any], store: ResultStore | None = None,
                 metrics: Mapping[str, Any] | None = None, train_recipe: Mapping[str, Any] | None = None,
                 _depth: int = 0) -> dict[str, Any]:
-    """What an evaluation is a run of: every setting of its method, resolved from what the run stored.
+    """What an evaluation is a run of: every setting of its method, resolved from what the run stored
+    (its job config, typed or as stored in config.yaml).
 
     `train_recipe` stands in for the training job's recipe when no store is given."""
-    declared = dict(config.get("setting") or {})
-    method = registry.methods.get(str(config.get("method")))
-    precision = config.get("precision") or declared.get(PRECISION) or DEFAULT_PRECISION
+    job = JobConfig.stored(config)
+    declared = dict(job.setting or {})
+    method = registry.methods.get(job.method)
+    precision = job.precision or declared.get(PRECISION) or DEFAULT_PRECISION
     if method is None:
         return {k: v for k, v in {PRECISION: precision, **declared}.items() if v is not None}
-    variant, dataset = str(config.get("variant")), config.get("dataset")
-    members = config.get("members") or []
+    variant, dataset = job.variant, job.dataset
+    members = job.members or ()
     member_jobs = [_job(store, m) for m in members] if _depth < 3 else []
     if members and member_jobs and all(j is not None for j in member_jobs):
         parts = [resolve_run(registry, j.config, store, j.metrics, _depth=_depth + 1) for j in member_jobs]
@@ -203,23 +204,23 @@ def resolve_run(registry: Registry, config: Mapping[str, Any], store: ResultStor
             values = [p.get(key) for p in parts]
             out[key] = values[0] if all(same(v, values[0]) for v in values) else MIXED
         if MEMBERS in method.settings:
-            out[MEMBERS] = _join([str(j.config.get("variant")) for j in member_jobs])
+            out[MEMBERS] = _join([j.job.variant for j in member_jobs])
         if out.get(EPOCH) == MIXED:  # members of different epochs: no epoch of its own
             del out[EPOCH]
     else:
         recipe = variant_recipe(method, variant, dataset)
-        train = _job(store, config.get("train_job"))
+        train = _job(store, job.train_job)
         if train is not None:
-            recipe.update(train.config.get("options") or {})
-            recipe.update(train.config.get("recipe") or {})
+            recipe.update(train.job.options or {})
+            recipe.update(train.job.recipe or {})
         if train_recipe is not None:
             recipe.update(train_recipe)
-        for key in ("recipe", "overrides"):  # an imported matrix's recipe; --set overrides of the evaluation
-            if isinstance(config.get(key), Mapping):
-                recipe.update(config[key])
+        for extra in (job.recipe, job.overrides):  # an imported matrix's recipe; --set overrides of the evaluation
+            if isinstance(extra, Mapping):
+                recipe.update(extra)
         out = default_setting(method, variant, dataset, recipe)
         if EPOCH in fact_keys(method):
-            out[EPOCH] = run_epoch(config, metrics, train.metrics if train is not None else None)
+            out[EPOCH] = run_epoch(metrics, train.metrics if train is not None else None)
     out[PRECISION] = precision
     out.update(declared)
     return {k: v for k, v in out.items() if v is not None}

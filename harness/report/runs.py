@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.jobconfig import JobConfig
 from harness.registry import Registry, Reported
 from harness.report.matching import DEFAULT_PRECISION, PRECISION, fact_keys, resolve_run, row_matches, same
 from harness.results import JobResult, ResultStore
@@ -193,20 +194,20 @@ class RunGroup:
 
     def _source(self) -> str:
         if self.kind == OFFICIAL:
-            names = sorted({Path(str(r.config["checkpoint"])).name for r in self.runs if r.config.get("checkpoint")})
+            names = sorted({Path(r.job.checkpoint).name for r in self.runs if r.job.checkpoint})
             suffix = self.tag.rsplit("-", 1)[-1] if self.tag else OFFICIAL
             what = "official checkpoint" + (f" #{suffix[len(OFFICIAL):]}" if suffix[len(OFFICIAL):] else "")
-            members = max((len(r.config.get("members") or []) for r in self.runs), default=0)
+            members = max((len(r.job.members or ()) for r in self.runs), default=0)
             if members:
                 return f"official checkpoints, mean of {members} members"
             return what + (f" ({', '.join(names)})" if names else "")
         if self.kind == RETRAINED:
-            seeds = sorted(int(r.config["seed"]) for r in self.runs if isinstance(r.config.get("seed"), int))
+            seeds = sorted(r.job.seed for r in self.runs if isinstance(r.job.seed, int))
             listed = ", ".join(str(s) for s in seeds)
             return f"retrained, {len(self.runs)} seed{'s' if len(self.runs) != 1 else ''}" + \
                 (f" ({listed})" if listed else "")
         if self.kind == IMPORTED:
-            where = sorted({provenance_text(r.config.get("provenance")) for r in self.runs} - {""})
+            where = sorted({provenance_text(r.job.provenance) for r in self.runs} - {""})
             return "imported matrix" + (f": {'; '.join(where)}" if where else " (provenance not recorded)")
         return self.kind
 
@@ -268,7 +269,7 @@ def plain_stat(nums: Sequence[float]) -> Stat | None:
     return Stat(float(arr.mean()), std, len(arr), None)
 
 
-def resolved_setting(registry: Registry, config: Mapping[str, Any],
+def resolved_setting(registry: Registry, config: JobConfig | Mapping[str, Any],
                      recipe: Mapping[str, Any] | None = None, store: ResultStore | None = None) -> dict[str, Any]:
     """The run's setting, every setting of its method resolved from what it stored (harness.report.matching):
     from the training `recipe` of a retrained run (e.g. objective only_contrastive), else from the registry's
@@ -277,8 +278,8 @@ def resolved_setting(registry: Registry, config: Mapping[str, Any],
     return resolve_run(registry, config, store, train_recipe=recipe)
 
 
-def run_kind(config: Mapping[str, Any]) -> str:
-    source = str(config.get("source") or "")
+def run_kind(job: JobConfig) -> str:
+    source = job.source or ""
     if source.startswith(OFFICIAL):
         return OFFICIAL
     if source.startswith("seed"):
@@ -313,19 +314,19 @@ def collect_groups(registry: Registry, store: ResultStore, dataset: str | None =
     groups: dict[tuple, RunGroup] = {}
     facts_of: dict[tuple, list[dict[str, Any]]] = {}
     for res in store.finished():
-        cfg = res.config
-        if cfg.get("stage") != "evaluate" or not cfg.get("method") or not cfg.get("dataset"):
+        job = res.job
+        if job.stage != "evaluate" or not job.method or not job.dataset:
             continue
-        if dataset is not None and cfg["dataset"] != dataset:
+        if dataset is not None and job.dataset != dataset:
             continue
-        kind = run_kind(cfg)
+        kind = run_kind(job)
         tag = "" if kind == RETRAINED else res.path.parent.name
-        method = registry.methods.get(str(cfg["method"]))
+        method = registry.methods.get(job.method)
         facts = fact_keys(method)
-        resolved = resolve_run(registry, cfg, store, res.metrics)
+        resolved = resolve_run(registry, job, store, res.metrics)
         setting = tuple(sorted((k, v) for k, v in resolved.items() if k not in facts))
-        key = (cfg["dataset"], cfg["method"], str(cfg.get("variant")), setting, kind, tag)
-        group = groups.setdefault(key, RunGroup(cfg["dataset"], cfg["method"], str(cfg.get("variant")), setting,
+        key = (job.dataset, job.method, job.variant, setting, kind, tag)
+        group = groups.setdefault(key, RunGroup(job.dataset, job.method, job.variant, setting,
                                                 kind, tag, baseline=bool(getattr(method, "baseline", False)),
                                                 facts=facts))
         group.runs.append(res)

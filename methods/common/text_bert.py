@@ -49,8 +49,16 @@ def build_bert(backbone: str | dict = "bert-base-uncased", pretrained: bool = Fa
     if backbone == "minilm":
         path = minilm_dir()
         if pretrained:
-            return BertModel.from_pretrained(str(path), add_pooling_layer=True, local_files_only=True,
-                                             attn_implementation="eager")
+            from transformers.utils import logging as hf_logging
+
+            shown = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()  # a 90 MB local file: no "Loading weights" bar in the job table
+            try:
+                return BertModel.from_pretrained(str(path), add_pooling_layer=True, local_files_only=True,
+                                                 attn_implementation="eager")
+            finally:
+                if shown:
+                    hf_logging.enable_progress_bar()
         config = BertConfig.from_json_file(str(path / "config.json"))
     elif backbone == "bert-base-uncased":
         if pretrained:

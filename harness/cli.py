@@ -15,7 +15,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.display import error, say
+from harness.campaign import (
+    Campaign,
+    check_device,
+    existing_path,
+    parse_list,
+    parse_options,
+    parse_overrides,
+    parse_seeds,
+    parse_tiles,
+)
+from harness.checks import check_dataset
+from harness.data.matrices import load_matrix, load_owner, owner_path
+from harness.display import error, say, show_protocols
+from harness.protocols import PROTOCOLS, asked_by_folders, compute_protocol, is_defined
+from harness.registry import load_registry
+from harness.results import write_json
 
 SUBCOMMANDS = ("run", "evaluate", "metrics", "import", "check-data", "report", "fetch")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -28,8 +43,6 @@ def _registry_option(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harness.protocols import PROTOCOLS
-
     p = argparse.ArgumentParser(prog="itrbench", description="Image-text retrieval reproducibility harness")
     sub = p.add_subparsers(dest="command")
 
@@ -179,8 +192,6 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _registry(args: argparse.Namespace) -> Any:
-    from harness.registry import load_registry
-
     files = [Path(f) for f in getattr(args, "registry", []) or []]
     for f in files:
         if not f.is_file():
@@ -209,10 +220,7 @@ def _output_file(path: str | None, flag: str, inputs: Sequence[str | None] = ())
 # ---- evaluate ------------------------------------------------------------------------------------------------
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from harness.campaign import check_device, existing_path
     from harness.evaluation import EvalSettings, MatrixOutput, SplitSpec, evaluate_models, load_members
-    from harness.results import write_json
-
     registry = _registry(args)
     method = registry.method(args.method)
     method.variant(args.variant)
@@ -235,9 +243,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     members = [m.to(device) for m in load_members(method, args.variant, args.checkpoint, args.dataset)]
     protocols = () if args.recall_only or ds is None else ds.protocols
     if not args.recall_only:  # asked for by name: run them whatever the dataset declares
-        protocols = (*protocols, *(["sts"] if settings.sts_root else []),
-                     *(["image_retrieval"] if settings.image_retrieval_root else []))
-    from harness.plan import data_layout
+        protocols = (*protocols, *asked_by_folders(settings))
+    from harness.plan import data_layout  # torch-backed modules: imported by the commands that run models
 
     layout = data_layout(registry, method.name, ds.name) if ds else "precomp"
     spec = SplitSpec(data_root, split, ds.name if ds else None, test_split=ds is not None and split == ds.split,
@@ -246,8 +253,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with _progress() as hooks:
         result = evaluate_models(members, spec, settings, output, hooks)
     say(f"wrote {output.matrix} ({result.sims.shape[0]} x {result.sims.shape[1]}, float32) and {output.owner}")
-    from harness.display import show_protocols
-
     show_protocols(result.metrics, f"{args.method}/{args.variant} on {args.dataset or ''} {split}")
     if json_out is not None:
         write_json(json_out, {"metrics": result.metrics, "efficiency": result.efficiency,
@@ -257,8 +262,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _exit_status(metrics: dict[str, Any]) -> int:
-    from harness.protocols import is_defined
-
     if any(is_defined(m) for m in metrics.values()):
         return 0
     error("no protocol could be computed: " + "; ".join(f"{n}: {m.get('reason')}" for n, m in metrics.items()))
@@ -293,10 +296,6 @@ class _progress:
 # ---- metrics / import ----------------------------------------------------------------------------------------
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    from harness.data.matrices import load_matrix, load_owner, owner_path
-    from harness.protocols import compute_protocol
-    from harness.results import write_json
-
     json_out = _output_file(args.json, "--json", [args.sims, args.image_of_caption])
     sims = load_matrix(args.sims, mapped=True)
     mapping = Path(args.image_of_caption) if args.image_of_caption else owner_path(Path(args.sims))
@@ -307,8 +306,6 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     if args.bootstrap < 0:
         raise ValueError(f"--bootstrap {args.bootstrap}: expected 0 or a positive number of resamples")
     out = compute_protocol(args.protocol, sims, owner, bootstrap=args.bootstrap, ids_dir=ids)
-    from harness.display import show_protocols
-
     show_protocols({args.protocol: out}, str(args.sims))
     if json_out is not None:
         write_json(json_out, out)
@@ -327,8 +324,6 @@ def cmd_import(args: argparse.Namespace) -> int:
                            data_root=Path(args.data_root) if args.data_root else None,
                            reported=Path(args.reported) if args.reported else None, label=args.label,
                            force=args.force)
-    from harness.display import show_protocols
-
     say(f"stored {result.folder}")
     show_protocols(result.metrics, f"{args.method} (imported) on {args.dataset}")
     return _exit_status(result.metrics)
@@ -337,9 +332,6 @@ def cmd_import(args: argparse.Namespace) -> int:
 # ---- check-data / report / run / fetch ------------------------------------------------------------------------
 
 def cmd_check_data(args: argparse.Namespace) -> int:
-    from harness.campaign import parse_list
-    from harness.checks import check_dataset
-
     registry = _registry(args) if args.dataset not in ("senteval", "image_retrieval") else None
     problems = check_dataset(args.dataset, args.data_root, parse_list(args.splits) or None, layout=args.layout,
                              registry=registry, decode_images=True)
@@ -353,7 +345,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from harness.report import write_reports
+    from harness.report import write_reports  # only this command renders reports: the others start faster
 
     registry = _registry(args)
     if not Path(args.results).is_dir():
@@ -366,16 +358,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def campaign_from_args(args: argparse.Namespace) -> Any:
     """The typed campaign spec of `run`, every value validated before any job starts."""
-    from harness.campaign import (
-        Campaign,
-        check_device,
-        existing_path,
-        parse_list,
-        parse_options,
-        parse_overrides,
-        parse_seeds,
-        parse_tiles,
-    )
 
     registry = _registry(args)
     methods = tuple(parse_list(args.methods))

@@ -35,7 +35,7 @@ from harness.metrics.coco_captions import coco_ids_of_columns
 from harness.metrics.ids import CocoTestIds
 from harness.metrics.image_retrieval import image_retrieval_protocol
 from harness.precision import check_precision
-from harness.protocols import BOOTSTRAP, EvalInputs, run_protocols, wanted
+from harness.protocols import BOOTSTRAP, PROTOCOLS, EvalInputs, run_protocols, wanted
 from harness.registry import Method, RegistryError
 from harness.results import save_npy
 from harness.scoring import DEFAULT_TILES, CacheError, encode_images, encode_texts, eval_mode, score_blocks, tile_grid
@@ -372,7 +372,7 @@ def protocol_inputs(sims: np.ndarray, owner: np.ndarray, spec: SplitSpec, settin
         method, scoring, n_members = members[0].method, members[0].scoring, len(members)
     coco_ids = coco_columns = None
     if spec.layout == "cusa_json" and spec.test_split and spec.dataset == "coco" and \
-            {"eccv", "cxc"} & set(spec.protocols):
+            any(PROTOCOLS[p].coco_ids for p in spec.protocols if p in PROTOCOLS):
         found = json_coco_ids(spec, owner)
         if not isinstance(found, str):
             coco_ids, coco_columns = found

@@ -104,6 +104,9 @@ class Protocol:
     family: str  # recall | eccv | cxc | sts | image_retrieval: how reports and the CLI lay it out
     uses_matrix: bool = True
     folds: int | None = None  # recall averaged over equal image folds (COCO 1K): significance resamples within them
+    coco_ids: bool = False  # needs the COCO ids of the matrix's rows and columns (from ids files or CUSA's json)
+    data_folder: str | None = None  # the evaluation setting naming its extra data folder: giving it asks for it
+    statistic: str | None = None  # where the numbers papers report are stored ("sts.stsb" -> "spearman.stsb")
 
 
 # ---- applicability rules ------------------------------------------------------------------------------------
@@ -257,17 +260,17 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              "(testall_ids.txt / testall_capids.txt, or the eccv_caption package order)",
              _applies_coco_ids("ECCV Caption"), _eccv,
              ("i2t.eccv_map_at_r", "i2t.eccv_rprecision", "i2t.eccv_r1", "t2i.eccv_map_at_r",
-              "t2i.eccv_rprecision", "t2i.eccv_r1"), "eccv"),
+              "t2i.eccv_rprecision", "t2i.eccv_r1"), "eccv", coco_ids=True),
     Protocol("cxc", "CxC (Crisscrossed Captions)",
              "the COCO 5K test matrix with COCO ids (i2t / t2i); t2t / i2i also need the model's uni-modal text "
              "and image embeddings", _applies_coco_ids("CxC"), _cxc,
-             ("i2t.cxc_r1", "t2i.cxc_r1", "t2t.cxc_r1", "i2i.cxc_r1"), "cxc"),
+             ("i2t.cxc_r1", "t2i.cxc_r1", "t2t.cxc_r1", "i2i.cxc_r1"), "cxc", coco_ids=True),
     Protocol("sts", "STS (SentEval)", "one model with a uni-modal text space and the SentEval folder (--sts-root)",
-             _applies_sts, _sts, ("avg",), "sts", uses_matrix=False),
+             _applies_sts, _sts, ("avg",), "sts", uses_matrix=False, data_folder="sts_root", statistic="spearman"),
     Protocol("image_retrieval", "image-to-image retrieval (R@1)",
              "one pixel model with a uni-modal image head and the CUB / SOP / In-shop / iNaturalist folder "
              "(--image-retrieval-root)", _applies_image_retrieval, _image_retrieval, ("avg",), "image_retrieval",
-             uses_matrix=False),
+             uses_matrix=False, data_folder="image_retrieval_root", statistic="r1"),
 )}
 ALWAYS = ("recall",)
 # the recall protocol a summary (the report's efficiency plot) prefers when a result holds several
@@ -285,6 +288,11 @@ def protocol(name: str) -> Protocol:
 
 def names_of_family(family: str) -> tuple[str, ...]:
     return tuple(n for n, p in PROTOCOLS.items() if p.family == family)
+
+
+def asked_by_folders(settings: Any) -> tuple[str, ...]:
+    """Protocols asked for by giving their data folder (`--sts-root`, ...): `data_folder` fields set on `settings`."""
+    return tuple(n for n, p in PROTOCOLS.items() if p.data_folder and getattr(settings, p.data_folder, None))
 
 
 def wanted(declared: Iterable[str]) -> list[str]:

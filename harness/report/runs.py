@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from harness.jobconfig import JobConfig
+from harness.protocols import PROTOCOLS
 from harness.registry import Registry, Reported
 from harness.report.matching import DEFAULT_PRECISION, PRECISION, fact_keys, resolve_run, row_matches, same
 from harness.results import JobResult, ResultStore
@@ -105,7 +106,7 @@ DERIVED_KEYS = {"rsum_printed": printed_rsum}
 
 
 # Protocols whose reported numbers ("sts.stsb", "image_retrieval.cub") are one statistic of several we store.
-HEADLINE_GROUP = {"sts": "spearman", "image_retrieval": "r1"}
+HEADLINE_GROUP = {n: p.statistic for n, p in PROTOCOLS.items() if p.statistic}
 
 
 def stored_key(protocol: str, key: str) -> str:

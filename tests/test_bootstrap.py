@@ -133,20 +133,20 @@ def test_summarize_and_compare_shapes():
     rng = np.random.default_rng(0)
     i2t = 100.0 * (rng.random((100, 3)) < [0.3, 0.6, 0.8])
     t2i = 100.0 * (rng.random((500, 3)) < [0.2, 0.5, 0.7])
-    groups = [_group("i2t", "coco_5k", i2t, np.arange(100)), _group("t2i", "coco_5k", t2i, np.arange(500) // 5)]
+    groups = [_group("i2t", "coco5k", i2t, np.arange(100)), _group("t2i", "coco5k", t2i, np.arange(500) // 5)]
     out = summarize(groups, n=300, seed=0)
-    assert out["i2t"]["coco_5k_r1"] == pytest.approx(i2t[:, 0].mean())
-    assert out["rsum"]["coco_5k"] == pytest.approx(i2t.mean(0).sum() + t2i.mean(0).sum())
-    lo, hi = out["ci95"]["rsum"]["coco_5k"]
-    assert lo < out["rsum"]["coco_5k"] < hi
-    assert out["queries"] == {"i2t": {"coco_5k": 100}, "t2i": {"coco_5k": 500}}
-    assert out["tie_affected_queries"]["i2t"]["coco_5k"] == 0
+    assert out["i2t"]["coco5k_r1"] == pytest.approx(i2t[:, 0].mean())
+    assert out["rsum"]["coco5k"] == pytest.approx(i2t.mean(0).sum() + t2i.mean(0).sum())
+    lo, hi = out["ci95"]["rsum"]["coco5k"]
+    assert lo < out["rsum"]["coco5k"] < hi
+    assert out["queries"] == {"i2t": {"coco5k": 100}, "t2i": {"coco5k": 500}}
+    assert out["tie_affected_queries"]["i2t"]["coco5k"] == 0
     # resampled jointly with the other metrics of its units; alone: the same bootstrap up to Monte Carlo error
-    lo5, hi5 = out["ci95"]["i2t"]["coco_5k_r5"]
+    lo5, hi5 = out["ci95"]["i2t"]["coco5k_r5"]
     assert lo5 < i2t[:, 1].mean() < hi5
     assert [lo5, hi5] == pytest.approx(list(bootstrap_ci(i2t[:, 1], n=300, seed=0)), abs=3.0)
     assert "ci95" not in summarize(groups, n=0)
-    worse = [_group("i2t", "coco_5k", np.where(rng.random((100, 3)) < 0.5, 0.0, i2t), np.arange(100))]
+    worse = [_group("i2t", "coco5k", np.where(rng.random((100, 3)) < 0.5, 0.0, i2t), np.arange(100))]
     cmp = compare(groups, worse, n=300, seed=0)
-    assert set(cmp) == {"i2t"} and cmp["i2t"]["coco_5k_r1"]["diff"] > 0
-    assert 0 < cmp["i2t"]["coco_5k_r1"]["p_value"] <= 1
+    assert set(cmp) == {"i2t"} and cmp["i2t"]["coco5k_r1"]["diff"] > 0
+    assert 0 < cmp["i2t"]["coco5k_r1"]["p_value"] <= 1

@@ -2,7 +2,7 @@
 
 eccv_caption 0.1.0 defects are tested around, not into: eccv_r{K} is asked for without eccv_map_at_r (it is
 only computed in the else-branch), eccv_rprecision together with eccv_map_at_r (its own name is misspelled
-in the dispatch), pmrp through `Metrics.pmrp` (compute_all_metrics drops its key), and coco_1k with lists
+in the dispatch), pmrp through `Metrics.pmrp` (compute_all_metrics drops its key), and coco1k with lists
 that hold enough same-fold items (a short filtered list raises IndexError).
 """
 
@@ -56,7 +56,7 @@ def _lists(sims: np.ndarray, k: int, fold_first: bool = False):
     """Ranked id lists as CUSA builds them (torch.topk per image row / caption column)."""
     ids = canonical_ids()
     t = torch.from_numpy(sims)
-    if fold_first:  # for coco_1k: the top-k of the query's own fold (what eccv_caption keeps after filtering)
+    if fold_first:  # for coco1k: the top-k of the query's own fold (what eccv_caption keeps after filtering)
         i2t_idx = np.concatenate([torch.topk(t[f * 1000:(f + 1) * 1000, f * 5000:(f + 1) * 5000], k, dim=1)
                                   .indices.numpy() + f * 5000 for f in range(5)])
         t2i_idx = np.concatenate([torch.topk(t[f * 1000:(f + 1) * 1000, f * 5000:(f + 1) * 5000].T.contiguous(),
@@ -92,12 +92,13 @@ def test_every_number_matches_eccv_caption(sims, ours, metric):
         f"{fam}_r{k}" for fam in ("coco_1k", "coco_5k", "cxc") for k in (1, 5, 10)}
     assert set(ref) == expected
     for key, val in ref.items():
+        mine = key.replace("coco_1k", "coco1k").replace("coco_5k", "coco5k")  # our protocol names, no underscore
         for direction in ("i2t", "t2i"):
-            assert ours[direction][key] == pytest.approx(100.0 * val[direction], abs=1e-9), (key, direction)
-    assert ours["queries"]["i2t"] == {"coco_5k": 5000, "coco_1k": 5000, "cxc": 5000, "eccv": 1261, "pmrp": 2450}
-    assert ours["queries"]["t2i"] == {"coco_5k": 25000, "coco_1k": 25000, "cxc": 24972, "eccv": 1332,
+            assert ours[direction][mine] == pytest.approx(100.0 * val[direction], abs=1e-9), (key, direction)
+    assert ours["queries"]["i2t"] == {"coco5k": 5000, "coco1k": 5000, "cxc": 5000, "eccv": 1261, "pmrp": 2450}
+    assert ours["queries"]["t2i"] == {"coco5k": 25000, "coco1k": 25000, "cxc": 24972, "eccv": 1332,
                                       "pmrp": 12250}
-    assert ours["rsum"]["coco_5k"] == pytest.approx(sum(ours[d][f"coco_5k_r{k}"] for d in ("i2t", "t2i")
+    assert ours["rsum"]["coco5k"] == pytest.approx(sum(ours[d][f"coco5k_r{k}"] for d in ("i2t", "t2i")
                                                         for k in (1, 5, 10)))
     assert ours["pmrp_status"]["available"] is True and ours["pmrp_status"]["threshold"] == 2
     json.dumps(ours)  # JSON-serialisable
@@ -107,8 +108,8 @@ def test_every_number_matches_eccv_caption(sims, ours, metric):
     assert gt is None and "instances_val2014.json" in status["reason"]
 
 
-def test_coco_1k_differs_from_5k_and_needs_fold_restriction(ours):
-    assert ours["i2t"]["coco_1k_r1"] > ours["i2t"]["coco_5k_r1"] + 5  # 1000-image gallery is easier
+def test_coco1k_differs_from_5k_and_needs_fold_restriction(ours):
+    assert ours["i2t"]["coco1k_r1"] > ours["i2t"]["coco5k_r1"] + 5  # 1000-image gallery is easier
 
 
 def test_data_folder_order_is_mapped_to_coco_ids(sims, ours, tmp_path):
@@ -132,7 +133,7 @@ def test_data_folder_order_is_mapped_to_coco_ids(sims, ours, tmp_path):
     for direction in ("i2t", "t2i"):
         assert got[direction] == pytest.approx({k: v for k, v in ours[direction].items() if k != "pmrp"}, abs=1e-9)
     shuffled = eccv_protocol(np.take(sims, img_perm, axis=0), canon, bootstrap=0)  # ids not moved with rows
-    assert shuffled["i2t"]["coco_5k_r1"] < 1.0
+    assert shuffled["i2t"]["coco5k_r1"] < 1.0
 
 
 def test_id_files_warnings_and_errors(tmp_path):
@@ -174,10 +175,10 @@ def test_ties_are_bounded_both_ways(sims, ours):
         neg = (5 * i + 100) % 25000
         s[i, neg] = s[i, 5 * i:5 * i + 5].max()
     got = eccv_protocol(s, canonical_ids(), bootstrap=0)
-    assert got["tie_affected_queries"]["i2t"]["coco_5k"] == 7
-    assert got["tie_optimistic"]["i2t"]["coco_5k_r1"] == pytest.approx(ours["i2t"]["coco_5k_r1"])
-    assert got["i2t"]["coco_5k_r1"] == pytest.approx(ours["i2t"]["coco_5k_r1"] - 100 * 7 / 5000)
-    assert got["i2t"]["coco_5k_r5"] == pytest.approx(ours["i2t"]["coco_5k_r5"])  # rank 1 still < 5
+    assert got["tie_affected_queries"]["i2t"]["coco5k"] == 7
+    assert got["tie_optimistic"]["i2t"]["coco5k_r1"] == pytest.approx(ours["i2t"]["coco5k_r1"])
+    assert got["i2t"]["coco5k_r1"] == pytest.approx(ours["i2t"]["coco5k_r1"] - 100 * 7 / 5000)
+    assert got["i2t"]["coco5k_r5"] == pytest.approx(ours["i2t"]["coco5k_r5"])  # rank 1 still < 5
     assert coco.n_queries == 5000
 
 

@@ -347,28 +347,28 @@ def test_nested_ci95_of_the_bootstrap_summary_drives_the_flags(tmp_path):
     rng = np.random.default_rng(3)
     n = 60
     hits = {k: (rng.random(n) < p).astype(float) * 100 for k, p in (("r1", 0.4), ("r5", 0.7), ("r10", 0.8))}
-    groups = [QueryScores(d, "coco_5k", {k: v.copy() for k, v in hits.items()}) for d in ("i2t", "t2i")]
+    groups = [QueryScores(d, "coco5k", {k: v.copy() for k, v in hits.items()}) for d in ("i2t", "t2i")]
     groups += [QueryScores(d, "eccv", {"map_at_r": rng.random(n) * 100}) for d in ("i2t", "t2i")]
     node = {"protocol": "eccv", **summarize(groups, n=300, seed=0),
             "pmrp": {"available": False, "reason": "no plausible-match ground truth"}}
     lo, hi = node["ci95"]["i2t"]["eccv_map_at_r"]
-    rsum_lo, rsum_hi = node["ci95"]["rsum"]["coco_5k"]
+    rsum_lo, rsum_hi = node["ci95"]["rsum"]["coco5k"]
     datasets = {**REGISTRY["datasets"], "toy": {**REGISTRY["datasets"]["toy"], "protocols": ["recall", "cxc", "eccv"]}}
     doc = {**REGISTRY, "datasets": datasets, "reported": [
         {"method": "alpha", "variant": "a", "dataset": "toy", "protocol": "eccv", "source": "paper", "table": "Table 3",
          "label": "Alpha-A", "values": {"i2t.eccv_map_at_r": round((lo + hi) / 2, 1),
-                                        "rsum.coco_5k": round(rsum_hi + 5, 1)}}]}
+                                        "rsum.coco5k": round(rsum_hi + 5, 1)}}]}
     store = ResultStore(tmp_path / "results")
     add_eval(store, "toy", "alpha-a-official", {"method": "alpha", "variant": "a", "source": "official"},
              {"eccv": node})
     write_reports(tmp_path / "results", tmp_path / "reports", registry=parse_registry(doc))
     row = table_row(section((tmp_path / "reports" / "alpha.md").read_text(), "### Table 3"), "Alpha-A")
     assert row[2].startswith(f"{node['i2t']['eccv_map_at_r']:.1f} (") and "⚠" not in row[2]
-    assert row[3].startswith(f"{node['rsum']['coco_5k']:.1f} (") and row[3].endswith("⚠")
+    assert row[3].startswith(f"{node['rsum']['coco5k']:.1f} (") and row[3].endswith("⚠")
     assert row[4].startswith(f"[{rsum_lo:.1f}, {rsum_hi:.1f}] (95% CI")
     ds = (tmp_path / "reports" / "toy.md").read_text()
     eccv = section(ds, "## ECCV Caption")
-    assert "i2t eccv mAP@R" in eccv and "t2i coco 5k R@10" in eccv
+    assert "i2t eccv mAP@R" in eccv and "t2i coco5k R@10" in eccv
     assert "eccv pmrp for alpha/a: no plausible-match ground truth" in eccv
 
 

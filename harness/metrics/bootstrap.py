@@ -26,7 +26,7 @@ import numpy as np
 DEFAULT_RESAMPLES = 1000
 LEVEL = 0.95
 RECALL_KS = (1, 5, 10)
-RSUM_FAMILIES = ("coco_1k", "coco_5k", "cxc", "f30k_1k", "recall")
+RSUM_FAMILIES = ("coco1k", "coco5k", "cxc", "f30k1k", "recall")
 _CHUNK = 200  # resamples drawn at a time; bounds memory at _CHUNK x units float64
 
 
@@ -208,7 +208,7 @@ class QueryScores:
     """
 
     direction: str  # i2t, t2i, t2t, i2i
-    family: str  # eccv, coco_1k, coco_5k, cxc, ...
+    family: str  # eccv, coco1k, coco5k, cxc, ...
     values: dict[str, np.ndarray]
     optimistic: dict[str, np.ndarray] = field(default_factory=dict)
     units: np.ndarray | None = None

@@ -4,7 +4,7 @@ eccv_caption (`Metrics.compute_all_metrics`) ranks nothing itself: callers pass 
 same numbers come straight from the images x captions matrix (COCO 5K `testall` order, mapped to COCO ids by
 `harness.metrics.ids`), with ground truth read from the package's json files:
 
-- `coco_5k_r{K}` / `coco_1k_r{K}`: original COCO pairs; 1K = mean over the five 1000-image folds of the
+- `coco5k_r{K}` / `coco1k_r{K}`: original COCO pairs; 1K = mean over the five 1000-image folds of the
   package's `coco_test_ids` order, each query ranked only against its own fold.
 - `cxc_r{K}`: CxC SITS test pairs with score >= 3 (queries without a positive are skipped: 24,972 t2i).
 - `eccv_map_at_r`, `eccv_rprecision`, `eccv_r{K}`: the ECCV Caption positives (1,261 image queries,
@@ -570,8 +570,8 @@ def matrix_scores(sims: np.ndarray, ks=KS) -> list[QueryScores]:
         thr, tied = best[direction]
         gt, ge, fgt, fge = counts
         all_q = np.arange(len(thr))
-        groups.append(_family_scores(direction, "coco_5k", all_q, *recall_from_counts(gt, ge, tied, ks)))
-        groups.append(_family_scores(direction, "coco_1k", all_q, *recall_from_counts(fgt, fge, tied, ks),
+        groups.append(_family_scores(direction, "coco5k", all_q, *recall_from_counts(gt, ge, tied, ks)))
+        groups.append(_family_scores(direction, "coco1k", all_q, *recall_from_counts(fgt, fge, tied, ks),
                                      fold_size=fold_img))
         cq = cpos.queries()
         c_thr, c_tied = best_positive(sims, cpos, direction, cq)
@@ -640,8 +640,8 @@ def eccv_protocol(sims: np.ndarray, ids: CocoTestIds | str | Path | None = None,
 
     `ids`: a CocoTestIds, a data folder holding testall_ids.txt / testall_capids.txt, or None (package
     order, with a warning). Keys under "i2t" / "t2i" follow eccv_caption's metric names (eccv_map_at_r,
-    eccv_rprecision, eccv_r1, eccv_r5, eccv_r10, coco_1k_r1, ..., coco_5k_r1, ..., cxc_r1, ..., pmrp) and
-    are in percent; "rsum" holds the coco_1k / coco_5k / cxc sums; "ci95" the bootstrap intervals;
+    eccv_rprecision, eccv_r1, eccv_r5, eccv_r10, coco1k_r1, ..., coco5k_r1, ..., cxc_r1, ..., pmrp) and
+    are in percent; "rsum" holds the coco1k / coco5k / cxc sums; "ci95" the bootstrap intervals;
     "pmrp_status" says whether PMRP could be computed and from what (or why not).
     """
     groups, pm_status, ids = eccv_query_scores(sims, ids, ks=ks, extra_file_dir=extra_file_dir,

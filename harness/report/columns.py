@@ -89,7 +89,7 @@ _METRIC_SUFFIX = re.compile(r"(_r\d+|_map_at_r|_rprecision)$")
 
 
 def family(key: str) -> str:
-    """The metric family of a column: 'i2t.coco_1k_r5' -> 'coco_1k', 'rsum.cxc' -> 'cxc', 'i2t.r1' -> ''."""
+    """The metric family of a column: 'i2t.coco1k_r5' -> 'coco1k', 'rsum.cxc' -> 'cxc', 'i2t.r1' -> ''."""
     parts = key.split(".")
     if parts[0] == "rsum" and len(parts) > 1:
         return parts[1]
@@ -106,7 +106,7 @@ def _bucket(columns: Sequence[str], key) -> dict[str, list[str]]:
 def split_columns(columns: Sequence[str], lead: str = "") -> list[tuple[str, list[str]]]:
     """Narrow tables stay whole; wide ones are cut into tables of at most MAX_COLUMNS columns.
 
-    Columns are grouped by metric family (eccv, coco_1k, cxc, ...) when that groups them, else by direction
+    Columns are grouped by metric family (eccv, coco1k, cxc, ...) when that groups them, else by direction
     (the first key segment); a group still too wide is cut by direction; consecutive small groups share a table.
     The family named `lead` (the protocol's own, e.g. eccv) comes first.
     """

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,12 +195,20 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def git_revision(cwd: str | Path | None = None) -> dict[str, Any]:
-    cwd = cwd or Path(__file__).resolve().parents[1]
+def git_revision(cwd: str | Path | None = None, outputs: Sequence[str | Path] = ()) -> dict[str, Any]:
+    """The checkout's revision and whether its code has uncommitted changes; changes inside `outputs` (the
+    reports or results folders being written, when they lie in the checkout) are not changes to the code."""
+    cwd = Path(cwd or Path(__file__).resolve().parents[1])
+    excluded = []
+    for out in outputs:
+        try:
+            excluded.append(f":(exclude){Path(out).resolve().relative_to(cwd.resolve()).as_posix()}")
+        except ValueError:
+            continue
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *excluded],
+                               cwd=cwd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return {"revision": None, "dirty": None}
     if rev.returncode != 0:

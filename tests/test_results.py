@@ -67,6 +67,24 @@ def test_environment_records_versions_and_revision():
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def test_revision_is_dirty_for_code_changes_not_for_the_outputs_being_written(tmp_path):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "demo.md").write_text("old\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    assert results.git_revision(tmp_path)["dirty"] is False
+    (tmp_path / "reports" / "demo.md").write_text("new\n")  # a report being rewritten
+    assert results.git_revision(tmp_path)["dirty"] is True
+    assert results.git_revision(tmp_path, outputs=[tmp_path / "reports", "/elsewhere"])["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert results.git_revision(tmp_path, outputs=[tmp_path / "reports"])["dirty"] is True
+
+
 @pytest.mark.parametrize("mask", [0o022, 0o027, 0o002])
 def test_result_files_follow_the_umask(tmp_path, mask):
     old = os.umask(mask)

@@ -40,9 +40,10 @@ def _environments(results: Sequence[JobResult]) -> list[str]:
 
 def index_report(registry: Registry, reports: Path, results: Sequence[JobResult], results_root: Path) -> str:
     now = dt.datetime.now(dt.timezone.utc)
+    revision = git_revision(outputs=(reports, results_root))  # the reports being written are not code changes
     out = ["# itrbench reports", "",
            f"Generated {now:%Y-%m-%d %H:%M} UTC from `{escape(results_root)}` at code revision "
-           f"{_revision_text(git_revision())}. Reports read stored results only; no model was run to make them.",
+           f"{_revision_text(revision)}. Reports read stored results only; no model was run to make them.",
            ""]
     pages = sorted(p for p in reports.glob("*.md") if p.name != "index.md")
     datasets = [p for p in pages if p.stem in registry.datasets]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +14,23 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+TOP_LEVEL_OUTSIDE = {".git", ".venv", "venv", "build", "dist", "results", "checkpoints", "data", "tests",
+                     ".hypothesis", "reports"}  # a user's data and outputs, and what the wheel does not ship
+
+
+def _not_sources(folder: str, names: list[str]) -> set[str]:
+    top = Path(folder) == ROOT
+    return {n for n in names if (top and n in TOP_LEVEL_OUTSIDE) or n == "__pycache__" or n.endswith(".egg-info")}
+
+
 @pytest.mark.slow
 def test_the_wheel_ships_the_registry_and_the_cli_runs_from_another_folder(tmp_path):
     wheels, site, elsewhere = tmp_path / "whl", tmp_path / "site", tmp_path / "elsewhere"
     elsewhere.mkdir()
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", str(ROOT), "-w", str(wheels)], check=True,
+    source = tmp_path / "src"  # a copy: building writes build/ and *.egg-info beside the sources
+    shutil.copytree(ROOT, source, symlinks=True, ignore=_not_sources)
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", str(source), "-w", str(wheels)], check=True,
                    cwd=tmp_path, capture_output=True)
     wheel = next(wheels.glob("itrbench-*.whl"))
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, capture_output=True)

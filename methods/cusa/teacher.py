@@ -14,6 +14,7 @@ import argparse
 import importlib
 import pickle
 import sys
+from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed (only numpy arrays, "
                                          "dicts and strings may appear in a teacher feature file)")
         if module == "collections":
-            import collections
-
-            return collections.OrderedDict
+            return OrderedDict
         return _numpy_attr(module, name)
 
 

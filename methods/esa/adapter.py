@@ -22,6 +22,7 @@ from methods.common.text_bigru import init_embedding_from_vectors, read_word_vec
 from methods.common.vocab import PAD, Vocabulary, encode_caption, load_scan_vocab, vocab_tokenize
 from methods.esa.losses import SelfExpandingTripletLoss, hardest_negative_at
 from methods.esa.model import ESABertTextEncoder, ESABiGRUTextEncoder, ESAImageEncoder, ESAModel
+from methods.esa.official import read_official, write_official
 
 DEFAULT_OPTIONS: dict[str, Any] = dict(
     embed_size=1024, img_dim=2048, word_dim=300, bert="bert-base-uncased", no_imgnorm=False, no_txtnorm=False,
@@ -106,13 +107,9 @@ class ESAAdapter(Adapter):
     @classmethod
     def load_official(cls, path: str | Path, *, variant: str | None = None,
                       dataset: str | None = None) -> ESAAdapter:
-        from methods.esa.official import read_official
-
-        return read_official(path, variant=variant, dataset=dataset)
+        return read_official(cls, path, variant=variant, dataset=dataset)
 
     def official_checkpoint(self, **extra: Any) -> dict[str, Any]:
-        from methods.esa.official import write_official
-
         return write_official(self, **extra)
 
     @property

@@ -29,7 +29,7 @@ from harness.api import (
 from methods.common.text_bert import BERT_OPTIONAL_KEYS
 from methods.common.vocab import load_scan_vocab
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: the adapter passes its class in
     from methods.esa.adapter import ESAAdapter
 
 VARIANTS = ("bigru", "bert")
@@ -77,10 +77,9 @@ def _check_asked(path: Path, what: str, asked: str | None, found: str, why: str)
             f"pass {what} {found!r} or give a {asked} checkpoint")
 
 
-def read_official(path: str | Path, *, variant: str | None = None, dataset: str | None = None) -> ESAAdapter:
+def read_official(adapter_cls: type[ESAAdapter], path: str | Path, *, variant: str | None = None,
+                  dataset: str | None = None) -> ESAAdapter:
     """Load an official ESA checkpoint (either variant) into an ESAAdapter, strictly."""
-    from methods.esa.adapter import ESAAdapter
-
     path = Path(path)
     if variant is not None and variant not in VARIANTS:
         raise CheckpointError(f"{path}: ESA variant {variant!r} cannot be loaded from one file; "
@@ -132,7 +131,7 @@ def read_official(path: str | Path, *, variant: str | None = None, dataset: str 
                        vocab=opt.get("itrbench_vocab", dataset_of_name(found) or "coco"))
     _check_asked(path, "dataset", dataset, found, why)
 
-    adapter = ESAAdapter.build(text, found, options)
+    adapter = adapter_cls.build(text, found, options)
     load_strict(adapter.model.img_enc, img_state, path=path, part="image encoder (model[0])")
     load_strict(adapter.model.txt_enc, txt_state, path=path, part="text encoder (model[1])",
                 ignore=BERT_OPTIONAL_KEYS if text == "bert" else ())

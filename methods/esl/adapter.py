@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from methods.common.pairwise import PairwiseAdapter
 from methods.esl.model import ESLModel
+from methods.esl.official import read_official, write_official
 
 DEFAULT_OPTIONS: dict[str, Any] = dict(
     embed_size=512, img_dim=2048, kernel_size=2, bert="bert-base-uncased", no_imgnorm=False, no_txtnorm=False,
@@ -41,11 +42,7 @@ class ESLAdapter(PairwiseAdapter):
     @classmethod
     def load_official(cls, path: str | Path, *, variant: str | None = None,
                       dataset: str | None = None) -> ESLAdapter:
-        from methods.esl.official import read_official
-
-        return read_official(path, variant=variant, dataset=dataset)
+        return read_official(cls, path, variant=variant, dataset=dataset)
 
     def official_checkpoint(self, **extra: Any) -> dict[str, Any]:
-        from methods.esl.official import write_official
-
         return write_official(self, **extra)

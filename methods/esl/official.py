@@ -25,17 +25,16 @@ from methods.common.three_part import (
     write_three_part,
 )
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: the adapter passes its class in
     from methods.esl.adapter import ESLAdapter
 
 VARIANTS = {"h": "esl-h", "a": "esl-a"}
 KEY_HINT = {"h": "sim_vec keys text_levels.kernel_txt_*", "a": "sim_vec keys text_levels.masks_*"}
 
 
-def read_official(path: str | Path, *, variant: str | None = None, dataset: str | None = None) -> ESLAdapter:
+def read_official(adapter_cls: type[ESLAdapter], path: str | Path, *, variant: str | None = None,
+                  dataset: str | None = None) -> ESLAdapter:
     """Load an official ESL-H or ESL-A checkpoint into an ESLAdapter, strictly."""
-    from methods.esl.adapter import ESLAdapter
-
     path = Path(path)
     if variant is not None and variant not in VARIANTS:
         raise CheckpointError(f"{path}: unknown ESL variant {variant!r}; valid: {', '.join(VARIANTS)}")
@@ -50,7 +49,7 @@ def read_official(path: str | Path, *, variant: str | None = None, dataset: str 
     options = encoder_options(path, opt, img_state, "ESL")
     options["kernel_size"] = int(opt.get("kernel_size", 2))
     try:
-        adapter = ESLAdapter.build(found, trained_on, options)
+        adapter = adapter_cls.build(found, trained_on, options)
     except ValueError as exc:
         raise CheckpointError(f"{path}: cannot build ESL from its opt ({exc})") from exc
     load_three_part(adapter.model, (img_state, txt_state, sim_state), path)

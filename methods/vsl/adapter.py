@@ -31,6 +31,7 @@ from methods.vsl.losses import (
     visual_semantic_loss,
 )
 from methods.vsl.model import SGRAF, length_mask
+from methods.vsl.official import read_official, write_official
 
 MODULES = {"sgr": "SGR", "saf": "SAF"}
 DEFAULT_OPTIONS: dict[str, Any] = dict(
@@ -95,13 +96,9 @@ class VSLAdapter(Adapter):
     @classmethod
     def load_official(cls, path: str | Path, *, variant: str | None = None,
                       dataset: str | None = None) -> VSLAdapter:
-        from methods.vsl.official import read_official
-
-        return read_official(path, variant=variant, dataset=dataset)
+        return read_official(cls, path, variant=variant, dataset=dataset)
 
     def official_checkpoint(self, **extra: Any) -> dict[str, Any]:
-        from methods.vsl.official import write_official
-
         return write_official(self, **extra)
 
     # ---- inference --------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from harness.api import (
 )
 from methods.common.vocab import load_scan_vocab
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: the adapter passes its class in
     from methods.vsl.adapter import VSLAdapter
 
 MODULES = {"sgr": "SGR", "saf": "SAF"}
@@ -71,10 +71,9 @@ def _vocab_dataset(path: Path, opt: Mapping[str, Any], rows: int) -> str:
     return vocab_ds
 
 
-def read_official(path: str | Path, *, variant: str | None = None, dataset: str | None = None) -> VSLAdapter:
+def read_official(adapter_cls: type[VSLAdapter], path: str | Path, *, variant: str | None = None,
+                  dataset: str | None = None) -> VSLAdapter:
     """Load an official SGR+VSL or SAF+VSL checkpoint (or an SGRAF one) into a VSLAdapter, strictly."""
-    from methods.vsl.adapter import VSLAdapter
-
     path = Path(path)
     if variant is not None and variant not in MODULES:
         raise CheckpointError(f"{path}: VSL variant {variant!r} is not one checkpoint; valid: sgr, saf "
@@ -113,7 +112,7 @@ def read_official(path: str | Path, *, variant: str | None = None, dataset: str 
     bn = sim_state.get("v_global_w.embedding_local.1.weight")
     if bn is not None:  # VisualSA's BatchNorm has one channel per region slot (36 in official files)
         options["num_regions"] = int(bn.shape[0])
-    adapter = VSLAdapter.build(found_variant, found_dataset, options)
+    adapter = adapter_cls.build(found_variant, found_dataset, options)
     load_strict(adapter.model.img_enc, img_state, path=path, part="img_enc (model[0])")
     load_strict(adapter.model.txt_enc, txt_state, path=path, part="txt_enc (model[1])")
     load_strict(adapter.model.sim_enc, sim_state, path=path, part="sim_enc (model[2])")

@@ -16,6 +16,7 @@ import torch
 
 from methods.common.pairwise import PairwiseAdapter
 from methods.xdim.model import XDimModel
+from methods.xdim.official import read_official, write_official
 
 DEFAULT_OPTIONS: dict[str, Any] = dict(
     embed_size=1024, img_dim=2048, bert="bert-base-uncased", no_imgnorm=False, no_txtnorm=False,
@@ -44,13 +45,9 @@ class XDimAdapter(PairwiseAdapter):
     @classmethod
     def load_official(cls, path: str | Path, *, variant: str | None = None,
                       dataset: str | None = None) -> XDimAdapter:
-        from methods.xdim.official import read_official
-
-        return read_official(path, variant=variant, dataset=dataset)
+        return read_official(cls, path, variant=variant, dataset=dataset)
 
     def official_checkpoint(self, **extra: Any) -> dict[str, Any]:
-        from methods.xdim.official import write_official
-
         return write_official(self, **extra)
 
     def score_elements_per_word(self, images: torch.Tensor) -> int:

@@ -23,16 +23,15 @@ from methods.common.three_part import (
     write_three_part,
 )
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: the adapter passes its class in
     from methods.xdim.adapter import XDimAdapter
 
 VARIANTS = ("bert",)
 
 
-def read_official(path: str | Path, *, variant: str | None = None, dataset: str | None = None) -> XDimAdapter:
+def read_official(adapter_cls: type[XDimAdapter], path: str | Path, *, variant: str | None = None,
+                  dataset: str | None = None) -> XDimAdapter:
     """Load an official X-Dim checkpoint into an XDimAdapter, strictly."""
-    from methods.xdim.adapter import XDimAdapter
-
     path = Path(path)
     if variant is not None and variant not in VARIANTS:
         raise CheckpointError(f"{path}: unknown X-Dim variant {variant!r}; valid: {', '.join(VARIANTS)}")
@@ -41,7 +40,7 @@ def read_official(path: str | Path, *, variant: str | None = None, dataset: str 
     check_basic(path, opt)
     trained_on = checkpoint_dataset(path, opt, dataset, "X-Dim")
     options = encoder_options(path, opt, img_state, "X-Dim")
-    adapter = XDimAdapter.build("bert", trained_on, options)
+    adapter = adapter_cls.build("bert", trained_on, options)
     load_three_part(adapter.model, (img_state, txt_state, sim_state), path)
     return adapter
 

@@ -37,7 +37,7 @@ from harness.metrics.image_retrieval import image_retrieval_protocol
 from harness.precision import check_precision
 from harness.protocols import BOOTSTRAP, PROTOCOLS, EvalInputs, run_protocols, wanted
 from harness.registry import Method, RegistryError
-from harness.results import save_npy
+from harness.results import move_aside, save_npy
 from harness.scoring import DEFAULT_TILES, CacheError, encode_images, encode_texts, eval_mode, score_blocks, tile_grid
 
 
@@ -215,8 +215,7 @@ def score_model(adapter: Adapter, images: Any, captions: Sequence[str], settings
         sims = run()
     except CacheError as exc:  # tile sizes changed, or encodings differ on a nondeterministic GPU
         assert cache is not None
-        aside = cache.with_name(f"{cache.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
-        cache.rename(aside)
+        aside = move_aside(cache, "stale")
         hooks.log(f"tile cache not reusable ({exc}); moved aside to {aside.name}, scoring from scratch")
         reused, scored[0] = 0, 0
         t3 = time.perf_counter()

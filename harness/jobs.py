@@ -146,8 +146,15 @@ def supersede_job(store: ResultStore, name: str, reason: str) -> Path | None:
     d = store.job_dir(name)
     if not d.exists():
         return None
-    target = store.root / "_superseded" / f"{name.replace('/', '__')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    target.mkdir(parents=True, exist_ok=True)
+    base = store.root / "_superseded" / f"{name.replace('/', '__')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    target, n = base, 1
+    while True:  # a fresh folder: two supersedes within one second must not overwrite each other
+        try:
+            target.mkdir()
+            break
+        except FileExistsError:
+            target, n = base.with_name(f"{base.name}-{n}"), n + 1
     for item in d.iterdir():
         if item.name != ".lock":  # the running orchestrator holds it
             item.rename(target / item.name)

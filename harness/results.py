@@ -38,17 +38,25 @@ SPACE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "file 
                 errno.EDQUOT: "disk quota exceeded"}
 
 
+def move_aside(path: str | Path, tag: str) -> Path:
+    """Rename `path` to `<name>.<tag>-<timestamp>[-n]`, a name nothing holds yet (never replacing an earlier
+    one moved aside in the same second); returns the new path."""
+    path = Path(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.{tag}-{stamp}")
+    n = 1
+    while aside.exists():
+        aside = path.with_name(f"{path.name}.{tag}-{stamp}-{n}")
+        n += 1
+    os.replace(path, aside)
+    return aside
+
+
 def quarantine(path: str | Path, reason: str) -> Path:
     """Move an unreadable file aside (never delete it) as `<name>.corrupt-<timestamp>`, with a warning that
     names both; returns the new path. What the file held is recomputed by whoever needed it."""
     path = Path(path)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while aside.exists():
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-        n += 1
-    os.replace(path, aside)
+    aside = move_aside(path, "corrupt")
     warnings.warn(f"{path}: unreadable ({reason}); moved aside to {aside.name}, what it held will be recomputed",
                   CorruptFileWarning, stacklevel=2)
     return aside

@@ -237,3 +237,22 @@ def test_corrupt_job_files_rerun_only_that_job_even_on_dry_run(tmp_path):
     assert "earlier progress cannot be matched" in (train / "job.log").read_text()
     moved = list((res / "_superseded").glob("demo__tiny-a-seed0__train-*"))
     assert len(moved) == 1 and list(moved[0].glob("config.yaml.corrupt-*"))  # kept beside its old progress
+
+
+def test_two_supersedes_within_one_second_keep_both(tmp_path, monkeypatch):
+    """Results moved aside twice in the same second go to two folders: neither overwrites the other."""
+    import harness.jobs as jobs
+
+    store = ResultStore(tmp_path / "results")
+    monkeypatch.setattr(jobs.time, "strftime", lambda fmt, *a: "20261205-120000")  # the clock stands still
+    moved = []
+    for n in (1, 2):
+        job = store.job_dir("demo/x/eval")
+        (job / "work").mkdir(parents=True, exist_ok=True)
+        (job / "work" / "tiles_0.h5").write_text(f"run {n}")
+        (job / "metrics.json").write_text(f'{{"run": {n}}}')
+        moved.append(jobs.supersede_job(store, "demo/x/eval", f"change {n}"))
+    assert moved[0] != moved[1] and moved[1].name == moved[0].name + "-1"
+    for n, folder in enumerate(moved, 1):
+        assert (folder / "metrics.json").read_text() == f'{{"run": {n}}}'
+        assert (folder / "work" / "tiles_0.h5").read_text() == f"run {n}"

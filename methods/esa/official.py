@@ -12,11 +12,12 @@ import argparse
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import torch
 
 from harness.api import (
+    Adapter,
     CheckpointError,
     add_prefix,
     dataset_of_name,
@@ -29,8 +30,7 @@ from harness.api import (
 from methods.common.text_bert import BERT_OPTIONAL_KEYS
 from methods.common.vocab import load_scan_vocab
 
-if TYPE_CHECKING:  # annotations only: the adapter passes its class in
-    from methods.esa.adapter import ESAAdapter
+A = TypeVar("A", bound=Adapter)  # the paper's adapter class, passed in by its load_official
 
 VARIANTS = ("bigru", "bert")
 SCAN_DATASETS = ("coco", "f30k")
@@ -77,8 +77,8 @@ def _check_asked(path: Path, what: str, asked: str | None, found: str, why: str)
             f"pass {what} {found!r} or give a {asked} checkpoint")
 
 
-def read_official(adapter_cls: type[ESAAdapter], path: str | Path, *, variant: str | None = None,
-                  dataset: str | None = None) -> ESAAdapter:
+def read_official(adapter_cls: type[A], path: str | Path, *, variant: str | None = None,
+                  dataset: str | None = None) -> A:
     """Load an official ESA checkpoint (either variant) into an ESAAdapter, strictly."""
     path = Path(path)
     if variant is not None and variant not in VARIANTS:
@@ -139,7 +139,7 @@ def read_official(adapter_cls: type[ESAAdapter], path: str | Path, *, variant: s
     return adapter
 
 
-def official_opt(adapter: ESAAdapter, epoch: int = 0) -> argparse.Namespace:
+def official_opt(adapter: Adapter, epoch: int = 0) -> argparse.Namespace:
     """The official training `opt` for this model (fields of arguments.py + vocab_size), with our
     recipe values where we trained. Extra `itrbench_*` fields say what the official fields cannot."""
     o, r = adapter.options, adapter.recipe
@@ -170,7 +170,7 @@ def official_opt(adapter: ESAAdapter, epoch: int = 0) -> argparse.Namespace:
     return argparse.Namespace(**fields)
 
 
-def write_official(adapter: ESAAdapter, **extra: Any) -> dict[str, Any]:
+def write_official(adapter: Adapter, **extra: Any) -> dict[str, Any]:
     """The container the official train.py saves, for this model (BERT keys prefixed `module.`).
 
     Tensors share storage with the model when it is on the CPU (so a file holding both is not doubled).

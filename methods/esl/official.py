@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
-from harness.api import CheckpointError
+from harness.api import Adapter, CheckpointError
 from methods.common.three_part import (
     check_basic,
     check_head,
@@ -25,15 +25,14 @@ from methods.common.three_part import (
     write_three_part,
 )
 
-if TYPE_CHECKING:  # annotations only: the adapter passes its class in
-    from methods.esl.adapter import ESLAdapter
+A = TypeVar("A", bound=Adapter)  # the paper's adapter class, passed in by its load_official
 
 VARIANTS = {"h": "esl-h", "a": "esl-a"}
 KEY_HINT = {"h": "sim_vec keys text_levels.kernel_txt_*", "a": "sim_vec keys text_levels.masks_*"}
 
 
-def read_official(adapter_cls: type[ESLAdapter], path: str | Path, *, variant: str | None = None,
-                  dataset: str | None = None) -> ESLAdapter:
+def read_official(adapter_cls: type[A], path: str | Path, *, variant: str | None = None,
+                  dataset: str | None = None) -> A:
     """Load an official ESL-H or ESL-A checkpoint into an ESLAdapter, strictly."""
     path = Path(path)
     if variant is not None and variant not in VARIANTS:
@@ -56,7 +55,7 @@ def read_official(adapter_cls: type[ESLAdapter], path: str | Path, *, variant: s
     return adapter
 
 
-def official_opt(adapter: ESLAdapter, epoch: int = 0) -> argparse.Namespace:
+def official_opt(adapter: Adapter, epoch: int = 0) -> argparse.Namespace:
     """The official training `opt` (arguments.py fields + vocab_size) with our recipe values;
     `itrbench_*` fields say what the official fields cannot (dataset, BERT backbone)."""
     data_name = f"{adapter.dataset}_precomp"
@@ -65,6 +64,6 @@ def official_opt(adapter: ESLAdapter, epoch: int = 0) -> argparse.Namespace:
     return argparse.Namespace(**fields)
 
 
-def write_official(adapter: ESLAdapter, **extra: Any) -> dict[str, Any]:
+def write_official(adapter: Adapter, **extra: Any) -> dict[str, Any]:
     """The container the official train.py saves, for this model (keys prefixed `module.`)."""
     return write_three_part(adapter, official_opt(adapter, int(extra.get("epoch", 0))), **extra)

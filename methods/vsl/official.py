@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import torch
 
 from harness.api import (
+    Adapter,
     CheckpointError,
     dataset_of_name,
     load_container,
@@ -27,8 +28,7 @@ from harness.api import (
 )
 from methods.common.vocab import load_scan_vocab
 
-if TYPE_CHECKING:  # annotations only: the adapter passes its class in
-    from methods.vsl.adapter import VSLAdapter
+A = TypeVar("A", bound=Adapter)  # the paper's adapter class, passed in by its load_official
 
 MODULES = {"sgr": "SGR", "saf": "SAF"}
 SCAN_DATASETS = ("coco", "f30k")
@@ -71,8 +71,8 @@ def _vocab_dataset(path: Path, opt: Mapping[str, Any], rows: int) -> str:
     return vocab_ds
 
 
-def read_official(adapter_cls: type[VSLAdapter], path: str | Path, *, variant: str | None = None,
-                  dataset: str | None = None) -> VSLAdapter:
+def read_official(adapter_cls: type[A], path: str | Path, *, variant: str | None = None,
+                  dataset: str | None = None) -> A:
     """Load an official SGR+VSL or SAF+VSL checkpoint (or an SGRAF one) into a VSLAdapter, strictly."""
     path = Path(path)
     if variant is not None and variant not in MODULES:
@@ -140,7 +140,7 @@ def recipe_from_opt(opt: Mapping[str, Any]) -> dict[str, Any]:
     return {ours: opt[theirs] for theirs, ours in keys.items() if theirs in opt}
 
 
-def write_official(adapter: VSLAdapter, **extra: Any) -> dict[str, Any]:
+def write_official(adapter: Adapter, **extra: Any) -> dict[str, Any]:
     """The adapter's model in the official container layout (extra: epoch, best_rsum, Eiters, opt fields)."""
     o, r = adapter.options, adapter.recipe
     opt = dict(OPT_DEFAULTS)

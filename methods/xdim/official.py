@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
-from harness.api import CheckpointError
+from harness.api import Adapter, CheckpointError
 from methods.common.three_part import (
     check_basic,
     check_head,
@@ -23,14 +23,13 @@ from methods.common.three_part import (
     write_three_part,
 )
 
-if TYPE_CHECKING:  # annotations only: the adapter passes its class in
-    from methods.xdim.adapter import XDimAdapter
+A = TypeVar("A", bound=Adapter)  # the paper's adapter class, passed in by its load_official
 
 VARIANTS = ("bert",)
 
 
-def read_official(adapter_cls: type[XDimAdapter], path: str | Path, *, variant: str | None = None,
-                  dataset: str | None = None) -> XDimAdapter:
+def read_official(adapter_cls: type[A], path: str | Path, *, variant: str | None = None,
+                  dataset: str | None = None) -> A:
     """Load an official X-Dim checkpoint into an XDimAdapter, strictly."""
     path = Path(path)
     if variant is not None and variant not in VARIANTS:
@@ -45,12 +44,12 @@ def read_official(adapter_cls: type[XDimAdapter], path: str | Path, *, variant: 
     return adapter
 
 
-def official_opt(adapter: XDimAdapter, epoch: int = 0) -> argparse.Namespace:
+def official_opt(adapter: Adapter, epoch: int = 0) -> argparse.Namespace:
     """The official training `opt` (arguments.py fields + vocab_size) with our recipe values;
     `itrbench_*` fields say what the official fields cannot (dataset, BERT backbone)."""
     return argparse.Namespace(**official_opt_fields(adapter, epoch, f"{adapter.dataset}_precomp"))
 
 
-def write_official(adapter: XDimAdapter, **extra: Any) -> dict[str, Any]:
+def write_official(adapter: Adapter, **extra: Any) -> dict[str, Any]:
     """The container the official train.py saves, for this model (keys prefixed `module.`)."""
     return write_three_part(adapter, official_opt(adapter, int(extra.get("epoch", 0))), **extra)

@@ -101,3 +101,20 @@ def test_evaluation_killed_mid_scoring_resumes_from_the_last_finished_tile(tmp_p
     assert resumed["protocols"] == full["protocols"]
     np.testing.assert_array_equal(np.load(killed / "results" / EVAL / "sims.npy"),
                                   np.load(reference / "results" / EVAL / "sims.npy"))
+
+
+def test_a_tile_cache_of_other_tile_sizes_is_set_aside_and_scoring_restarts(tmp_path):
+    killed, reference = campaign(tmp_path / "killed"), campaign(tmp_path / "reference")
+    for tmp in (killed, reference):
+        write_official(tmp / "checkpoints" / "tiny" / "a" / "demo" / "a.pth", 5)
+    args = ["--variants", "a", "--stage", "evaluate"]
+    _killed_run(run_args(killed, *args, "--tiles", "4,12"), "tile:6")
+    work = killed / "results" / EVAL / "work"
+    assert (work / "tiles_0.h5").is_file()
+
+    assert main(run_args(killed, *args, "--tiles", "6,20")) == 0  # other tiles: the cache cannot be reused
+    log = (killed / "results" / EVAL / "job.log").read_text()
+    assert "tile cache not reusable" in log and "scoring from scratch" in log
+    assert len(list(work.glob("tiles_0.h5.stale-*"))) == 1  # kept, not deleted
+    assert main(run_args(reference, *args, "--tiles", "6,20")) == 0
+    assert _metrics(killed, EVAL)["protocols"] == _metrics(reference, EVAL)["protocols"]

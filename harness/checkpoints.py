@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._weights_only_unpickler import Unpickler as WeightsOnlyUnpickler  # torch.load's own rules
 
 from harness.errors import ItrbenchError
 
@@ -37,6 +38,14 @@ EXPANSION_LIMIT, EXPANSION_SLACK = 2, 1 << 20
 
 
 def load_container(path: str | Path) -> dict[str, Any]:
+    """A checkpoint container (a dict) read with `load_weights_only`."""
+    obj = load_weights_only(path)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict container, found {type(obj).__name__}")
+    return obj
+
+
+def load_weights_only(path: str | Path) -> Any:
     """`torch.load(path, weights_only=True)` with the allow-list; clear errors for bad files.
 
     Before torch allocates anything, the sizes the file declares (zip entries, every storage and tensor in
@@ -63,8 +72,6 @@ def load_container(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: refused to unpickle ({_first_line(exc)}). Only weights and argparse.Namespace "
             "are accepted; this is not an official checkpoint of a supported method") from exc
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a dict container, found {type(obj).__name__}")
     return obj
 
 
@@ -114,20 +121,10 @@ class _MetaStorages:
                                              f"storage declares {nbytes:,}")
 
 
-def _weights_only_unpickler() -> Any:
-    """torch's weights-only Unpickler class (a private module: None if a torch version lacks it, and the
-    pickle scan is skipped; the zip-level bound still applies)."""
-    try:
-        from torch._weights_only_unpickler import Unpickler
-    except ImportError:  # pragma: no cover - present in every torch 2.x
-        return None
-    return Unpickler
-
-
 def _scan_pickle(stream: Any) -> dict[str, int]:
     """Unpickle a checkpoint's object pickle with the weights-only rules and meta storages (nothing is
     allocated; tensors whose shape exceeds their storage fail here); the declared bytes of each storage."""
-    unpickler = _weights_only_unpickler()(stream, encoding="utf-8")
+    unpickler = WeightsOnlyUnpickler(stream, encoding="utf-8")
     storages = _MetaStorages()
     unpickler.persistent_load = storages
     with torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings():
@@ -169,8 +166,6 @@ def _declared_zip(path: Path, size: int) -> int:
         entries = {i.filename: i for i in infos}
         with z.open(pickles[0]) as f:
             data = f.read(pickles[0].file_size + 1)
-    if _weights_only_unpickler() is None:  # pragma: no cover
-        return expanded
     declared = _scan_pickle(io.BytesIO(data))
     for key, nbytes in declared.items():
         record = entries.get(f"{prefix}data/{key}")
@@ -184,18 +179,15 @@ def _declared_zip(path: Path, size: int) -> int:
 def _declared_legacy(path: Path, size: int) -> int:
     """The pre-1.6 format: magic, protocol and sys-info pickles, the object pickle, the storage keys, then
     each storage as an 8-byte element count and its bytes."""
-    unpickler = _weights_only_unpickler()
-    if unpickler is None:  # pragma: no cover
-        return 0
     with open(path, "rb") as f, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if tarfile_header(f):
             raise CheckpointError(f"{path}: a legacy .tar checkpoint, which cannot be loaded safely "
                                   "(weights only); re-save it with a current torch")
         for _ in range(3):  # magic number, protocol version, sys info
-            unpickler(f, encoding="utf-8").load()
+            WeightsOnlyUnpickler(f, encoding="utf-8").load()
         declared = _scan_pickle(f)
-        unpickler(f, encoding="utf-8").load()  # the storage keys
+        WeightsOnlyUnpickler(f, encoding="utf-8").load()  # the storage keys
         left = size - f.tell()
     total = sum(declared.values())
     if total + 8 * len(declared) > left:

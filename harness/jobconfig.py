@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 STORED_EXTRAS = ("key", "name", "identity")  # written beside the config in config.yaml
+CORE = ("stage", "method", "variant", "dataset")  # the fields every job config has
 
 
 @dataclass(frozen=True)
@@ -55,14 +56,10 @@ class JobConfig:
         unknown = sorted(set(d) - known - set(STORED_EXTRAS))
         if unknown:
             raise ValueError(f"job config: unknown field(s) {', '.join(unknown)}")
-        missing = [k for k in ("stage", "method", "variant", "dataset") if k not in d]
+        missing = [k for k in CORE if k not in d]
         if missing:
             raise ValueError(f"job config: missing field(s) {', '.join(missing)}")
-        values = {k: v for k, v in d.items() if k in known}
-        for k in ("splits", "members"):
-            if values.get(k) is not None:
-                values[k] = tuple(values[k])
-        return cls(**values)
+        return cls.stored(d)
 
     @classmethod
     def stored(cls, d: JobConfig | Mapping[str, Any]) -> JobConfig:
@@ -72,7 +69,7 @@ class JobConfig:
             return d
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in d.items() if k in known}
-        for k in ("stage", "method", "variant", "dataset"):
+        for k in CORE:
             values[k] = "" if values.get(k) is None else str(values[k])
         for k in ("splits", "members"):
             if values.get(k) is not None:

@@ -39,6 +39,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: jobs are not locked
+    fcntl = None  # type: ignore[assignment]
+
 import numpy as np
 import torch
 
@@ -61,11 +66,12 @@ from harness.evaluation import (
 from harness.jobconfig import JobConfig
 from harness.plan import Job, data_layout
 from harness.registry import Registry, load_registry
-from harness.results import ResultStore, environment
+from harness.results import ResultStore, environment, fresh_path
 from harness.status import LOG, STATUS, StatusWriter
 from harness.training import BEST, StepInfo, TrainingInterrupted, train
 
 CURVE = "loss_curve.tsv"
+LOCK = ".lock"  # one process at a time per job folder (flock)
 KILL_ENV = "ITRBENCH_KILL_AT"  # test hook: "step:N" / "tile:N" -> SIGKILL this process after N steps / tiles
 
 
@@ -146,17 +152,10 @@ def supersede_job(store: ResultStore, name: str, reason: str) -> Path | None:
     d = store.job_dir(name)
     if not d.exists():
         return None
-    base = store.root / "_superseded" / f"{name.replace('/', '__')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    base.parent.mkdir(parents=True, exist_ok=True)
-    target, n = base, 1
-    while True:  # a fresh folder: two supersedes within one second must not overwrite each other
-        try:
-            target.mkdir()
-            break
-        except FileExistsError:
-            target, n = base.with_name(f"{base.name}-{n}"), n + 1
+    target = fresh_path(store.root / "_superseded" / name.replace("/", "__"))
+    target.mkdir(parents=True)
     for item in d.iterdir():
-        if item.name != ".lock":  # the running orchestrator holds it
+        if item.name != LOCK:  # the running orchestrator holds it
             item.rename(target / item.name)
     with open(d / LOG, "a", encoding="utf-8") as f:
         f.write(f"{_stamp()} earlier results moved to {target}: {reason}\n")
@@ -250,6 +249,18 @@ class _Logger:
         self.sink(f"{self.name}: {msg}")
 
 
+def _take_lock(f: Any) -> str | None:
+    """Take the exclusive lock on the open lock file `f`; None when taken, else who holds it."""
+    if fcntl is None:  # pragma: no cover - Windows: no locking
+        return None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        return f.read().strip() or "another process"
+    return None
+
+
 @contextlib.contextmanager
 def _lock(job_dir: Path, main: bool) -> Iterator[None]:
     """One process at a time per job (a second orchestrator, or a requeued Slurm job while the old one
@@ -258,45 +269,28 @@ def _lock(job_dir: Path, main: bool) -> Iterator[None]:
         yield
         return
     job_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    path = job_dir / ".lock"
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            f.seek(0)
-            raise JobLocked(f"{job_dir}: running elsewhere ({f.read().strip() or 'another process'})") from exc
+    with open(job_dir / LOCK, "a+") as f:
+        holder = _take_lock(f)
+        if holder is not None:
+            raise JobLocked(f"{job_dir}: running elsewhere ({holder})")
         f.seek(0)
         f.truncate()
         f.write(f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         f.flush()
         try:
             yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        finally:  # explicit: a child process that inherited the file must not keep the job locked
+            if fcntl is not None:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def lock_holder(job_dir: str | Path) -> str | None:
     """Who runs this job right now ("host H, pid P, since T"), when another process holds its lock; else None."""
-    path = Path(job_dir) / ".lock"
+    path = Path(job_dir) / LOCK
     if not path.is_file():
         return None
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        return None
     with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            return f.read().strip() or "another process"
-        fcntl.flock(f, fcntl.LOCK_UN)
-    return None
+        return _take_lock(f)  # taken here: nobody else holds it; released when the file closes
 
 
 def _kill_hook(kind: str) -> Callable[[], None]:

@@ -227,9 +227,7 @@ class Scheduler:
         elif outcome.interrupted:
             row.state, row.note = "interrupted", outcome.error
             self.say(f"stopped {outcome.name}: {outcome.error}", "yellow")
-        elif self.held_elsewhere(row):
-            pass
-        else:
+        elif not self.held_elsewhere(row):  # a job another process runs is not a failure
             row.state, row.note = "failed", outcome.error.splitlines()[-1] if outcome.error else "failed"
             body = "\n".join("    " + line for line in outcome.error.splitlines())
             self.say(f"failed {outcome.name} (log: {self.store.job_dir(outcome.name) / 'job.log'})", "red")

@@ -38,16 +38,21 @@ SPACE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "file 
                 errno.EDQUOT: "disk quota exceeded"}
 
 
+def fresh_path(base: str | Path) -> Path:
+    """`<base>-<timestamp>`, or `<base>-<timestamp>-<n>` when that is taken: a name nothing holds yet, so
+    what is moved aside twice within one second never replaces what was moved aside before."""
+    base = Path(base)
+    stamp = f"{base.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base.with_name(stamp), 1
+    while path.exists():
+        path, n = base.with_name(f"{stamp}-{n}"), n + 1
+    return path
+
+
 def move_aside(path: str | Path, tag: str) -> Path:
-    """Rename `path` to `<name>.<tag>-<timestamp>[-n]`, a name nothing holds yet (never replacing an earlier
-    one moved aside in the same second); returns the new path."""
+    """Rename `path` to `<name>.<tag>-<timestamp>[-n]` (`fresh_path`); returns the new path."""
     path = Path(path)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    aside = path.with_name(f"{path.name}.{tag}-{stamp}")
-    n = 1
-    while aside.exists():
-        aside = path.with_name(f"{path.name}.{tag}-{stamp}-{n}")
-        n += 1
+    aside = fresh_path(path.with_name(f"{path.name}.{tag}"))
     os.replace(path, aside)
     return aside
 

@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 import yaml
 from rich.console import Console
-from test_orchestrate_fixtures import campaign, one_thread, run_args, write_official  # noqa: F401 - one_thread: autouse fixture
+from test_orchestrate_fixtures import (  # noqa: F401 - one_thread: autouse fixture
+    campaign,
+    one_thread,
+    run_args,
+    worker_env,
+    write_official,
+)
 
 from harness import display, orchestrate
 from harness.cli import main
@@ -124,7 +130,8 @@ def test_a_job_locked_by_another_process_shows_running_elsewhere(tmp_path, out):
     write_official(ck / "a2.pth", 2)
     held = tmp_path / "results" / "demo" / "tiny-a-official" / "eval"
     held.mkdir(parents=True)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(held / ".lock")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(held)], stdout=subprocess.PIPE, text=True,
+                              env=worker_env())
     try:
         assert holder.stdout.readline().strip() == "locked"
         assert main(run_args(tmp_path, "--stage", "evaluate")) == 1
@@ -140,16 +147,14 @@ def test_a_job_locked_by_another_process_shows_running_elsewhere(tmp_path, out):
     assert main(run_args(tmp_path, "--stage", "evaluate")) == 0  # the other process is gone: the job runs here
 
 
-# a second process holding a job's lock the way a running job does
+# a second process holding a job's lock: the lock a running job takes (harness.jobs), held until killed
 HOLD_LOCK = """
-import fcntl, os, socket, sys, time
-f = open(sys.argv[1], "a+")
-fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-f.truncate(0)
-f.write(f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\\n")
-f.flush()
-print("locked", flush=True)
-time.sleep(600)
+import sys, time
+from pathlib import Path
+from harness.jobs import _lock
+with _lock(Path(sys.argv[1]), main=True):
+    print("locked", flush=True)
+    time.sleep(600)
 """
 
 

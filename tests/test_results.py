@@ -244,7 +244,7 @@ def test_two_supersedes_within_one_second_keep_both(tmp_path, monkeypatch):
     import harness.jobs as jobs
 
     store = ResultStore(tmp_path / "results")
-    monkeypatch.setattr(jobs.time, "strftime", lambda fmt, *a: "20261205-120000")  # the clock stands still
+    monkeypatch.setattr(results.time, "strftime", lambda fmt, *a: "20261205-120000")  # the clock stands still
     moved = []
     for n in (1, 2):
         job = store.job_dir("demo/x/eval")

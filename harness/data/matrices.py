@@ -113,13 +113,12 @@ def _torch(path: Path, key: str | None) -> np.ndarray:
     # torch (and the checkpoint helpers built on it) only for torch files: `metrics` on .npy stays numpy-only
     import torch
 
-    from harness.checkpoints import CheckpointError, declared_storage_bytes
+    from harness.checkpoints import CheckpointError, load_weights_only
 
     try:
-        declared_storage_bytes(path)  # the sizes the file declares fit in it
+        obj = load_weights_only(path)  # sizes checked before anything is allocated; no code runs
     except CheckpointError as exc:
         raise MatrixFileError(str(exc)) from None
-    obj = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(obj, dict):
         obj = obj[_pick(path, [str(k) for k in obj], key)]
     if not isinstance(obj, torch.Tensor):

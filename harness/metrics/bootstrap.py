@@ -124,7 +124,7 @@ def resampled_means(jobs: Sequence[tuple[np.ndarray, np.ndarray | None]], n_unit
     first, category = first[order], np.argsort(order)[category.reshape(-1)]
     if len(first) * COLLAPSE <= n_units:
         sums, counts = [s[first] for s in sums], [c[first] for c in counts]
-        weights = category_weights(category, n, seed, None if strata is None else strata_col[first][category])
+        weights = category_weights(category, n, seed, strata)  # a category never spans two strata
     else:
         weights = resample_weights(n_units, n, seed, strata)
     outs: list[list[np.ndarray]] = [[] for _ in sums]

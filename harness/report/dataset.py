@@ -35,8 +35,6 @@ from harness.report.runs import RETRAINED, RunGroup, Stat, get_path, matching_re
 from harness.report.significance import RESAMPLES, group_values, paired_p
 from harness.results import JobResult
 
-HEADLINE_ORDER = HEADLINE_PREFERENCE  # the protocol the efficiency plot uses
-
 
 @dataclass
 class Significance:
@@ -68,8 +66,7 @@ def _finite_rsum(g: RunGroup, protocol: str) -> bool:
 
 def significance(groups: Sequence[RunGroup], protocol: str) -> Significance:
     """Rows in registry order, those whose rsum is NaN / inf last (never the best, marked not ranked)."""
-    present = [g for g in groups if g.has_protocol(protocol)]
-    rows = [g for g in present if _finite_rsum(g, protocol)] + [g for g in present if not _finite_rsum(g, protocol)]
+    rows = sorted((g for g in groups if g.has_protocol(protocol)), key=lambda g: not _finite_rsum(g, protocol))
     best = _best(rows, protocol)
     if best is None or len(rows) < 2:
         return Significance(rows, protocol, best, {})
@@ -240,7 +237,7 @@ def _efficiency(groups: Sequence[RunGroup], jobs: Mapping[str, JobResult]) -> li
 
 
 def _efficiency_plot(dataset: str, groups: Sequence[RunGroup], reports: Path) -> tuple[list[str], list[Path]]:
-    protocol = next((p for p in HEADLINE_ORDER if any(g.has_protocol(p) for g in groups)), None)
+    protocol = next((p for p in HEADLINE_PREFERENCE if any(g.has_protocol(p) for g in groups)), None)
     if protocol is None:
         return [], []
     points = []

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.metrics.bootstrap import paired_bootstrap_p
-from harness.metrics.recall import RECALL_KS, check_matrix, count_ranks, fold_slices
+from harness.metrics.recall import RECALL_KS, check_matrix, count_ranks, fold_slices, uniform_captions
 from harness.protocols import PROTOCOLS, names_of_family
 from harness.results import JobResult
 
@@ -58,7 +58,7 @@ def per_image_rsum(sims: np.ndarray, protocol: str, captions_per_image: int = 5,
     `owner` (caption -> image) allows any number of captions per image (not for the COCO 1K folds)."""
     if protocol not in RECALL_PROTOCOLS:
         raise ValueError(f"per-image rsum is defined for {', '.join(RECALL_PROTOCOLS)}, not '{protocol}'")
-    if owner is not None and np.array_equal(owner, np.arange(len(owner)) // captions_per_image):
+    if owner is not None and uniform_captions(owner, sims.shape[0]) == captions_per_image:
         owner = None
     folds = PROTOCOLS[protocol].folds
     if folds:

@@ -8,6 +8,7 @@ Executors decide only *where* and *when*: `start` what fits now, `wait` for endi
 from __future__ import annotations
 
 import abc
+import gc
 import json
 import signal
 import threading
@@ -107,6 +108,7 @@ def execute_task(task: Task, should_stop: Callable[[], bool] | None = None,
                      processes=dist_ctx.world_size if dist_ctx else 1, **({"log": log} if log else {}))
     try:
         result = run_job(task.job, ctx)
+        gc.collect()  # the job's DDP wrappers (reference cycles) go before their process group does
         distributed.barrier()  # no rank tears the group down while another still talks to it (gloo aborts)
         return result
     finally:

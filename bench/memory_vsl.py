@@ -7,7 +7,7 @@ of about 50 tokens as in COCO testall), a randomly initialised VSL SGR model wit
 25000 output with the default tiles, scoring the first few tiles for real and filling the others with
 zeros (full CPU scoring takes hours), so every caption tile is sliced and the whole output is written.
 Each store runs in its own process; the peak RSS (ru_maxrss) of each is printed. Stores:
-- spilled: the engine's default (harness.scoring.encode_texts): packed caption rows, those beyond
+- spilled: the engine's default (harness.eval.scoring.encode_texts): packed caption rows, those beyond
   TEXT_MEMORY_LIMIT in a temporary file read back per caption tile;
 - packed: packed caption rows, all in memory;
 - padded: the engine before (concat_blocks: every caption padded to the split's longest).
@@ -81,7 +81,7 @@ def old_encode(adapter, images, captions, batch_size: int):
     """The engine before the packed store: lists of blocks, then concat_blocks (captions padded to the
     split's longest caption, images concatenated into a second copy)."""
     from harness.api import concat_blocks
-    from harness.scoring import eval_mode
+    from harness.eval.scoring import eval_mode
 
     img_blocks, txt_blocks = [], []
     with eval_mode(adapter):
@@ -96,7 +96,7 @@ def old_encode(adapter, images, captions, batch_size: int):
 
 def child(args: argparse.Namespace) -> None:
     from harness.api import PackedFeatures
-    from harness.scoring import TEXT_MEMORY_LIMIT, encode_images, encode_texts, score_blocks
+    from harness.eval.scoring import TEXT_MEMORY_LIMIT, encode_images, encode_texts, score_blocks
     from methods.vsl.adapter import VSLAdapter
 
     torch.set_num_threads(args.threads)

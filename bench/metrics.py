@@ -13,9 +13,9 @@ import time
 
 import numpy as np
 
-from harness.metrics.loop_reference import loop_i2t_ranks, loop_summary, loop_t2i_ranks
-from harness.metrics.recall import fold_slices, full_recall
-from harness.protocols import compute_protocol
+from harness.eval.metrics.loop_reference import loop_i2t_ranks, loop_summary, loop_t2i_ranks
+from harness.eval.metrics.recall import fold_slices, full_recall
+from harness.eval.protocols import compute_protocol
 
 
 def synthetic(n_img: int, dtype: str, seed: int = 0) -> np.ndarray:

@@ -4,7 +4,7 @@
 
 Both sides are timed as a user meets them: a fresh interpreter that reads the .npy matrix and prints
 R@K. The reference is the official evaluation's habit: one `np.argsort` over the gallery per query
-(harness.metrics.loop_reference). Ours runs with the command's default 95% bootstrap intervals unless
+(harness.eval.metrics.loop_reference). Ours runs with the command's default 95% bootstrap intervals unless
 `--bootstrap` says otherwise. Prints both wall times, the ratio, and checks the rsums agree.
 """
 
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL_STYLE = """
 import sys
 import numpy as np
-from harness.metrics.loop_reference import loop_i2t_ranks, loop_summary, loop_t2i_ranks
+from harness.eval.metrics.loop_reference import loop_i2t_ranks, loop_summary, loop_t2i_ranks
 sims = np.load(sys.argv[1])
 i2t, t2i = loop_summary(loop_i2t_ranks(sims)), loop_summary(loop_t2i_ranks(sims))
 print(sum(i2t[:3]) + sum(t2i[:3]))

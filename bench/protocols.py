@@ -23,7 +23,7 @@ import torch
 
 def synthetic_matrix(seed: int = 0) -> np.ndarray:
     """A tie-free 5000 x 25000 matrix in eccv_caption order with model-like structure."""
-    from harness.metrics.eccv import package_gt
+    from harness.eval.metrics.eccv import package_gt
 
     rng = np.random.default_rng(seed)
     sims = rng.standard_normal((5000, 25000), dtype=np.float32)
@@ -80,9 +80,9 @@ def main() -> None:
     import eccv_caption._metrics as em
     from eccv_caption import Metrics
 
-    from harness.metrics import bootstrap
-    from harness.metrics.eccv import eccv_protocol, matrix_scores
-    from harness.metrics.ids import canonical_ids
+    from harness.eval.metrics import bootstrap
+    from harness.eval.metrics.eccv import eccv_protocol, matrix_scores
+    from harness.eval.metrics.ids import canonical_ids
 
     em.tqdm = lambda x, total=None, disable=None: x  # no progress bars inside the timed reference
     ids = canonical_ids()

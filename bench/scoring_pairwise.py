@@ -2,7 +2,7 @@
 
 For ESL-H, ESL-A (embed 512) and X-Dim (embed 1024) with random weights, real shapes (36 regions,
 captions of 12-16 tokens). Ours: the image and caption sides are prepared once (as encode_images /
-encode_texts do) and the matrix is scored through `harness.scoring.score_blocks` (tiles 128 x 512).
+encode_texts do) and the matrix is scored through `harness.eval.scoring.score_blocks` (tiles 128 x 512).
 Official style: the official `Sim_vec` algorithm per shard, one caption at a time against all images
 of the shard, recomputing the caption side for every image (tests/test_esl_reference.py,
 tests/test_xdim.py). The official style is timed on a sub-block (its first --ref-captions captions)
@@ -30,7 +30,7 @@ from test_esl_reference import TINY_BERT, OfficialESLSimVec, l2n, shard_attn_sco
 from test_xdim import OfficialXDimSimVec  # noqa: E402
 
 from harness.api import PaddedFeatures  # noqa: E402
-from harness.scoring import score_blocks  # noqa: E402
+from harness.eval.scoring import score_blocks  # noqa: E402
 from methods.esl import ESLAdapter  # noqa: E402
 from methods.xdim import XDimAdapter  # noqa: E402
 

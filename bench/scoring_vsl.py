@@ -3,7 +3,7 @@
 Real shapes: 36 regions x 1024 (encoded), sim_dim 256, captions of 12-16 tokens, random weights with
 random batch-norm statistics. The official-style reference (tests/test_vsl_reference.py) scores one
 100 x 100 shard (float64 buffers, float32 shard, one caption at a time, VisualSA once per shard); ours
-scores a larger block through harness.scoring.score_blocks with its default pairwise tiles, including
+scores a larger block through harness.eval.scoring.score_blocks with its default pairwise tiles, including
 the global vectors that our encoders precompute. The two matrices are compared on the shared
 100 x 100 sub-block. `--profile` adds a per-op profile of ours. Peak memory: bench/memory_vsl.py.
 
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from harness.api import PaddedFeatures  # noqa: E402
-from harness.scoring import DEFAULT_TILES, score_blocks  # noqa: E402
+from harness.eval.scoring import DEFAULT_TILES, score_blocks  # noqa: E402
 from methods.vsl.adapter import VSLAdapter  # noqa: E402
 from methods.vsl.model import length_mask  # noqa: E402
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from harness.metrics import bootstrap as bs
-from harness.metrics.bootstrap import (
+from harness.eval.metrics import bootstrap as bs
+from harness.eval.metrics.bootstrap import (
     QueryScores,
     bootstrap_ci,
     compare,

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.checks import check_dataset
-from harness.cli import main
+from harness.cli.app import main
 from harness.data.cusa_json import check_cusa_json
 from harness.data.image_retrieval import check_image_retrieval
 from harness.data.precomp import DataError, check_precomp, load_precomp
+from harness.spec.checks import check_dataset
 
 CAPTIONS = ["a man rides a red bike on a dirt road", "a dog runs on the grass", "two people wait near a bus",
             "a cat sleeps on a sofa", "a plate of food on a table"]

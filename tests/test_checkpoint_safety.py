@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from harness import checkpoints
-from harness.checkpoints import CheckpointError, load_container, load_strict
+from harness.core import checkpoints
+from harness.core.checkpoints import CheckpointError, load_container, load_strict
 
 BIG = 16_000_000  # declared float32 elements: 64 MB, from files of a few KB
 

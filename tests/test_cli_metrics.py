@@ -5,8 +5,8 @@ import json
 import h5py
 import numpy as np
 
-from harness.cli import main
-from harness.metrics.loop_reference import loop_i2t_ranks, loop_summary, loop_t2i_ranks
+from harness.cli.app import main
+from harness.eval.metrics.loop_reference import loop_i2t_ranks, loop_summary, loop_t2i_ranks
 
 
 def test_metrics_json_shape_and_values(tmp_path):
@@ -48,7 +48,7 @@ def test_metrics_and_help_never_import_torch(tmp_path):
 
     sims = tmp_path / "sims.npy"
     np.save(sims, np.eye(4, 20, dtype=np.float32))
-    probe = ("import sys\nfrom harness.cli import main\ntry:\n    code = main(sys.argv[1:])\n"
+    probe = ("import sys\nfrom harness.cli.app import main\ntry:\n    code = main(sys.argv[1:])\n"
              "except SystemExit as exc:\n    code = exc.code\n"
              "print(sorted(m for m in ('torch', 'transformers', 'open_clip') if m in sys.modules), code)")
     for args in (["metrics", "--sims", str(sims), "--protocol", "recall", "--bootstrap", "0"], ["--help"]):

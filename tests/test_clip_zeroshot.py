@@ -18,10 +18,10 @@ import torch
 from PIL import Image
 
 from harness.api import CheckpointError
-from harness.cli import main as cli_main
+from harness.cli.app import main as cli_main
 from harness.data.demo import build_demo_images
-from harness.plan import build_plan
-from harness.registry import RegistryError, load_registry, parse_registry
+from harness.run.plan import build_plan
+from harness.spec.registry import RegistryError, load_registry, parse_registry
 from methods.clip_zeroshot.adapter import ClipZeroShotAdapter
 from methods.clip_zeroshot.model import VARIANTS, ClipSpec, cached_weights
 from methods.cusa.config import TINY_CLIP

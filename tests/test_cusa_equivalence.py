@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from harness.data.demo_images import render_caption_images
-from harness.scoring import encode_images, encode_texts, score_blocks
+from harness.eval.scoring import encode_images, encode_texts, score_blocks
 from methods.cusa.adapter import CUSAAdapter
 from methods.cusa.config import TINY_CLIP
 

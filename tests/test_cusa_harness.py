@@ -13,15 +13,15 @@ import torch
 from PIL import Image
 
 from harness.api import load_container
-from harness.cli import main as cli_main
+from harness.cli.app import main as cli_main
+from harness.core.results import ResultStore
 from harness.data.demo_images import demo_teacher_features, write_demo_split
-from harness.evaluation import image_retrieval_runner
-from harness.jobs import JobContext, JobInterrupted, RunSettings, run_job
-from harness.plan import build_plan
-from harness.protocols import EvalInputs, run_protocols
-from harness.registry import load_registry
-from harness.results import ResultStore
-from harness.training import BEST
+from harness.eval.evaluation import image_retrieval_runner
+from harness.eval.protocols import EvalInputs, run_protocols
+from harness.run.jobs import JobContext, JobInterrupted, RunSettings, run_job
+from harness.run.plan import build_plan
+from harness.run.training import BEST
+from harness.spec.registry import load_registry
 from methods.cusa.adapter import CUSAAdapter
 from methods.cusa.config import TINY_CLIP
 

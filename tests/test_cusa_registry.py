@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.registry import load_registry
+from harness.spec.registry import load_registry
 from methods.cusa.adapter import CUSAAdapter
 
 

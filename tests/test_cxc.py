@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from harness.metrics.cxc import (
+from harness.eval.metrics.cxc import (
     ASSET_DIR,
     CxcError,
     cxc_ground_truth,
@@ -16,8 +16,8 @@ from harness.metrics.cxc import (
     read_cxc_csv,
     unimodal_reason,
 )
-from harness.metrics.eccv import package_gt
-from harness.metrics.ids import canonical_ids
+from harness.eval.metrics.eccv import package_gt
+from harness.eval.metrics.ids import canonical_ids
 
 warnings.filterwarnings("ignore", message="failed to import `ujson`")
 
@@ -106,7 +106,7 @@ def _loop_inter_rank(scores: np.ndarray, positives: list[int]) -> int:
 
 
 def test_protocol_matches_the_official_loops(sims):
-    from harness.metrics.cxc import cxc_query_scores
+    from harness.eval.metrics.cxc import cxc_query_scores
 
     rng = np.random.default_rng(1)
     images = rng.standard_normal((5000, 8))

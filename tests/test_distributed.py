@@ -16,10 +16,10 @@ import torch
 from test_orchestrate_fixtures import campaign, one_thread, run_args, worker_env  # noqa: F401 - one_thread: autouse fixture
 from torch import nn
 
-from harness import distributed
 from harness.api import PaddedTokens, load_container, slice_samples
-from harness.cli import main
-from harness.training import CHECKPOINT
+from harness.cli.app import main
+from harness.run import distributed
+from harness.run.training import CHECKPOINT
 
 TRAIN = "demo/tiny-a-seed0/train"
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.metrics.eccv import (
+from harness.eval.metrics.eccv import (
     PositiveSets,
     eccv_protocol,
     package_gt,
@@ -25,7 +25,7 @@ from harness.metrics.eccv import (
     positions_from_top,
     top_scores,
 )
-from harness.metrics.ids import CocoTestIds, IdError, canonical_ids, load_coco_test_ids
+from harness.eval.metrics.ids import CocoTestIds, IdError, canonical_ids, load_coco_test_ids
 
 warnings.filterwarnings("ignore", message="failed to import `ujson`")
 eccv_caption = pytest.importorskip("eccv_caption")

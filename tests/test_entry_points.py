@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.registry import ENTRY_POINT_GROUP, PLUGINS_OFF, RegistryError, load_registry, plugin_documents
+from harness.spec.registry import ENTRY_POINT_GROUP, PLUGINS_OFF, RegistryError, load_registry, plugin_documents
 
 METHOD_YAML = """\
 methods:

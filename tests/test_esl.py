@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_esl_reference import PAIR_CAPTIONS, TINY_BERT, esl_official_sims  # noqa: E402
 
 from harness.api import CheckpointError, PaddedFeatures  # noqa: E402
-from harness.scoring import encode_texts, score_blocks  # noqa: E402
+from harness.eval.scoring import encode_texts, score_blocks  # noqa: E402
 from methods.esl import ESLAdapter  # noqa: E402
 from methods.esl.model import AdaptiveLevels, ESLHead, esl_pair_scores, level_dims, official_rows  # noqa: E402
 

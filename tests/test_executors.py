@@ -16,16 +16,16 @@ import torch
 from test_orchestrate_fixtures import campaign, one_thread, run_args, worker_env  # noqa: F401 - one_thread: autouse fixture
 
 from harness.api import load_container
-from harness.cli import main
-from harness.executors import make_executor
-from harness.executors.base import INTERRUPTED_EXIT, Task
-from harness.executors.local import LocalExecutor
-from harness.jobconfig import JobConfig
-from harness.jobs import RunSettings
-from harness.plan import Job, build_plan
-from harness.registry import load_registry
-from harness.status import read_status
-from harness.training import BEST
+from harness.cli.app import main
+from harness.core.jobconfig import JobConfig
+from harness.run.executors import make_executor
+from harness.run.executors.base import INTERRUPTED_EXIT, Task
+from harness.run.executors.local import LocalExecutor
+from harness.run.jobs import RunSettings
+from harness.run.plan import Job, build_plan
+from harness.run.status import read_status
+from harness.run.training import BEST
+from harness.spec.registry import load_registry
 
 TRAIN = "demo/tiny-a-seed0/train"
 
@@ -68,11 +68,11 @@ def test_local_pool_gives_each_worker_its_gpus(tmp_path):
     assert ex.start([pair, four]) == []
     assert {o.name for o in _drain(ex, 2) if o.ok} == {"one", "two"}
     assert sorted(_launch(tmp_path, n)[0] for n in ("one", "two")) == ["3", "5"]
-    assert "-m harness.executors.worker" in _launch(tmp_path, "one")[1]
+    assert "-m harness.run.executors.worker" in _launch(tmp_path, "one")[1]
     assert [t.name for t in ex.start([pair, four])] == ["pair"]
     assert _drain(ex, 1)[0].ok
     assert _launch(tmp_path, "pair") == ("3,5", f"-m torch.distributed.run --standalone --nproc-per-node=2 -m "
-                                                f"harness.executors.worker {tmp_path / 'pair' / 'task.json'}")
+                                                f"harness.run.executors.worker {tmp_path / 'pair' / 'task.json'}")
     (tmp_path / "four").mkdir(exist_ok=True)
     (tmp_path / "four" / "exit_code").write_text("3")
     assert [t.name for t in ex.start([four])] == ["four"]  # clamped to the 2 GPUs there are

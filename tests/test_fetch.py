@@ -26,7 +26,7 @@ from test_fetch_fixtures import (  # noqa: F401 - fixtures
 
 from harness.fetch import download
 from harness.fetch.errors import DiskFullError, FetchError
-from harness.registry import RegistryError
+from harness.spec.registry import RegistryError
 
 FOLDER = "1u6McZdcu1dTXn9uS9IYH6MsrqNCdJnYo"  # registry: esa/bigru/f30k
 ARGS = ("--methods", "esa", "--variants", "bigru", "--dataset", "f30k")

@@ -8,7 +8,7 @@ from gdown.download import GoogleDriveFileToDownload
 
 from harness.fetch import drive
 from harness.fetch.errors import NotFoundError, SourceError
-from harness.registry import load_registry
+from harness.spec.registry import load_registry
 
 
 def test_every_registry_drive_link_has_an_id():

@@ -11,9 +11,9 @@ import pytest
 import torch
 from test_fetch_fixtures import esa_bytes, fake_drive, fetch, no_internet, out, server, zip_bytes  # noqa: F401
 
-import harness.cli
+import harness.cli.app
 
-WIRED = "fetch" in harness.cli.SUBCOMMANDS
+WIRED = "fetch" in harness.cli.app.SUBCOMMANDS
 
 
 def _mirror(srv) -> None:
@@ -38,20 +38,20 @@ def one_thread():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("entry", [
-    pytest.param("cli", marks=pytest.mark.skipif(not WIRED, reason="fetch is not wired into harness.cli yet")),
-    pytest.param("parser", marks=pytest.mark.skipif(WIRED, reason="covered through harness.cli")),
+    pytest.param("cli", marks=pytest.mark.skipif(not WIRED, reason="fetch is not wired into harness.cli.app yet")),
+    pytest.param("parser", marks=pytest.mark.skipif(WIRED, reason="covered through harness.cli.app")),
 ])
 def test_fetch_then_run_evaluate_scores_the_official_esa_checkpoint(tmp_path, monkeypatch, server, fake_drive,  # noqa: F811
                                                                     no_internet, out, entry):  # noqa: F811
     monkeypatch.chdir(tmp_path)  # a fresh clone's defaults: data/, checkpoints/, results/, reports/
     _mirror(server)
     mirror = server.url + "/lab"
-    run_fetch = (lambda *a: harness.cli.main(["fetch", *a])) if entry == "cli" else fetch
+    run_fetch = (lambda *a: harness.cli.app.main(["fetch", *a])) if entry == "cli" else fetch
 
     assert run_fetch("data", "--dataset", "f30k", "--splits", "test", "--mirror", mirror) == 0
     assert run_fetch("--methods", "esa", "--variants", "bigru", "--dataset", "f30k", "--mirror", mirror) == 0
     assert fake_drive.calls == []  # the mirror served everything; the official Drive folder was not needed
-    assert harness.cli.main(["run", "--methods", "esa", "--variants", "bigru", "--dataset", "f30k",
+    assert harness.cli.app.main(["run", "--methods", "esa", "--variants", "bigru", "--dataset", "f30k",
                              "--stage", "evaluate"]) == 0
     metrics = json.loads((tmp_path / "results" / "f30k" / "esa-bigru-official" / "eval" / "metrics.json").read_text())
     assert "f30k1k" in json.dumps(metrics)

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from harness.fetch.targets import Target, apply_overrides, load_with_overrides, record, select_targets
-from harness.registry import REGISTRY_PATH, RegistryError, load_registry, parse_checkpoint
+from harness.spec.registry import REGISTRY_PATH, RegistryError, load_registry, parse_checkpoint
 
 FIELDS = {"name", "member", "size", "sha256", "note"}
 

@@ -31,18 +31,18 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from harness.checkpoints import load_container
+from harness.core.checkpoints import load_container
+from harness.core.errors import CorruptFileWarning, ItrbenchError
+from harness.core.results import read_state
 from harness.data.cusa_json import check_cusa_json, load_cusa_split, load_image
 from harness.data.image_retrieval import load_inaturalist, load_inshop, load_sop
 from harness.data.matrices import load_matrix
 from harness.data.precomp import check_precomp, load_precomp
 from harness.data.senteval import read_sick, read_sts_subset, read_stsb
-from harness.errors import CorruptFileWarning, ItrbenchError
-from harness.metrics.cxc import read_cxc_csv
-from harness.metrics.ids import canonical_ids, load_coco_test_ids, read_id_lists
-from harness.registry import Registry, load_registry, load_registry_file
-from harness.results import read_state
-from harness.scoring import TileCache
+from harness.eval.metrics.cxc import read_cxc_csv
+from harness.eval.metrics.ids import canonical_ids, load_coco_test_ids, read_id_lists
+from harness.eval.scoring import TileCache
+from harness.spec.registry import Registry, load_registry, load_registry_file
 
 EXAMPLES = int(os.environ.get("ITRBENCH_FUZZ_EXAMPLES", "0"))
 TIME_LIMIT = 30  # seconds per example: a reader that takes longer on a file of a few KB hangs

@@ -15,7 +15,7 @@ from harness.data.image_retrieval import (
     load_inshop,
     load_sop,
 )
-from harness.metrics.image_retrieval import image_retrieval_protocol, nearest_neighbour_hits
+from harness.eval.metrics.image_retrieval import image_retrieval_protocol, nearest_neighbour_hits
 
 
 def cusa_rank1(query, query_label, gallery=None, gallery_label=None):

@@ -41,7 +41,7 @@ def test_the_wheel_ships_the_registry_and_the_cli_runs_from_another_folder(tmp_p
     env = {**os.environ, "PYTHONPATH": str(site)}
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=elsewhere, env=env, text=True,
+        return subprocess.run([sys.executable, "-m", "harness.cli.app", *args], cwd=elsewhere, env=env, text=True,
                               capture_output=True, timeout=300)
 
     where = subprocess.run([sys.executable, "-c", "import harness, methods.esa; print(harness.__file__)"],

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.evaluation import EvalSettings, SplitSpec, evaluate_matrix
-from harness.metrics.coco_captions import ASSETS, coco_ids_of_columns, coco_image_id, text_key
-from harness.protocols import compute_protocol
+from harness.eval.evaluation import EvalSettings, SplitSpec, evaluate_matrix
+from harness.eval.metrics.coco_captions import ASSETS, coco_ids_of_columns, coco_image_id, text_key
+from harness.eval.protocols import compute_protocol
 
 
 def _raw(text: str) -> str:

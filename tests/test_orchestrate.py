@@ -20,15 +20,15 @@ from test_orchestrate_fixtures import (  # noqa: F401 - one_thread: autouse fixt
     write_official,
 )
 
-from harness import display, orchestrate
-from harness.cli import main
-from harness.executors.base import StopFlag
-from harness.executors.inline import InlineExecutor
-from harness.jobs import RunSettings
-from harness.plan import build_plan
-from harness.registry import load_registry
-from harness.results import ResultStore
-from harness.status import StatusWriter
+from harness.cli.app import main
+from harness.core.results import ResultStore
+from harness.run import display, orchestrate
+from harness.run.executors.base import StopFlag
+from harness.run.executors.inline import InlineExecutor
+from harness.run.jobs import RunSettings
+from harness.run.plan import build_plan
+from harness.run.status import StatusWriter
+from harness.spec.registry import load_registry
 
 
 @pytest.fixture
@@ -147,11 +147,11 @@ def test_a_job_locked_by_another_process_shows_running_elsewhere(tmp_path, out):
     assert main(run_args(tmp_path, "--stage", "evaluate")) == 0  # the other process is gone: the job runs here
 
 
-# a second process holding a job's lock: the lock a running job takes (harness.jobs), held until killed
+# a second process holding a job's lock: the lock a running job takes (harness.run.jobs), held until killed
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from harness.jobs import _lock
+from harness.run.jobs import _lock
 with _lock(Path(sys.argv[1]), main=True):
     print("locked", flush=True)
     time.sleep(600)

@@ -10,11 +10,11 @@ import pytest
 import yaml
 from test_orchestrate_fixtures import campaign, one_thread, write_official  # noqa: F401 - one_thread: autouse fixture
 
-from harness import plan as plan_mod
-from harness.executors.base import Task
-from harness.jobs import RunSettings
-from harness.plan import Job, build_plan, code_version, data_fingerprint, split_files
-from harness.registry import RegistryError, load_registry
+from harness.run import plan as plan_mod
+from harness.run.executors.base import Task
+from harness.run.jobs import RunSettings
+from harness.run.plan import Job, build_plan, code_version, data_fingerprint, split_files
+from harness.spec.registry import RegistryError, load_registry
 
 
 @pytest.fixture
@@ -174,9 +174,9 @@ def test_task_round_trips_through_json(setup):
 def test_pixel_methods_read_and_fingerprint_the_cusa_json_layout(tmp_path):
     """CUSA jobs on coco depend on new_{split}.json and the teacher features, not on precomp files, and
     check-data looks for the json layout for them."""
-    from harness.checks import check_dataset
-    from harness.plan import data_layout
-    from harness.registry import load_registry
+    from harness.run.plan import data_layout
+    from harness.spec.checks import check_dataset
+    from harness.spec.registry import load_registry
 
     registry = load_registry()
     assert data_layout(registry, "cusa", "coco") == "cusa_json"
@@ -199,7 +199,7 @@ def test_pixel_methods_read_and_fingerprint_the_cusa_json_layout(tmp_path):
 
 
 def test_set_overrides_reach_the_recipes_they_name_and_the_identity(setup):
-    from harness.campaign import parse_overrides
+    from harness.spec.campaign import parse_overrides
 
     tmp, registry = setup
     over = parse_overrides(["epochs=2", "tiny.lr=2e-4", "tiny.lr_decay_epochs=[1, 2]"], registry, ["tiny"], "demo")

@@ -7,10 +7,10 @@ import pytest
 import torch
 from test_orchestrate_fixtures import DIM, TinyAdapter, campaign, one_thread  # noqa: F401 - one_thread: autouse
 
-from harness.plan import build_plan
-from harness.precision import autocast, check_precision
-from harness.registry import load_registry
-from harness.scoring import encode_images, similarity_matrix
+from harness.eval.precision import autocast, check_precision
+from harness.eval.scoring import encode_images, similarity_matrix
+from harness.run.plan import build_plan
+from harness.spec.registry import load_registry
 
 
 def test_precision_names_and_devices_are_checked():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from harness.cli import main
+from harness.cli.app import main
 from harness.data.precomp import DataError, check_precomp, load_precomp
 
 REAL_CAPS = ["A man with a red helmet on a small moped on a dirt road .",

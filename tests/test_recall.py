@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.metrics.loop_reference import loop_i2t_ranks, loop_summary, loop_t2i_ranks
-from harness.metrics.recall import (
+from harness.eval.metrics.loop_reference import loop_i2t_ranks, loop_summary, loop_t2i_ranks
+from harness.eval.metrics.recall import (
     MatrixError,
     fold_recall,
     fold_slices,
@@ -15,7 +15,7 @@ from harness.metrics.recall import (
     summarize,
     t2i_ranks,
 )
-from harness.protocols import compute_protocol
+from harness.eval.protocols import compute_protocol
 
 
 def random_sims(n_img: int, seed: int, levels: int | None = None) -> np.ndarray:

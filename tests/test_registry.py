@@ -6,7 +6,7 @@ import re
 import pytest
 import yaml
 
-from harness.registry import REGISTRY_PATH, RegistryError, load_registry, merge_documents, parse_registry
+from harness.spec.registry import REGISTRY_PATH, RegistryError, load_registry, merge_documents, parse_registry
 
 MINIMAL = {
     "datasets": {"coco": {"split": "testall", "protocols": ["coco1k", "coco5k"]}},
@@ -96,7 +96,7 @@ def test_each_paper_section_holds_its_reported_rows():
 
 
 def test_yaml_syntax_error_names_file(tmp_path):
-    from harness.registry import load_registry_file
+    from harness.spec.registry import load_registry_file
 
     bad = tmp_path / "registry.yaml"
     bad.write_text("datasets: {}\nmethods:\n  x: [unclosed\n")

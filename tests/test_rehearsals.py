@@ -13,7 +13,7 @@ import pytest
 import yaml
 from stub_method import write_checkpoint, write_split
 
-from harness.cli import main
+from harness.cli.app import main
 
 HERE = Path(__file__).parent
 IDS = HERE / "data" / "karpathy" / "coco" / "testall_ids.txt"

@@ -7,13 +7,13 @@ import re
 import numpy as np
 import pytest
 
+from harness.core.results import ResultStore, save_npy
 from harness.data.demo import chance_rsum
-from harness.metrics.recall import fold_recall
-from harness.protocols import compute_protocol
-from harness.registry import RegistryError, parse_registry
+from harness.eval.metrics.recall import fold_recall
+from harness.eval.protocols import compute_protocol
 from harness.report import write_reports
 from harness.report.significance import per_image_rsum
-from harness.results import ResultStore, save_npy
+from harness.spec.registry import RegistryError, parse_registry
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -341,8 +341,8 @@ def test_started_jobs_without_metrics_are_listed_not_silently_dropped(tmp_path):
 
 
 def test_nested_ci95_of_the_bootstrap_summary_drives_the_flags(tmp_path):
-    """Protocols summarized by harness.metrics.bootstrap store {ci95: {direction: {metric: [lo, hi]}}}."""
-    from harness.metrics.bootstrap import QueryScores, summarize
+    """Protocols summarized by harness.eval.metrics.bootstrap store {ci95: {direction: {metric: [lo, hi]}}}."""
+    from harness.eval.metrics.bootstrap import QueryScores, summarize
 
     rng = np.random.default_rng(3)
     n = 60
@@ -389,8 +389,8 @@ def test_reported_sts_and_image_retrieval_keys_find_the_headline_statistic():
 
 
 def test_a_retrained_runs_objective_comes_from_its_training_recipe():
-    from harness.registry import load_registry
     from harness.report.runs import resolved_setting
+    from harness.spec.registry import load_registry
 
     registry = load_registry()
     cfg = {"method": "cusa", "variant": "vitb32", "stage": "evaluate"}

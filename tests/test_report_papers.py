@@ -12,14 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from harness.core.results import ResultStore
 from harness.data.senteval import TASK_KEYS
-from harness.metrics.image_retrieval import DATASET_KEYS, image_retrieval_protocol
-from harness.protocols import compute_protocol, not_defined
-from harness.registry import load_registry
+from harness.eval.metrics.image_retrieval import DATASET_KEYS, image_retrieval_protocol
+from harness.eval.protocols import compute_protocol, not_defined
 from harness.report import write_reports
 from harness.report.matching import default_setting, fact_keys, row_setting, same
 from harness.report.runs import Stat, collect_groups, metric_value
-from harness.results import ResultStore
+from harness.spec.registry import load_registry
 
 COCO_SHAPE, CUSA_COCO_SHAPE, F30K_SHAPE = (5000, 25000), (5000, 25010), (1000, 5000)
 

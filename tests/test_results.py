@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness import results
-from harness.errors import CorruptFileWarning, StorageError
-from harness.results import ResultStore, atomic_path, environment, save_npy, save_torch, write_json, write_yaml
-from harness.scoring import TileCache
+from harness.core import results
+from harness.core.errors import CorruptFileWarning, StorageError
+from harness.core.results import ResultStore, atomic_path, environment, save_npy, save_torch, write_json, write_yaml
+from harness.eval.scoring import TileCache
 
 
 def test_atomic_write_keeps_old_content_when_the_write_fails(tmp_path, monkeypatch):
@@ -131,8 +131,8 @@ def test_file_size_limit_is_a_one_line_error_naming_file_and_size(tmp_path):
     code = (
         "import resource, signal, sys\n"
         "import numpy as np, torch\n"
-        "from harness.errors import StorageError\n"
-        "from harness.results import save_npy, save_torch\n"
+        "from harness.core.errors import StorageError\n"
+        "from harness.core.results import save_npy, save_torch\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))\n"
         "for save, name, obj in ((save_npy, 'big.npy', np.zeros(100000, np.float32)),\n"
@@ -210,7 +210,7 @@ def test_corrupt_job_files_rerun_only_that_job_even_on_dry_run(tmp_path):
     the evaluation, and the training only because its identity is lost, never mixing old progress in."""
     from test_orchestrate_fixtures import campaign, run_args
 
-    from harness.cli import main
+    from harness.cli.app import main
 
     campaign(tmp_path)
     args = run_args(tmp_path, "--variants", "a")
@@ -241,7 +241,7 @@ def test_corrupt_job_files_rerun_only_that_job_even_on_dry_run(tmp_path):
 
 def test_two_supersedes_within_one_second_keep_both(tmp_path, monkeypatch):
     """Results moved aside twice in the same second go to two folders: neither overwrites the other."""
-    import harness.jobs as jobs
+    import harness.run.jobs as jobs
 
     store = ResultStore(tmp_path / "results")
     monkeypatch.setattr(results.time, "strftime", lambda fmt, *a: "20261205-120000")  # the clock stands still

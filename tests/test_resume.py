@@ -15,10 +15,10 @@ import torch
 from test_orchestrate_fixtures import campaign, one_thread, run_args, worker_env, write_official  # noqa: F401 - one_thread: autouse fixture
 
 from harness.api import load_container
-from harness.cli import main
-from harness.errors import CorruptFileWarning
-from harness.jobs import KILL_ENV
-from harness.training import BEST, CHECKPOINT
+from harness.cli.app import main
+from harness.core.errors import CorruptFileWarning
+from harness.run.jobs import KILL_ENV
+from harness.run.training import BEST, CHECKPOINT
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN, EVAL = "demo/tiny-a-seed0/train", "demo/tiny-a-official/eval"

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from harness.api import Adapter, PaddedFeatures
-from harness.scoring import CacheError, encode_images, encode_texts, score_blocks, similarity_matrix
+from harness.eval.scoring import CacheError, encode_images, encode_texts, score_blocks, similarity_matrix
 from methods.common.text_bert import pad_ids
 
 

@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness.api import PackedFeatures, PaddedFeatures, concat_blocks  # noqa: E402
-from harness.scoring import block_fingerprint, encode_images, encode_texts, score_blocks  # noqa: E402
+from harness.eval.scoring import block_fingerprint, encode_images, encode_texts, score_blocks  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -96,7 +96,7 @@ def test_encode_images_preallocates_and_releases_memmap(tmp_path):
 
 def old_text_block(adapter, captions, batch_size):
     """What encode_texts returned before the packed store: per-batch blocks padded to the global longest."""
-    from harness.scoring import eval_mode
+    from harness.eval.scoring import eval_mode
 
     blocks = []
     with eval_mode(adapter):

@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 
 from harness.data.senteval import STS_YEARS, TASKS, SentEvalError, check_senteval, load_task
-from harness.metrics.sts import cosine_rows, cusa_average, sts_evaluate
+from harness.eval.metrics.sts import cosine_rows, cusa_average, sts_evaluate
 
 SHARED_SENTEVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "senteval"
 WORDS = "a man woman dog cat plays runs sits on the grass ball red blue car street , . child eats food".split()

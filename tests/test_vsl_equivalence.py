@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_vsl_reference import official_similarity
 
-from harness.scoring import encode_images, encode_texts, score_blocks, similarity_matrix
+from harness.eval.scoring import encode_images, encode_texts, score_blocks, similarity_matrix
 from methods.vsl.adapter import VSLAdapter, mean_matrix
 from methods.vsl.model import length_mask
 

@@ -105,7 +105,7 @@ def test_a_few_steps_reduce_the_loss(variant):
 
 
 def test_training_loop_writes_an_official_checkpoint(tmp_path):
-    from harness.training import BEST, train
+    from harness.run.training import BEST, train
 
     torch.manual_seed(0)
     adapter = VSLAdapter.build("sgr", "demo", DIMS)

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_esl_reference import PAIR_CAPTIONS, TINY_BERT, l2n, official_style_matrix, sub, torch18_linspace_index  # noqa: E402
 
 from harness.api import CheckpointError  # noqa: E402
-from harness.scoring import encode_texts, score_blocks  # noqa: E402
+from harness.eval.scoring import encode_texts, score_blocks  # noqa: E402
 from methods.esl import ESLAdapter  # noqa: E402
 from methods.xdim import XDimAdapter  # noqa: E402
 from methods.xdim.model import XDimHead, official_rows, xdim_pair_scores, xdim_pair_scores_fast  # noqa: E402

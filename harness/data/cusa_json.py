@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.core.errors import ItrbenchError
 from harness.data.images import image_problems_summary
-from harness.errors import ItrbenchError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.core.paths import ASSETS_DIR
+from harness.core.results import save_npy, write_text
 from harness.data.demo_images import write_demo_split
-from harness.results import save_npy, write_text
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets" / "demo"
+ASSETS = ASSETS_DIR / "demo"
 SPLITS = {"train": (0, 500), "dev": (500, 600), "test": (600, 800)}  # image index ranges
 REGIONS, FEATURE_DIM = 12, 512
 VERSION = "demo-v3"  # v3: concept ties broken by first mention (v2 depended on PYTHONHASHSEED)

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from harness.core.errors import ItrbenchError
 from harness.data.images import image_problems_summary
-from harness.errors import ItrbenchError
 
 DATASETS = ("cub", "sop", "inshop", "inaturalist")
 CUB_EVAL_CLASSES = range(100, 200)

@@ -113,7 +113,7 @@ def _torch(path: Path, key: str | None) -> np.ndarray:
     # torch (and the checkpoint helpers built on it) only for torch files: `metrics` on .npy stays numpy-only
     import torch
 
-    from harness.checkpoints import CheckpointError, load_weights_only
+    from harness.core.checkpoints import CheckpointError, load_weights_only
 
     try:
         obj = load_weights_only(path)  # sizes checked before anything is allocated; no code runs

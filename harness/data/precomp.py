@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.errors import ItrbenchError
+from harness.core.errors import ItrbenchError
 
 
 class DataError(ItrbenchError):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.errors import ItrbenchError
+from harness.core.errors import ItrbenchError
 
 STS_YEARS = {
     "STS12": ("STS12-en-test", ("MSRpar", "MSRvid", "SMTeuroparl", "surprise.OnWN", "surprise.SMTnews")),

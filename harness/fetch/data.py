@@ -16,16 +16,17 @@ from pathlib import Path
 
 from rich.console import Console
 
-from harness.checks import check_dataset
+from harness.core.paths import ASSETS_DIR
 from harness.fetch import archive, drive
 from harness.fetch.download import download
 from harness.fetch.errors import ArchiveError, FetchError, IntegrityError, SourceError
 from harness.fetch.sources import CXC_FILES, CXC_RAW, DATA_SOURCES, ECCV_FILES, DataSource
 from harness.fetch.ui import FileProgress, say
 from harness.fetch.verify import STAGING, move_aside, sha256_file
-from harness.registry import Registry
+from harness.spec.checks import check_dataset
+from harness.spec.registry import Registry
 
-CXC_DIR = Path(__file__).resolve().parents[1] / "assets" / "cxc"
+CXC_DIR = ASSETS_DIR / "cxc"
 
 
 def fetch_data(name: str, data_root: Path, *, registry: Registry, console: Console, mirrors: Sequence[str] = (),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.errors import ItrbenchError
+from harness.core.errors import ItrbenchError
 
 
 class FetchError(ItrbenchError):

@@ -40,7 +40,7 @@ from harness.fetch.verify import (
     read_stamp,
     write_stamp,
 )
-from harness.registry import Registry
+from harness.spec.registry import Registry
 
 
 @dataclass(frozen=True)

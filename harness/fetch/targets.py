@@ -23,8 +23,9 @@ from typing import Any
 
 import yaml
 
+from harness.core.results import write_text
 from harness.fetch.errors import FetchError
-from harness.registry import (
+from harness.spec.registry import (
     Checkpoint,
     CheckpointFile,
     Registry,
@@ -37,7 +38,6 @@ from harness.registry import (
     parse_registry,
     unknown_name,
 )
-from harness.results import write_text
 
 RECORD_HEADER = ("# Checkpoint sizes and hashes recorded by `itrbench fetch --record` from files that passed the\n"
                  "# loader check. Compare them with a trusted copy before sharing; use with fetch --registry FILE.\n")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.fetch.errors import IntegrityError, VerifyError, first_line
-from harness.registry import CheckpointFile
+from harness.spec.registry import CheckpointFile
 
 STAGING = ".fetch"  # per-folder staging: partial downloads, unpacked candidates, stamps
 Loader = Callable[[Path], Any]
@@ -44,7 +44,7 @@ def check_integrity(path: Path, entry: CheckpointFile, label: str) -> tuple[int,
 def check_loads(path: Path, loader: Loader, label: str) -> None:
     """Run the adapter's strict safe loader on `path`: IntegrityError if it refuses the file,
     VerifyError if the check itself cannot run (an environment problem)."""
-    from harness.checkpoints import CheckpointError  # torch: imported only when a loader runs
+    from harness.core.checkpoints import CheckpointError  # torch: imported only when a loader runs
 
     try:
         loader(path)

@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from harness.protocols import PROTOCOLS, names_of_family
+from harness.eval.protocols import PROTOCOLS, names_of_family
 from harness.report.runs import RunGroup, Undefined, get_path, not_defined
 
 RECALL_COLUMNS = ("i2t.r1", "i2t.r5", "i2t.r10", "t2i.r1", "t2i.r5", "t2i.r10", "rsum")

@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.core.results import JobResult
 from harness.data.demo import SPLITS, chance_rsum
-from harness.protocols import HEADLINE_PREFERENCE
-from harness.registry import Registry
+from harness.eval.protocols import HEADLINE_PREFERENCE
 from harness.report.columns import (
     RECALL_PROTOCOLS,
     column_name,
@@ -33,7 +33,7 @@ from harness.report.markdown import (
 from harness.report.plots import EffPoint, effectiveness_vs_efficiency
 from harness.report.runs import RETRAINED, RunGroup, Stat, get_path, matching_reported, plain_stat, stored_key
 from harness.report.significance import RESAMPLES, group_values, paired_p
-from harness.results import JobResult
+from harness.spec.registry import Registry
 
 
 @dataclass

@@ -7,9 +7,9 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.registry import Registry
+from harness.core.results import JobResult, git_revision
 from harness.report.markdown import MISSING, escape, table
-from harness.results import JobResult, git_revision
+from harness.spec.registry import Registry
 
 ENV_PACKAGES = ("torch", "numpy", "transformers", "open_clip_torch")
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from harness.registry import Reported
 from harness.report.columns import RECALL_COLUMNS
 from harness.report.runs import Stat, Undefined, half_unit, outside
+from harness.spec.registry import Reported
 
 MISSING = "—"
 FLAG = "⚠"

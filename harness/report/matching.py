@@ -23,9 +23,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from harness.jobconfig import JobConfig
-from harness.registry import Method, Registry, RegistryError, Reported
-from harness.results import ResultStore
+from harness.core.jobconfig import JobConfig
+from harness.core.results import ResultStore
+from harness.spec.registry import Method, Registry, RegistryError, Reported
 
 PRECISION, DEFAULT_PRECISION = "precision", "fp32"
 EPOCH = "epoch"  # the checkpoint epoch: 1-based, as the official checkpoints print it

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.registry import Method, Registry, Reported
 from harness.report.columns import (
     column_name,
     fold_key,
@@ -30,6 +29,7 @@ from harness.report.markdown import (
 )
 from harness.report.plots import RepPoint, reproduced_vs_reported
 from harness.report.runs import RunGroup, Stat, matching_rows
+from harness.spec.registry import Method, Registry, Reported
 
 LEGEND = (
     "Cells read `reproduced (reported, delta)`, delta = reproduced − reported, both with the decimals the source "

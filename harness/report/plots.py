@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.results import atomic_path
+from harness.core.results import atomic_path
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from harness.jobconfig import JobConfig
-from harness.protocols import PROTOCOLS
-from harness.registry import Registry, Reported
+from harness.core.jobconfig import JobConfig
+from harness.core.results import JobResult, ResultStore
+from harness.eval.protocols import PROTOCOLS
 from harness.report.matching import DEFAULT_PRECISION, PRECISION, fact_keys, resolve_run, row_matches, same
-from harness.results import JobResult, ResultStore
+from harness.spec.registry import Registry, Reported
 
 OFFICIAL, RETRAINED, IMPORTED = "official", "retrained", "imported"
 CI_KEYS = ("ci", "ci95")  # where a protocol's bootstrap intervals may be stored

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.metrics.bootstrap import paired_bootstrap_p
-from harness.metrics.recall import RECALL_KS, check_matrix, count_ranks, fold_slices, uniform_captions
-from harness.protocols import PROTOCOLS, names_of_family
-from harness.results import JobResult
+from harness.core.results import JobResult
+from harness.eval.metrics.bootstrap import paired_bootstrap_p
+from harness.eval.metrics.recall import RECALL_KS, check_matrix, count_ranks, fold_slices, uniform_captions
+from harness.eval.protocols import PROTOCOLS, names_of_family
 
 RECALL_PROTOCOLS = names_of_family("recall")
 RESAMPLES = 1000

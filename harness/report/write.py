@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.registry import Registry, load_registry
+from harness.core.results import ResultStore, write_text
 from harness.report.dataset import dataset_report
 from harness.report.index import index_report
 from harness.report.paper import paper_report
 from harness.report.runs import collect_groups, job_name
-from harness.results import ResultStore, write_text
+from harness.spec.registry import Registry, load_registry
 
 
 def write_reports(results: str | Path, reports: str | Path, paper: str | None = None, dataset: str | None = None,

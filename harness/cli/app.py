@@ -1,0 +1,406 @@
+"""Command line: `run_all.py [run] --methods ... --dataset ...`, evaluate, metrics, import, check-data, report,
+fetch.
+
+Arguments are parsed and validated here, once, into typed values (a `Campaign` for `run`); nothing below this
+module sees argparse. Heavy libraries (torch, transformers) are imported only by the commands that need them,
+so `metrics` and `--help` start fast. Bad input ends in one escaped line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from harness.core.results import write_json
+from harness.data.matrices import load_matrix, load_owner, owner_path
+from harness.eval.protocols import PROTOCOLS, asked_by_folders, compute_protocol, is_defined
+from harness.run.display import error, say, show_protocols
+from harness.spec.campaign import (
+    Campaign,
+    check_device,
+    existing_path,
+    parse_list,
+    parse_options,
+    parse_overrides,
+    parse_seeds,
+    parse_tiles,
+)
+from harness.spec.checks import check_dataset
+from harness.spec.registry import load_registry
+
+SUBCOMMANDS = ("run", "evaluate", "metrics", "import", "check-data", "report", "fetch")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def _registry_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--registry", action="append", default=[], metavar="FILE",
+                   help="a registry file layered on top of the project's (your datasets, methods, reported numbers); "
+                        "repeatable")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="itrbench", description="Image-text retrieval reproducibility harness")
+    sub = p.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", help="plan and run jobs (the default command)")
+    run.add_argument("--methods", required=True, help="comma-separated method names (e.g. esa,xdim)")
+    run.add_argument("--variants", default=None, help="comma-separated variants (default: all of each method)")
+    run.add_argument("--dataset", required=True)
+    run.add_argument("--stage", choices=("train", "evaluate", "all"), default="all")
+    run.add_argument("--seeds", default="0")
+    run.add_argument("--data-root", default="data")
+    run.add_argument("--checkpoint-dir", default="checkpoints")
+    run.add_argument("--results", default="results")
+    run.add_argument("--reports", default="reports")
+    run.add_argument("--executor", choices=("inline", "local", "slurm"), default="inline")
+    run.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    run.add_argument("--set", action="append", default=[], metavar="[METHOD.]KEY=VALUE",
+                     help="override a recipe key, repeatable (YAML value, checked against the recipe); a run with "
+                          "overrides is its own job and report row, e.g. --set cusa.clip_weights=/m/ViT-B-32.bin")
+    run.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                     help="evaluations encode and score under autocast (bf16 / fp16 on CUDA); a non-fp32 run is its "
+                          "own job (eval-<precision>) and report row")
+    run.add_argument("--force", nargs="?", const="*", default=None, metavar="PATTERN",
+                     help="replace earlier results of the planned jobs (all, or those whose name matches PATTERN, "
+                          "e.g. 'coco/esa-*'); without it earlier results are kept (moved aside if they differ)")
+    run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    run.add_argument("--gpus", type=int, default=None,
+                     help="processes (GPUs) per training job, data-parallel (default: the recipe's `gpus`)")
+    run.add_argument("--executor-opt", action="append", default=[], metavar="KEY=VALUE",
+                     help="executor setting, repeatable: local gpus=0,1 workers=N; slurm partition=, account=, "
+                          "qos=, constraint=, timeout_min=, cpus_per_task=, mem_gb=, array_parallelism=")
+    _registry_option(run)
+    run.add_argument("--checkpoint-minutes", type=float, default=15.0,
+                     help="mid-epoch training checkpoint interval in minutes (0: epoch ends only)")
+    run.add_argument("--checkpoint-steps", type=int, default=None, help="also checkpoint every N steps")
+    run.add_argument("--tiles", default=None, metavar="IMAGES,CAPTIONS",
+                     help="scoring tile size (default: per scoring kind); smaller tiles use less memory")
+    run.add_argument("--sts-root", default=None, help="SentEval data folder: adds STS where the dataset declares it")
+    run.add_argument("--image-retrieval-root", default=None,
+                     help="CUB/SOP/In-shop/iNaturalist folder: adds image retrieval where the dataset declares it")
+
+    ev = sub.add_parser("evaluate", help="evaluate official (or any) checkpoints on a data split")
+    ev.add_argument("--method", required=True)
+    ev.add_argument("--variant", required=True)
+    ev.add_argument("--checkpoint", action="append", required=True,
+                    help="checkpoint file; repeat for ensembles (one per member, in registry order)")
+    ev.add_argument("--data-root", required=True)
+    ev.add_argument("--split", default=None, help="split name (default: the dataset's test split)")
+    ev.add_argument("--dataset", default=None, help="registry dataset (its protocols apply on its test split)")
+    ev.add_argument("--save-sims", default=None,
+                    help="write the images x captions matrix here (.npy, float32; the caption-to-image mapping goes "
+                         "beside it as <name>.image_of_caption.npy). Default: results/_evaluate/<method>-<variant>-"
+                         "<dataset>-<split>/sims.npy")
+    ev.add_argument("--json", default=None, help="write metrics and efficiency as JSON")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--batch-size", type=int, default=128)
+    ev.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                    help="encode and score under autocast (bf16 / fp16 on CUDA); fp32 is exact")
+    ev.add_argument("--cache-dir", default=None, help="tile cache folder (resume an interrupted scoring)")
+    ev.add_argument("--sts-root", default=None, help="SentEval data folder: also evaluate STS (uni-modal text)")
+    ev.add_argument("--image-retrieval-root", default=None,
+                    help="CUB/SOP/In-shop/iNaturalist folder (check-data --dataset image_retrieval): also evaluate "
+                         "image retrieval R@1 with the uni-modal image head")
+    ev.add_argument("--recall-only", action="store_true", help="full-split recall only (skip the dataset's protocols)")
+    _registry_option(ev)
+
+    me = sub.add_parser("metrics", help="metrics of a saved similarity matrix (numpy only; no model)")
+    me.add_argument("--sims", required=True, help=".npy, .npz, .h5 or torch tensor file")
+    me.add_argument("--protocol", required=True, choices=tuple(n for n, p in PROTOCOLS.items() if p.uses_matrix))
+    me.add_argument("--image-of-caption", default=None,
+                    help="caption -> image index .npy (default: <sims>.image_of_caption.npy beside the matrix if "
+                         "present, else 5 captions per image in order)")
+    me.add_argument("--json", default=None)
+    me.add_argument("--data-root", default=None, help="folder with testall_ids.txt / testall_capids.txt (eccv, cxc)")
+    me.add_argument("--bootstrap", type=int, default=1000, help="resamples behind the 95%% intervals (0: none)")
+
+    im = sub.add_parser("import", help="store a matrix from elsewhere as a result, with every applicable protocol")
+    im.add_argument("--sims", required=True, help=".npy, .npz, .h5 or torch tensor file (images x captions)")
+    im.add_argument("--method", required=True, help="NAME or NAME/VARIANT (a registered method, or a new name)")
+    im.add_argument("--dataset", required=True)
+    im.add_argument("--split", default=None, help="default: the dataset's test split")
+    im.add_argument("--results", default="results")
+    owner = im.add_mutually_exclusive_group()
+    owner.add_argument("--image-of-caption", default=None, help="caption -> image index .npy")
+    owner.add_argument("--captions-per-image", type=int, default=None, help="k: caption j belongs to image j // k")
+    im.add_argument("--key", default=None, help="array name inside an .npz / HDF5 / torch file")
+    im.add_argument("--data-root", default=None, help="data folder (ids files for ECCV / CxC; split sizes)")
+    im.add_argument("--reported", default=None, help="a registry file with reported rows for this method")
+    im.add_argument("--label", default=None, help="where the matrix came from (shown in reports)")
+    im.add_argument("--force", action="store_true", help="replace an earlier import of the same name")
+    _registry_option(im)
+
+    cd = sub.add_parser("check-data", help="validate a data folder and name every problem")
+    cd.add_argument("--dataset", required=True, help="a registry dataset, senteval or image_retrieval")
+    cd.add_argument("--layout", choices=("precomp", "cusa_json"), default=None,
+                    help="cusa_json: CUSA/ALBEF json + images (pixel methods)")
+    cd.add_argument("--data-root", required=True)
+    cd.add_argument("--splits", default=None, help="comma-separated splits (default: the dataset's test split)")
+    _registry_option(cd)
+
+    rp = sub.add_parser("report", help="render reports/*.md from results/")
+    rp.add_argument("--results", default="results")
+    rp.add_argument("--reports", default="reports")
+    rp.add_argument("--paper", default=None)
+    rp.add_argument("--dataset", default=None)
+    _registry_option(rp)
+
+    try:
+        from harness.fetch.command import add_fetch_parser
+    except ImportError:  # pragma: no cover - fetch is part of the package
+        add_fetch_parser = None
+    if add_fetch_parser is not None:
+        add_fetch_parser(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help"):
+        argv = ["run", *argv]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    warnings.formatwarning = _warning_line  # the default printer (and pytest's recorder) stay in place
+    handlers = {"run": cmd_run, "evaluate": cmd_evaluate, "metrics": cmd_metrics, "import": cmd_import,
+                "check-data": cmd_check_data, "report": cmd_report, "fetch": cmd_fetch}
+    try:
+        return handlers[args.command](args)
+    except (ValueError, OSError) as exc:  # every project error is a ValueError naming the file or value
+        error(_one_line(exc))
+        return 2
+
+
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  line: str | None = None) -> str:
+    """Warnings as one line (`warning: ...`), without the source line Python would print."""
+    return f"warning: {message}\n"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and not isinstance(exc, ValueError):
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        text = f"{where}{exc.strerror or text}"
+    return text
+
+
+def _registry(args: argparse.Namespace) -> Any:
+    files = [Path(f) for f in getattr(args, "registry", []) or []]
+    for f in files:
+        if not f.is_file():
+            raise ValueError(f"--registry {f}: no such file")
+    return load_registry(*files)
+
+
+def _output_file(path: str | None, flag: str, inputs: Sequence[str | None] = ()) -> Path | None:
+    """An output file path: not a folder, not one of the inputs, its folder creatable."""
+    if not path:
+        return None
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"{flag} {path}: is a folder; give a file name")
+    for inp in inputs:
+        if inp and Path(inp).exists() and out.exists() and out.resolve() == Path(inp).resolve():
+            raise ValueError(f"{flag} {path}: is the input file; writing it would overwrite the input")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path}: {parent} is not a folder")
+    return out
+
+
+# ---- evaluate ------------------------------------------------------------------------------------------------
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from harness.eval.evaluation import EvalSettings, MatrixOutput, SplitSpec, evaluate_models
+    from harness.spec.registry import load_members
+    registry = _registry(args)
+    method = registry.method(args.method)
+    method.variant(args.variant)
+    ds = registry.dataset(args.dataset) if args.dataset else None
+    split = args.split or (ds.split if ds else None)
+    if split is None:
+        raise ValueError("pass --split (e.g. testall for COCO, test for F30K) or --dataset")
+    data_root = existing_path(args.data_root, "--data-root")
+    for ck in args.checkpoint:
+        existing_path(ck, "--checkpoint", kind="file")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}: expected a positive integer")
+    json_out = _output_file(args.json, "--json", args.checkpoint)
+    sims_out = _output_file(args.save_sims, "--save-sims", args.checkpoint) or (
+        Path("results") / "_evaluate" / f"{args.method}-{args.variant}-{args.dataset or 'data'}-{split}" / "sims.npy")
+    settings = EvalSettings(batch_size=args.batch_size, precision=args.precision,
+                            sts_root=existing_path(args.sts_root, "--sts-root"),
+                            image_retrieval_root=existing_path(args.image_retrieval_root, "--image-retrieval-root"))
+    device = check_device(args.device) or "cpu"
+    members = [m.to(device) for m in load_members(method, args.variant, args.checkpoint, args.dataset)]
+    protocols = () if args.recall_only or ds is None else ds.protocols
+    if not args.recall_only:  # asked for by name: run them whatever the dataset declares
+        protocols = (*protocols, *asked_by_folders(settings))
+    from harness.run.plan import data_layout  # torch-backed modules: imported by the commands that run models
+
+    layout = data_layout(registry, method.name, ds.name) if ds else "precomp"
+    spec = SplitSpec(data_root, split, ds.name if ds else None, test_split=ds is not None and split == ds.split,
+                     protocols=protocols, layout=layout)
+    output = MatrixOutput.beside(sims_out, args.cache_dir)
+    with _progress() as hooks:
+        result = evaluate_models(members, spec, settings, output, hooks)
+    say(f"wrote {output.matrix} ({result.sims.shape[0]} x {result.sims.shape[1]}, float32) and {output.owner}")
+    show_protocols(result.metrics, f"{args.method}/{args.variant} on {args.dataset or ''} {split}")
+    if json_out is not None:
+        write_json(json_out, {"metrics": result.metrics, "efficiency": result.efficiency,
+                              "shape": list(result.sims.shape), "matrix": str(output.matrix)})
+        say(f"wrote {json_out}")
+    return _exit_status(result.metrics)
+
+
+def _exit_status(metrics: dict[str, Any]) -> int:
+    if any(is_defined(m) for m in metrics.values()):
+        return 0
+    error("no protocol could be computed: " + "; ".join(f"{n}: {m.get('reason')}" for n, m in metrics.items()))
+    return 1
+
+
+class _progress:
+    """Rich progress for the CLI's evaluation phases (encoding, scoring, metrics)."""
+
+    def __enter__(self) -> Any:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from harness.eval.evaluation import Hooks
+        from harness.run.display import console
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), transient=True, console=console, disable=not console.is_terminal)
+        self.tasks: dict[str, Any] = {}
+        self.bar.start()
+
+        def progress(phase: str, done: float, total: float, text: str) -> None:
+            if phase not in self.tasks:
+                self.tasks[phase] = self.bar.add_task(phase, total=total)
+            self.bar.update(self.tasks[phase], completed=done, total=total, description=phase)
+
+        return Hooks(progress=progress, log=lambda msg: say(msg, "dim"))
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.stop()
+
+
+# ---- metrics / import ----------------------------------------------------------------------------------------
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    json_out = _output_file(args.json, "--json", [args.sims, args.image_of_caption])
+    sims = load_matrix(args.sims, mapped=True)
+    mapping = Path(args.image_of_caption) if args.image_of_caption else owner_path(Path(args.sims))
+    owner = load_owner(mapping, sims.shape[1]) if (args.image_of_caption or mapping.is_file()) else None
+    ids = Path(args.data_root) if args.data_root else None
+    if ids is not None and not ids.is_dir():
+        raise ValueError(f"--data-root {ids}: no such folder")
+    if args.bootstrap < 0:
+        raise ValueError(f"--bootstrap {args.bootstrap}: expected 0 or a positive number of resamples")
+    out = compute_protocol(args.protocol, sims, owner, bootstrap=args.bootstrap, ids_dir=ids)
+    show_protocols({args.protocol: out}, str(args.sims))
+    if json_out is not None:
+        write_json(json_out, out)
+        say(f"wrote {json_out}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from harness.cli.importing import import_matrix
+
+    registry = _registry(args)
+    result = import_matrix(registry, sims=Path(args.sims), method=args.method, dataset=args.dataset,
+                           split=args.split, results=Path(args.results),
+                           image_of_caption=Path(args.image_of_caption) if args.image_of_caption else None,
+                           captions_per_image=args.captions_per_image, key=args.key,
+                           data_root=Path(args.data_root) if args.data_root else None,
+                           reported=Path(args.reported) if args.reported else None, label=args.label,
+                           force=args.force)
+    say(f"stored {result.folder}")
+    show_protocols(result.metrics, f"{args.method} (imported) on {args.dataset}")
+    return _exit_status(result.metrics)
+
+
+# ---- check-data / report / run / fetch ------------------------------------------------------------------------
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    registry = _registry(args) if args.dataset not in ("senteval", "image_retrieval") else None
+    problems = check_dataset(args.dataset, args.data_root, parse_list(args.splits) or None, layout=args.layout,
+                             registry=registry, decode_images=True)
+    if problems:
+        for prob in problems:
+            say(f"x {prob}", "red")
+        say(f"{len(problems)} problem(s) in {args.data_root}")
+        return 1
+    say(f"ok {args.data_root} is a valid {args.dataset} layout", "green")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness.report import write_reports  # only this command renders reports: the others start faster
+
+    registry = _registry(args)
+    if not Path(args.results).is_dir():
+        raise ValueError(f"--results {args.results}: no such results folder (run `run_all.py run` or `import` first)")
+    written = write_reports(args.results, args.reports, paper=args.paper, dataset=args.dataset, registry=registry)
+    for path in written:
+        say(f"wrote {path}")
+    return 0
+
+
+def campaign_from_args(args: argparse.Namespace) -> Any:
+    """The typed campaign spec of `run`, every value validated before any job starts."""
+
+    registry = _registry(args)
+    methods = tuple(parse_list(args.methods))
+    if not methods:
+        raise ValueError("--methods is empty; valid: " + ", ".join(registry.methods))
+    for m in methods:
+        registry.method(m)
+    ds = registry.dataset(args.dataset)
+    variants = tuple(parse_list(args.variants))
+    for v in variants:
+        if not any(v in registry.method(m).variants for m in methods):
+            registry.method(methods[0]).variant(v)  # the error names the valid variants
+    if args.gpus is not None and args.gpus < 1:
+        raise ValueError(f"--gpus {args.gpus}: expected a positive integer")
+    if args.checkpoint_steps is not None and args.checkpoint_steps < 1:
+        raise ValueError(f"--checkpoint-steps {args.checkpoint_steps}: expected a positive integer")
+    if args.checkpoint_minutes < 0:
+        raise ValueError(f"--checkpoint-minutes {args.checkpoint_minutes}: expected 0 or more")
+    return Campaign(
+        methods=methods, dataset=ds.name, variants=variants, stage=args.stage, seeds=parse_seeds(args.seeds),
+        data_root=Path(args.data_root), checkpoint_dir=Path(args.checkpoint_dir), results=Path(args.results),
+        reports=Path(args.reports), registry_files=tuple(Path(f).resolve() for f in args.registry),
+        executor=args.executor, executor_options=parse_options(args.executor_opt), device=check_device(args.device),
+        precision=args.precision,
+        overrides=parse_overrides(args.set, registry, methods, ds.name, variants),
+        force=(args.force,) if args.force else (), dry_run=args.dry_run, gpus=args.gpus,
+        checkpoint_minutes=args.checkpoint_minutes or None, checkpoint_steps=args.checkpoint_steps,
+        tiles=parse_tiles(args.tiles), sts_root=existing_path(args.sts_root, "--sts-root"),
+        image_retrieval_root=existing_path(args.image_retrieval_root, "--image-retrieval-root"))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.run.orchestrate import run_campaign
+
+    return run_campaign(campaign_from_args(args))
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from harness.fetch.command import run_fetch
+
+    return run_fetch(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""`run_all.py import`: store a similarity matrix computed elsewhere (the official code's own output, another
+lab's model) as a result, evaluated by the same protocols and compared by the same report as our runs.
+
+The matrix is validated (2-D, finite, its shape against the split and the caption-to-image mapping), stored
+with where it came from under `<results>/<dataset>/<method>-<variant>-imported[-<label>]/eval/`, and every
+protocol its dataset declares is computed. A method or variant that is not registered is fine: the report
+lists it beside the papers under its own name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.core.results import ResultStore, environment
+from harness.data.matrices import MatrixFileError, load_matrix, load_owner
+from harness.data.precomp import DataError, load_precomp
+from harness.eval.evaluation import EvalSettings, MatrixOutput, SplitSpec, evaluate_matrix
+from harness.eval.metrics.recall import MatrixError, owners
+from harness.spec.registry import Registry, RegistryError, load_registry
+
+NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass
+class Imported:
+    folder: Path
+    metrics: dict[str, Any]
+
+
+def _split_size(data_root: Path | None, dataset: str, split: str) -> int | None:
+    """Images in the split's data files, when a data folder is given (the matrix must have as many rows)."""
+    if data_root is None:
+        return None
+    try:
+        return len(load_precomp(data_root, split, dataset).images)
+    except DataError:
+        return None
+
+
+def import_matrix(registry: Registry, *, sims: Path, method: str, dataset: str, split: str | None = None,
+                  results: Path = Path("results"), image_of_caption: Path | None = None,
+                  captions_per_image: int | None = None, key: str | None = None, data_root: Path | None = None,
+                  reported: Path | None = None, label: str | None = None, force: bool = False) -> Imported:
+    """Validate `sims`, store it as the result of method[/variant] on `dataset`, compute its protocols."""
+    if reported is not None:  # the user's reported rows must load cleanly with the registry they extend
+        if not reported.is_file():
+            raise RegistryError(f"--reported {reported}: no such registry file")
+        load_registry(reported)
+    name, _, variant = method.partition("/")
+    variant = variant or "default"
+    for part, what in ((name, "method"), (variant, "variant"), (label or "x", "label")):
+        if not NAME.match(part):
+            raise ValueError(f"--{what} {part!r}: use letters, digits, '.', '_' and '-' only")
+    if name in registry.methods:
+        registry.method(name).variant(variant) if variant != "default" else None
+    ds = registry.dataset(dataset)
+    split = split or ds.split
+    matrix = load_matrix(sims, key)
+    n_img, n_cap = matrix.shape
+    if captions_per_image is not None and captions_per_image < 1:
+        raise ValueError(f"--captions-per-image {captions_per_image}: expected a positive integer")
+    if image_of_caption is not None:
+        owner = load_owner(image_of_caption, n_cap)
+    else:
+        k = captions_per_image or ds.captions_per_image
+        if n_cap != k * n_img:
+            raise MatrixError(f"{sims}: {n_img} images x {n_cap} captions is not {k} captions per image; pass "
+                              "--image-of-caption M.npy (caption -> image index) or --captions-per-image K")
+        owner = np.arange(n_cap) // k
+    owners(n_img, n_cap, image_of_caption=owner, name=str(sims))  # grouped by image, every image captioned
+    bad = int(np.count_nonzero(~np.isfinite(matrix)))
+    if bad:
+        raise MatrixError(f"{sims}: {bad} NaN or infinite scores; fix the matrix before importing")
+    expected = _split_size(data_root, ds.name, split)
+    if expected is not None and expected != n_img:
+        raise MatrixError(f"{sims}: {n_img} image rows, but split '{split}' in {data_root} has {expected} images")
+    source = "imported" + (f"-{label}" if label else "")
+    job = f"{ds.name}/{name}-{variant}-{source}/eval"
+    store = ResultStore(results)
+    if store.is_finished(job) and not force:
+        raise ValueError(f"{store.job_dir(job)}: an imported result of this name exists; pass --force to replace it "
+                         "or --label to keep both")
+    digest = hashlib.sha256(sims.read_bytes()).hexdigest()
+    config = {"stage": "evaluate", "method": name, "variant": variant, "dataset": ds.name, "seed": None,
+              "source": "imported", "split": split,
+              "provenance": {"file": str(sims.resolve()), "sha256": digest, "key": key, "label": label,
+                             "imported_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                             "reported": str(reported.resolve()) if reported else None}}
+    folder = store.start(job, {**config, "key": f"imported-{digest[:16]}", "name": job}, environment(seed=None))
+    scoring, layout = "embedding", ds.layout
+    if name in registry.methods:
+        cls = registry.method(name).adapter_class()
+        scoring, layout = cls.scoring, ("cusa_json" if cls.image_input == "pixels" else ds.layout)
+    spec = SplitSpec(data_root or Path("."), split, ds.name, test_split=split == ds.split, protocols=ds.protocols,
+                     layout=layout)
+    result = evaluate_matrix(matrix.astype(np.float32), owner, spec, EvalSettings(), MatrixOutput.job(folder),
+                             method=name, scoring=scoring, members=1)
+    store.finish(job, {"stage": "evaluate", "protocols": result.metrics, "efficiency": {},
+                       "shape": [n_img, n_cap]})
+    return Imported(folder, result.metrics)
+
+
+__all__ = ["Imported", "MatrixFileError", "import_matrix"]

@@ -1,0 +1,1 @@
+"""Ground floor: contract types, safe checkpoint and result I/O, errors, paths."""

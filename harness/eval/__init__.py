@@ -1,0 +1,1 @@
+"""Evaluation: the one evaluation path, scoring, the protocol table and the metrics."""

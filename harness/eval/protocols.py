@@ -1,0 +1,341 @@
+"""The table of evaluation protocols: what each needs, whether it applies, how it is computed, what it headlines.
+
+Every protocol is one `Protocol` entry in `PROTOCOLS`. An evaluation hands the table one `EvalInputs` (the
+matrix, the caption-to-image mapping, where the evaluation came from, and lazy access to the model's
+uni-modal embeddings); `run_protocols` asks each wanted protocol whether it applies and records either its
+result or `{"defined": false, "reason": ...}`. A protocol that does not apply never fails an evaluation.
+
+Datasets in the registry name their protocols from this table; `recall` (full-split recall of whatever
+matrix was scored) applies to every evaluation and always runs. Adding a protocol is one entry here, its
+compute function and a test (docs/extending.md).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.eval.metrics.ids import N_CAPTIONS as COCO5K_CAPTIONS
+from harness.eval.metrics.ids import N_IMAGES as COCO5K_IMAGES
+from harness.eval.metrics.ids import CocoTestIds, IdError
+from harness.eval.metrics.recall import MatrixError, fold_recall, full_recall, uniform_captions
+
+NOT_DEFINED = "defined"
+F30K_IMAGES = 1000
+COCO1K_FOLDS = 5
+BOOTSTRAP = 1000  # resamples behind every recall interval
+
+
+def not_defined(reason: str) -> dict[str, Any]:
+    """The stored record of a protocol that does not apply to an evaluation."""
+    return {"defined": False, "reason": reason}
+
+
+def is_defined(result: Any) -> bool:
+    return isinstance(result, Mapping) and result.get("defined", True) is not False
+
+
+@dataclass(frozen=True)
+class EvalInputs:
+    """What one evaluation offers the protocols.
+
+    `image_of_caption` is always explicit (caption j -> row); `test_split` says whether the split is the
+    dataset's declared test split (paper protocols such as COCO 5K are defined only there). The embedding
+    callables return None when the model has no such uni-modal space; they are called only by protocols
+    that need them, at most once each.
+    """
+
+    sims: np.ndarray
+    image_of_caption: np.ndarray
+    dataset: str | None = None
+    split: str = "test"
+    test_split: bool = False
+    data_root: Path | None = None
+    ids_dir: Path | None = None  # folder with testall_ids.txt / testall_capids.txt (COCO ids of rows / columns)
+    coco_ids: CocoTestIds | None = None  # COCO ids of a matrix's rows and (a subset of) its columns, when known
+    coco_columns: np.ndarray | None = None  # the columns `coco_ids.caption_ids` describe (None: all, in order)
+    method: str = "the matrix"
+    scoring: str = "embedding"
+    members: int = 1
+    text_embeddings: Callable[[], np.ndarray | None] | None = None
+    image_embeddings: Callable[[], np.ndarray | None] | None = None
+    sentence_embedder: Callable[[Sequence[str]], np.ndarray] | None = None
+    image_retrieval: Callable[[Path], dict[str, Any]] | None = None
+    sts_root: Path | None = None
+    image_retrieval_root: Path | None = None
+    bootstrap: int = BOOTSTRAP
+    _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.sims.shape[0]), int(self.sims.shape[1])
+
+    @property
+    def captions_per_image(self) -> int | None:
+        """k when caption j belongs to image j // k for every caption, else None."""
+        if "k" not in self._cache:
+            self._cache["k"] = uniform_captions(self.image_of_caption, self.shape[0])
+        return self._cache["k"]
+
+    def embeddings(self, kind: str) -> np.ndarray | None:
+        """Text or image embeddings of the model (computed once, None where the model has none)."""
+        if kind not in self._cache:
+            fn = self.text_embeddings if kind == "text" else self.image_embeddings
+            self._cache[kind] = fn() if fn is not None else None
+        return self._cache[kind]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One evaluation protocol: its needs (in words), the rule that decides whether it applies, the
+    computation, and the metric paths its reports headline."""
+
+    name: str
+    title: str
+    needs: str
+    applies: Callable[[EvalInputs], str | None]  # None when it applies, else the reason it is not defined
+    compute: Callable[[EvalInputs], dict[str, Any]]
+    headline: tuple[str, ...]
+    family: str  # recall | eccv | cxc | sts | image_retrieval: how reports and the CLI lay it out
+    uses_matrix: bool = True
+    folds: int | None = None  # recall averaged over equal image folds (COCO 1K): significance resamples within them
+    coco_ids: bool = False  # needs the COCO ids of the matrix's rows and columns (from ids files or CUSA's json)
+    data_folder: str | None = None  # the evaluation setting naming its extra data folder: giving it asks for it
+    statistic: str | None = None  # where the numbers papers report are stored ("sts.stsb" -> "spearman.stsb")
+
+
+# ---- applicability rules ------------------------------------------------------------------------------------
+
+def _needs_test_split(inp: EvalInputs, what: str) -> str | None:
+    if not inp.test_split:
+        where = f"{inp.dataset}'s test split" if inp.dataset else "a dataset's declared test split"
+        return f"{what} is defined on {where}; this evaluation scored split '{inp.split}'"
+    return None
+
+
+def _needs_images(inp: EvalInputs, n: int, what: str) -> str | None:
+    if inp.shape[0] != n:
+        return f"{what} needs {n} images, this matrix has {inp.shape[0]} (a subset or another split)"
+    return None
+
+
+def _applies_full(n_images: int, n_captions: int | None, what: str) -> Callable[[EvalInputs], str | None]:
+    def rule(inp: EvalInputs) -> str | None:
+        reason = _needs_test_split(inp, what) or _needs_images(inp, n_images, what)
+        if reason is None and n_captions is not None and inp.captions_per_image is not None \
+                and inp.shape[1] != n_captions:
+            reason = f"{what} needs {n_captions} captions, this matrix has {inp.shape[1]}"
+        return reason
+    return rule
+
+
+def _applies_coco1k(inp: EvalInputs) -> str | None:
+    what = "COCO 1K (5 folds of 1000 images)"
+    reason = _needs_test_split(inp, what) or _needs_images(inp, COCO5K_IMAGES, what)
+    if reason is None and inp.captions_per_image != 5:
+        reason = f"{what} folds need exactly 5 captions per image in image order; this split has " + (
+            "an uneven number of captions per image" if inp.captions_per_image is None
+            else f"{inp.captions_per_image} per image")
+    return reason
+
+
+def _coco_ids(inp: EvalInputs) -> tuple[CocoTestIds | None, str | None]:
+    """COCO ids of the matrix (from the evaluation, the ids files or the package order), or why there are none."""
+    if inp.coco_ids is not None:
+        return inp.coco_ids, None
+    if inp.shape != (COCO5K_IMAGES, COCO5K_CAPTIONS) or inp.captions_per_image != 5:
+        return None, (f"needs the COCO 5K test matrix ({COCO5K_IMAGES} x {COCO5K_CAPTIONS}, 5 captions per image) "
+                      f"or COCO caption ids for its columns; got {inp.shape[0]} x {inp.shape[1]}")
+    from harness.eval.metrics.ids import load_coco_test_ids
+
+    return load_coco_test_ids(inp.ids_dir, warn=False), None
+
+
+def _applies_coco_ids(what: str) -> Callable[[EvalInputs], str | None]:
+    def rule(inp: EvalInputs) -> str | None:
+        reason = _needs_test_split(inp, what)
+        if reason is None and inp.dataset not in (None, "coco") and inp.coco_ids is None:
+            reason = f"{what} is defined on the COCO 5K test images, not on dataset '{inp.dataset}'"
+        if reason is None:
+            try:
+                _, why = _coco_ids(inp)
+            except IdError as exc:
+                why = str(exc)
+            reason = None if why is None else f"{what} {why}"
+        return reason
+    return rule
+
+
+def _applies_sts(inp: EvalInputs) -> str | None:
+    if inp.sts_root is None:
+        return "STS needs the SentEval data folder (--sts-root)"
+    if inp.members != 1:
+        return "STS needs one model with a uni-modal text space; an ensemble averages several"
+    if inp.sentence_embedder is None:
+        return f"{inp.method} scores pairs by cross attention: it has no uni-modal text space"
+    return None
+
+
+def _applies_image_retrieval(inp: EvalInputs) -> str | None:
+    if inp.image_retrieval_root is None:
+        return "image retrieval needs the CUB / SOP / In-shop / iNaturalist folder (--image-retrieval-root)"
+    if inp.members != 1:
+        return "an ensemble of several models has no single uni-modal image space"
+    if inp.image_retrieval is None:
+        return f"{inp.method} has no image encoder to run on image files (it reads precomputed region features)"
+    return None
+
+
+# ---- computations -------------------------------------------------------------------------------------------
+
+def _full(inp: EvalInputs) -> dict[str, Any]:
+    return full_recall(inp.sims, image_of_caption=inp.image_of_caption, bootstrap=inp.bootstrap)
+
+
+def _coco1k(inp: EvalInputs) -> dict[str, Any]:
+    return fold_recall(inp.sims, COCO1K_FOLDS, 5, bootstrap=inp.bootstrap)
+
+
+def _coco_matrix(inp: EvalInputs) -> tuple[np.ndarray, CocoTestIds]:
+    ids, why = _coco_ids(inp)
+    if ids is None:
+        raise MatrixError(str(why))
+    sims = inp.sims if inp.coco_columns is None else inp.sims[:, inp.coco_columns]
+    return sims, ids
+
+
+def _eccv(inp: EvalInputs) -> dict[str, Any]:
+    from harness.eval.metrics.eccv import eccv_protocol
+
+    sims, ids = _coco_matrix(inp)
+    return eccv_protocol(sims, ids, bootstrap=inp.bootstrap)
+
+
+def _cxc(inp: EvalInputs) -> dict[str, Any]:
+    from harness.eval.metrics.cxc import cxc_protocol
+
+    sims, ids = _coco_matrix(inp)
+    text = image = None
+    if inp.members == 1 and inp.scoring == "embedding":
+        text, image = inp.embeddings("text"), inp.embeddings("image")
+        if text is not None and inp.coco_columns is not None:
+            text = text[inp.coco_columns]
+    out = cxc_protocol(sims, ids, text, image, scoring=inp.scoring, method=inp.method, bootstrap=inp.bootstrap)
+    if inp.members != 1 and inp.scoring == "embedding":
+        for task in ("t2t", "i2i"):
+            out[task] = not_defined("an ensemble of several models has no single uni-modal space")
+    return out
+
+
+def _sts(inp: EvalInputs) -> dict[str, Any]:
+    from harness.eval.metrics.sts import sts_evaluate
+
+    assert inp.sentence_embedder is not None and inp.sts_root is not None
+    return sts_evaluate(inp.sentence_embedder, inp.sts_root)
+
+
+def _image_retrieval(inp: EvalInputs) -> dict[str, Any]:
+    assert inp.image_retrieval is not None and inp.image_retrieval_root is not None
+    return inp.image_retrieval(inp.image_retrieval_root)
+
+
+RECALL_HEADLINE = ("i2t.r1", "i2t.r5", "i2t.r10", "t2i.r1", "t2i.r5", "t2i.r10", "rsum")
+
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
+    Protocol("recall", "recall over the full matrix", "any images x captions matrix with its caption-to-image mapping",
+             lambda inp: None, _full, RECALL_HEADLINE, "recall"),
+    Protocol("coco1k", "COCO 1K (mean of 5 folds)",
+             "the COCO 5K test matrix (5000 images, 5 captions each, image order): 5 folds of 1000 images",
+             _applies_coco1k, _coco1k, RECALL_HEADLINE, "recall", folds=COCO1K_FOLDS),
+    Protocol("coco5k", "COCO 5K", "the COCO 5K test split: 5000 images and their captions",
+             _applies_full(COCO5K_IMAGES, COCO5K_CAPTIONS, "COCO 5K"), _full, RECALL_HEADLINE, "recall"),
+    Protocol("f30k1k", "Flickr30K 1K", "the Flickr30K test split: 1000 images and their captions",
+             _applies_full(F30K_IMAGES, 5 * F30K_IMAGES, "Flickr30K 1K"), _full, RECALL_HEADLINE, "recall"),
+    Protocol("eccv", "ECCV Caption", "the COCO 5K test matrix with COCO ids of its rows and columns "
+             "(testall_ids.txt / testall_capids.txt, or the eccv_caption package order)",
+             _applies_coco_ids("ECCV Caption"), _eccv,
+             ("i2t.eccv_map_at_r", "i2t.eccv_rprecision", "i2t.eccv_r1", "t2i.eccv_map_at_r",
+              "t2i.eccv_rprecision", "t2i.eccv_r1"), "eccv", coco_ids=True),
+    Protocol("cxc", "CxC (Crisscrossed Captions)",
+             "the COCO 5K test matrix with COCO ids (i2t / t2i); t2t / i2i also need the model's uni-modal text "
+             "and image embeddings", _applies_coco_ids("CxC"), _cxc,
+             ("i2t.cxc_r1", "t2i.cxc_r1", "t2t.cxc_r1", "i2i.cxc_r1"), "cxc", coco_ids=True),
+    Protocol("sts", "STS (SentEval)", "one model with a uni-modal text space and the SentEval folder (--sts-root)",
+             _applies_sts, _sts, ("avg",), "sts", uses_matrix=False, data_folder="sts_root", statistic="spearman"),
+    Protocol("image_retrieval", "image-to-image retrieval (R@1)",
+             "one pixel model with a uni-modal image head and the CUB / SOP / In-shop / iNaturalist folder "
+             "(--image-retrieval-root)", _applies_image_retrieval, _image_retrieval, ("avg",), "image_retrieval",
+             uses_matrix=False, data_folder="image_retrieval_root", statistic="r1"),
+)}
+ALWAYS = ("recall",)
+# the recall protocol a summary (the report's efficiency plot) prefers when a result holds several
+HEADLINE_PREFERENCE = ("coco5k", "f30k1k", "coco1k", "recall")
+
+
+def protocol(name: str) -> Protocol:
+    """The protocol `name`; an unknown name is an error that suggests the nearest one."""
+    if name not in PROTOCOLS:
+        near = difflib.get_close_matches(name, PROTOCOLS, n=1, cutoff=0.5)
+        hint = f" Did you mean '{near[0]}'?" if near else ""
+        raise MatrixError(f"unknown protocol '{name}'; valid: {', '.join(PROTOCOLS)}.{hint}")
+    return PROTOCOLS[name]
+
+
+def names_of_family(family: str) -> tuple[str, ...]:
+    return tuple(n for n, p in PROTOCOLS.items() if p.family == family)
+
+
+def asked_by_folders(settings: Any) -> tuple[str, ...]:
+    """Protocols asked for by giving their data folder (`--sts-root`, ...): `data_folder` fields set on `settings`."""
+    return tuple(n for n, p in PROTOCOLS.items() if p.data_folder and getattr(settings, p.data_folder, None))
+
+
+def wanted(declared: Iterable[str]) -> list[str]:
+    """The protocols an evaluation runs: `recall` first, then the dataset's declared ones in table order."""
+    names = set(declared) | set(ALWAYS)
+    return [n for n in PROTOCOLS if n in names]
+
+
+def run_protocols(inputs: EvalInputs, names: Iterable[str],
+                  on_protocol: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """{name: result or not_defined(reason)} for every protocol in `names` (unknown names are errors).
+
+    Data problems met while computing (a malformed ids file, a missing SentEval file) are recorded as "not
+    defined" with the problem, so one missing annotation never discards the other protocols' results.
+    """
+    out: dict[str, Any] = {}
+    for name in names:
+        proto = protocol(name)
+        reason = proto.applies(inputs)
+        if reason is not None:
+            out[name] = not_defined(reason)
+            continue
+        if on_protocol is not None:
+            on_protocol(name)
+        try:
+            out[name] = proto.compute(inputs)
+        except (ValueError, OSError) as exc:  # the readers' and metrics' own errors name the file
+            out[name] = not_defined(f"{proto.title} could not be computed: {exc}")
+    return out
+
+
+def compute_protocol(name: str, sims: np.ndarray, image_of_caption: np.ndarray | None = None, *,
+                     captions_per_image: int = 5, bootstrap: int = BOOTSTRAP, **inputs: Any) -> dict[str, Any]:
+    """One protocol of a stored matrix (the `metrics` command; tests). A protocol that does not apply is a
+    MatrixError with the reason. The matrix is taken to be of a dataset's test split."""
+    sims = np.asarray(sims)
+    if sims.ndim != 2:
+        raise MatrixError(f"expected a 2-D images x captions matrix, got shape {sims.shape}")
+    owner = (np.arange(sims.shape[1]) // captions_per_image) if image_of_caption is None \
+        else np.asarray(image_of_caption)
+    inp = EvalInputs(sims=sims, image_of_caption=owner, test_split=True, bootstrap=bootstrap, **inputs)
+    proto = protocol(name)
+    reason = proto.applies(inp)
+    if reason is not None:
+        raise MatrixError(f"{name} is not defined for this matrix: {reason}")
+    return {"protocol": name, **proto.compute(inp)}

@@ -1,0 +1,1 @@
+"""Running campaigns: the plan, executors, jobs, training, distributed helpers, live status."""

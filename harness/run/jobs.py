@@ -1,0 +1,422 @@
+"""Run one planned job (train or evaluate) into its result directory, resumably.
+
+Result layout (read by harness.report): `<results>/<dataset>/<method>-<variant>-<source>/<stage>/` with
+
+- `config.yaml`: the job's config plus `key`, `name` and `identity` ({config, data, code} hashes);
+  train jobs: stage, method, variant, dataset, seed, recipe, options, splits; evaluations: stage, method,
+  variant, dataset, seed, source ("official" | "seed<k>"), split, and checkpoint (official),
+  train_job (retrained) or members (ensembles: the member evaluation jobs);
+- `env.json` (versions, device, git revision), `job.log` (everything the job said), `status.json`
+  (live state for the orchestrator), `work/` (training checkpoints, the scoring tile cache);
+- `loss_curve.tsv` (train jobs: epoch, step, loss of every optimizer step);
+- `sims.npy` (evaluations: float32 images x captions; `image_of_caption.npy` beside it when captions are
+  not 5 per image in order) and `metrics.json`, written last: a job is
+  finished exactly when metrics.json exists.
+
+metrics.json: train `{stage: "train", best_rsum, best_epoch, history: [{epoch, loss, lr, val_rsum}],
+checkpoint, efficiency}`; evaluate `{stage: "evaluate", protocols: {<protocol>: recall metrics},
+shape: [images, captions], efficiency}`. Efficiency: parameters, peak_memory_mb (+ peak_memory_kind),
+device, processes, gpu_hours; train: train_wall_seconds, steps, step_ms; evaluate: eval_wall_seconds,
+encode_ms_per_image, encode_ms_per_caption, scoring_seconds (the full matrix; extrapolated from the
+tiles scored when a run resumed, `scoring_seconds_extrapolated: true`).
+
+A job whose directory holds a different key (changed config, data or code) or that is forced starts
+from scratch; otherwise an unfinished job resumes: training from work/checkpoint.pth, scoring from
+work/tiles_*.h5.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: jobs are not locked
+    fcntl = None  # type: ignore[assignment]
+
+import numpy as np
+import torch
+
+from harness.api.adapter import Adapter, parameter_count
+from harness.core.checkpoints import SAFE_GLOBALS, load_container
+from harness.core.jobconfig import JobConfig
+from harness.core.results import ResultStore, environment, fresh_path
+from harness.eval.evaluation import (
+    OWNER,
+    EvalSettings,
+    EvaluationInterrupted,
+    Hooks,
+    MatrixOutput,
+    SplitSpec,
+    combine_efficiency,
+    evaluate_matrix,
+    evaluate_models,
+    mean_matrix,
+    peak_memory,
+)
+from harness.run import distributed
+from harness.run.plan import Job, data_layout
+from harness.run.status import LOG, STATUS, StatusWriter
+from harness.run.training import BEST, StepInfo, TrainingInterrupted, train
+from harness.spec.registry import Registry, load_registry
+
+CURVE = "loss_curve.tsv"
+LOCK = ".lock"  # one process at a time per job folder (flock)
+KILL_ENV = "ITRBENCH_KILL_AT"  # test hook: "step:N" / "tile:N" -> SIGKILL this process after N steps / tiles
+
+
+class JobInterrupted(RuntimeError):
+    """The job stopped on request (preemption, cancel) after saving its progress."""
+
+
+class JobLocked(RuntimeError):
+    """Another process is running this job right now."""
+
+
+@dataclass
+class RunSettings:
+    """Runtime knobs shared by the jobs of a campaign. They are not part of a job's identity."""
+
+    results: str = "results"
+    data_root: str = "data"
+    registry: list[str] = field(default_factory=list)  # user registry files on top of the project's
+    device: str | None = None  # None: cuda when available, else cpu
+    checkpoint_minutes: float | None = 15.0  # mid-epoch training checkpoints
+    checkpoint_steps: int | None = None
+    image_tile: int | None = None  # scoring tiles (default: the scoring engine's per scoring kind)
+    sts_root: str | None = None  # SentEval data for the STS protocol (evaluations of COCO models)
+    image_retrieval_root: str | None = None  # CUB/SOP/In-shop/iNaturalist (image retrieval; COCO models)
+    caption_tile: int | None = None
+    encode_batch: int = 128
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSettings:
+        return cls(**d)
+
+
+@dataclass
+class JobContext:
+    registry: Registry
+    store: ResultStore
+    data_root: Path
+    device: str = "cpu"
+    log: Callable[[str], None] = lambda msg: None  # an extra sink besides job.log
+    on_progress: Callable[[str, str], None] | None = None  # (job name, progress text)
+    settings: RunSettings = field(default_factory=RunSettings)
+    should_stop: Callable[[], bool] | None = None  # preemption / cancel: save progress and stop
+    dist: distributed.DistContext | None = None
+    processes: int = 1
+
+
+def registry_from(paths: str | list[str] | None) -> Registry:
+    """The project's registry with the user's registry files `paths` on top."""
+    files = [paths] if isinstance(paths, str) else list(paths or [])
+    return load_registry(*files)
+
+
+def is_cached(store: ResultStore, job: Job) -> bool:
+    return store.is_finished(job.name) and store.load(job.name).config.get("key") == job.key
+
+
+def reset_job(store: ResultStore, name: str, reason: str) -> None:
+    """Discard a job's results and progress (keeps job.log, with a note)."""
+    d = store.job_dir(name)
+    if not d.exists():
+        return
+    for item in ("work", "metrics.json", "sims.npy", "sims.h5", STATUS, CURVE, OWNER):
+        p = d / item
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    with open(d / LOG, "a", encoding="utf-8") as f:
+        f.write(f"{_stamp()} previous results discarded: {reason}\n")
+
+
+def supersede_job(store: ResultStore, name: str, reason: str) -> Path | None:
+    """Move a job folder whose results were computed from another config, data or code aside to
+    `<results>/_superseded/<name>-<time>/` (nothing is deleted without --force); returns where it went."""
+    d = store.job_dir(name)
+    if not d.exists():
+        return None
+    target = fresh_path(store.root / "_superseded" / name.replace("/", "__"))
+    target.mkdir(parents=True)
+    for item in d.iterdir():
+        if item.name != LOCK:  # the running orchestrator holds it
+            item.rename(target / item.name)
+    with open(d / LOG, "a", encoding="utf-8") as f:
+        f.write(f"{_stamp()} earlier results moved to {target}: {reason}\n")
+    return target
+
+
+def run_job(job: Job, ctx: JobContext, force: bool = False) -> dict[str, Any]:
+    """Run `job` unless it already finished with the same key; returns its metrics.
+
+    Under data parallelism every rank calls this; rank 0 alone writes the result folder.
+    """
+    store = ctx.store
+    if not force and is_cached(store, job):
+        return store.load(job.name).metrics
+    main = ctx.dist is None or ctx.dist.is_main
+    d = store.job_dir(job.name)
+    with _lock(d, main):
+        if main:
+            old = store.load(job.name).config.get("key") if (d / "config.yaml").is_file() else None
+            if force:
+                reset_job(store, job.name, "rerun forced")
+            elif old is not None and old != job.key:
+                supersede_job(store, job.name, f"key changed {old} -> {job.key} ({_changed(store, job)})")
+            elif old is None and (d / "work").exists():  # issue 14: config.yaml unreadable (moved aside) or keyless
+                supersede_job(store, job.name, "config.yaml unreadable or without a key: earlier progress cannot be "
+                              "matched to this job")
+            config = {**job.config.as_dict(), "key": job.key, "name": job.name, "identity": dict(job.identity)}
+            store.start(job.name, config, environment(seed=job.seed, device=ctx.device))
+        distributed.barrier()
+        status = StatusWriter(d, enabled=main)
+        log = _Logger(d / LOG if main else None, ctx.log, job.name)
+        status.state("running", stage=job.stage, processes=ctx.processes)
+        log(f"start {job.name} (key {job.key}) on {ctx.device}, {ctx.processes} process(es), "
+            f"pid {os.getpid()} on {socket.gethostname()}")
+        if ctx.device.startswith("cuda") and torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            runner = _Runner(job, ctx, status, log)
+            metrics = runner.train() if job.stage == "train" else runner.evaluate()
+        except (JobInterrupted, TrainingInterrupted, EvaluationInterrupted) as exc:
+            log(f"interrupted: {exc}")
+            status.state("interrupted", error=str(exc))
+            raise JobInterrupted(str(exc)) from exc
+        except KeyboardInterrupt:
+            log("interrupted: KeyboardInterrupt (progress since the last checkpoint is lost)")
+            status.state("interrupted", error="KeyboardInterrupt")
+            raise
+        except BaseException:
+            tb = traceback.format_exc().rstrip()
+            log(tb)
+            status.state("failed", error="\n".join(tb.splitlines()[-8:]))
+            raise
+        if main:
+            store.finish(job.name, metrics)
+        log("done")
+        status.state("done", progress="done")
+        return metrics
+
+
+def checkpoint_epoch(path: str | Path) -> int | None:
+    """The `epoch` field of an official checkpoint container, read through a memory map (no tensor is loaded);
+    None when the container has none or is in the legacy (non-zip) format."""
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            box = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - optional metadata; the strict loader already accepted the file
+        return None
+    epoch = box.get("epoch") if isinstance(box, dict) else None
+    return int(epoch) if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+
+
+def _changed(store: ResultStore, job: Job) -> str:
+    old = store.load(job.name).config.get("identity") or {}
+    parts = [k for k in ("config", "data", "code") if old.get(k) != job.identity.get(k)]
+    return ", ".join(f"{p} changed" for p in parts) or "changed"
+
+
+def _stamp() -> str:
+    return time.strftime("[%Y-%m-%d %H:%M:%S]")
+
+
+class _Logger:
+    def __init__(self, path: Path | None, sink: Callable[[str], None], name: str) -> None:
+        self.path, self.sink, self.name = path, sink, name
+
+    def __call__(self, msg: str) -> None:
+        if self.path is None:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(f"{_stamp()} {msg}\n")
+        self.sink(f"{self.name}: {msg}")
+
+
+def _take_lock(f: Any) -> str | None:
+    """Take the exclusive lock on the open lock file `f`; None when taken, else who holds it."""
+    if fcntl is None:  # pragma: no cover - Windows: no locking
+        return None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        return f.read().strip() or "another process"
+    return None
+
+
+@contextlib.contextmanager
+def _lock(job_dir: Path, main: bool) -> Iterator[None]:
+    """One process at a time per job (a second orchestrator, or a requeued Slurm job while the old one
+    still runs, fails fast instead of writing into the same folder)."""
+    if not main:
+        yield
+        return
+    job_dir.mkdir(parents=True, exist_ok=True)
+    with open(job_dir / LOCK, "a+") as f:
+        holder = _take_lock(f)
+        if holder is not None:
+            raise JobLocked(f"{job_dir}: running elsewhere ({holder})")
+        f.seek(0)
+        f.truncate()
+        f.write(f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        try:
+            yield
+        finally:  # explicit: a child process that inherited the file must not keep the job locked
+            if fcntl is not None:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def lock_holder(job_dir: str | Path) -> str | None:
+    """Who runs this job right now ("host H, pid P, since T"), when another process holds its lock; else None."""
+    path = Path(job_dir) / LOCK
+    if not path.is_file():
+        return None
+    with open(path, "a+") as f:
+        return _take_lock(f)  # taken here: nobody else holds it; released when the file closes
+
+
+def _kill_hook(kind: str) -> Callable[[], None]:
+    """Test-only: SIGKILL this very process after N events of `kind` (a real, uncatchable crash)."""
+    spec = os.environ.get(KILL_ENV, "")
+    if not spec.startswith(kind + ":"):
+        return lambda: None
+    limit, count = int(spec.split(":", 1)[1]), [0]
+
+    def tick() -> None:
+        count[0] += 1
+        if count[0] >= limit:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return tick
+
+
+class _Runner:
+    """The work of one job, with progress reporting."""
+
+    def __init__(self, job: Job, ctx: JobContext, status: StatusWriter, log: _Logger) -> None:
+        self.job, self.ctx, self.status, self.log = job, ctx, status, log
+        self.dir = ctx.store.job_dir(job.name)
+
+    def progress(self, phase: str, done: float, total: float, text: str) -> None:
+        self.status.progress(phase, done, total, text)
+        if self.ctx.on_progress:
+            self.ctx.on_progress(self.job.name, text)
+
+    def build(self, options: dict[str, Any]) -> Adapter:
+        method = self.ctx.registry.method(self.job.method)
+        return method.adapter_class().build(self.job.variant, self.job.dataset, options)
+
+    # ---- training -------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        job, ctx = self.job, self.ctx
+        recipe = dict(job.config.recipe or {})
+        torch.manual_seed(int(recipe.get("seed", 0)))  # the same initial weights on every rank and rerun
+        adapter = self.build({**(job.config.options or {}), **recipe}).to(ctx.device)
+        data = adapter.train_data(ctx.data_root, job.dataset)
+        val_split = ctx.registry.dataset(job.dataset).validation_split
+        val_images, val_caps = adapter.eval_data(ctx.data_root, val_split, job.dataset)
+        val_owner = adapter.image_of_caption(ctx.data_root, val_split, job.dataset)
+        kill = _kill_hook("step")
+
+        def on_step(info: StepInfo) -> None:
+            self.progress("training", info.epoch * info.steps + info.step, info.epochs * info.steps,
+                          f"epoch {info.epoch + 1}/{info.epochs} step {info.step}/{info.steps} "
+                          f"loss {info.loss:.4f}")
+            kill()
+
+        minutes = ctx.settings.checkpoint_minutes
+        summary = train(adapter, data.images, data.captions, recipe, self.dir / "work", val_images=val_images,
+                        val_captions=val_caps, image_of_caption=data.image_of_caption,
+                        val_image_of_caption=val_owner, log=self.log, on_step=on_step,
+                        checkpoint_every_steps=ctx.settings.checkpoint_steps,
+                        checkpoint_every_seconds=minutes * 60 if minutes else None,
+                        should_stop=ctx.should_stop, dist=ctx.dist, curve=self.dir / CURVE)
+        peaks = distributed.all_gather_objects(peak_memory(ctx.device))
+        known = [p for p, _ in peaks if p is not None]
+        gpus = ctx.processes if ctx.device.startswith("cuda") else 0
+        return {"stage": "train", "best_rsum": summary.best_rsum, "best_epoch": summary.best_epoch,
+                "history": summary.history, "checkpoint": str(self.dir / "work" / BEST),
+                "resumed_from": {"epoch": summary.resumed_from_epoch, "step": summary.resumed_from_step}
+                if summary.resumed_from_epoch or summary.resumed_from_step else None,
+                "efficiency": {
+                    "parameters": parameter_count(adapter.model), "device": ctx.device,
+                    "processes": ctx.processes, "train_wall_seconds": summary.wall_seconds,
+                    "gpu_hours": gpus * summary.wall_seconds / 3600.0, "steps": summary.steps,
+                    "step_ms": 1000 * summary.step_seconds / max(1, summary.steps),
+                    "peak_memory_mb": max(known) if known else None, "peak_memory_kind": peaks[0][1]}}
+
+    # ---- evaluation ------------------------------------------------------------------------------
+    def load_trained(self, train_job_name: str) -> Adapter:
+        store = self.ctx.store
+        train_cfg = JobConfig.from_dict(store.load(train_job_name).config)
+        adapter = self.build({**(train_cfg.options or {}), **(train_cfg.recipe or {})})
+        container = load_container(store.job_dir(train_job_name) / "work" / BEST)
+        adapter.model.load_state_dict(container["itrbench"]["model_state"])
+        return adapter.to(self.ctx.device)
+
+    def evaluate(self) -> dict[str, Any]:
+        """The one evaluation path (harness.eval.evaluation): the matrix and its mapping are written to the job
+        folder before any protocol runs; an inapplicable protocol is recorded as not defined."""
+        job, ctx = self.job, self.ctx
+        cfg = job.config
+        ds = ctx.registry.dataset(job.dataset)
+        spec = SplitSpec(ctx.data_root, str(cfg.split), job.dataset, test_split=cfg.split == ds.split,
+                         protocols=ds.protocols, layout=data_layout(ctx.registry, job.method, job.dataset))
+        s = ctx.settings
+        settings = EvalSettings(batch_size=s.encode_batch, precision=cfg.precision or "fp32",
+                                image_tile=s.image_tile, caption_tile=s.caption_tile,
+                                sts_root=Path(s.sts_root) if s.sts_root else None,
+                                image_retrieval_root=Path(s.image_retrieval_root) if s.image_retrieval_root else None)
+        output = MatrixOutput.job(self.dir)
+        method = ctx.registry.method(job.method)
+        if cfg.members is not None:  # ensemble: average the members' stored matrices
+            store = ctx.store
+            members = list(cfg.members)
+            self.progress("averaging", 0, len(members), f"averaging {len(members)} member matrices")
+            sims = mean_matrix([np.load(store.job_dir(m) / "sims.npy") for m in members])
+            owner = np.load(store.job_dir(members[0]) / OWNER)
+            eff = combine_efficiency([store.load(m).metrics.get("efficiency", {}) for m in members])
+            eff["members"] = members
+            cls = method.adapter_class()
+            result = evaluate_matrix(sims, owner, spec, settings, output, method=cls.method, scoring=cls.scoring,
+                                     members=len(members), efficiency=eff, hooks=self.hooks())
+        else:
+            if cfg.source == "zeroshot":  # a pretrained model as it is: built from its options
+                adapter = self.build(dict(cfg.options or {})).to(ctx.device)
+            elif cfg.source == "official":
+                adapter = method.adapter_class().load_official(str(cfg.checkpoint), variant=job.variant,
+                                                               dataset=job.dataset).to(ctx.device)
+            else:
+                adapter = self.load_trained(str(cfg.train_job))
+            result = evaluate_models([adapter], spec, settings, output, self.hooks())
+        out = {"stage": "evaluate", "protocols": result.metrics, "efficiency": result.efficiency,
+               "shape": list(result.sims.shape)}
+        if cfg.source == "official" and cfg.members is None:
+            epoch = checkpoint_epoch(str(cfg.checkpoint))
+            if epoch is not None:  # which of a paper's per-epoch log rows this checkpoint can fill
+                out["checkpoint_epoch"] = epoch
+        return out
+
+    def hooks(self) -> Hooks:
+        kill = _kill_hook("tile")
+        return Hooks(progress=self.progress, log=self.log, on_tile=kill, should_stop=self.ctx.should_stop)
+
+

@@ -1,0 +1,1 @@
+"""What a run is: the registry schema and loading, the campaign, data checks against the registry."""

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.core.results import write_json
+from harness.core.outputs import guard_output
+from harness.core.results import fresh_path, write_json
 from harness.data.matrices import load_matrix, load_owner, owner_path
 from harness.eval.protocols import PROTOCOLS, asked_by_folders, compute_protocol, is_defined
 from harness.run.display import error, say, show_protocols
@@ -93,9 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dataset", default=None, help="registry dataset (its protocols apply on its test split)")
     ev.add_argument("--save-sims", default=None,
                     help="write the images x captions matrix here (.npy, float32; the caption-to-image mapping goes "
-                         "beside it as <name>.image_of_caption.npy). Default: results/_evaluate/<method>-<variant>-"
-                         "<dataset>-<split>/sims.npy")
+                         "beside it as <name>.image_of_caption.npy). Default: a new folder results/_evaluate/<method>-"
+                         "<variant>-<dataset>-<split>-<time>/sims.npy per evaluation. An existing file is kept "
+                         "unless --overwrite")
     ev.add_argument("--json", default=None, help="write metrics and efficiency as JSON")
+    ev.add_argument("--overwrite", action="store_true",
+                    help="replace an existing --save-sims / --json file (never an input, the data or a job's file)")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--batch-size", type=int, default=128)
     ev.add_argument("--precision", choices=PRECISIONS, default="fp32",
@@ -115,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="caption -> image index .npy (default: <sims>.image_of_caption.npy beside the matrix if "
                          "present, else 5 captions per image in order)")
     me.add_argument("--json", default=None)
+    me.add_argument("--overwrite", action="store_true",
+                    help="replace an existing --json file (never an input, the data or a job's file)")
     me.add_argument("--data-root", default=None, help="folder with testall_ids.txt / testall_capids.txt (eccv, cxc)")
     me.add_argument("--bootstrap", type=int, default=1000, help="resamples behind the 95%% intervals (0: none)")
 
@@ -199,24 +205,6 @@ def _registry(args: argparse.Namespace) -> Any:
     return load_registry(*files)
 
 
-def _output_file(path: str | None, flag: str, inputs: Sequence[str | None] = ()) -> Path | None:
-    """An output file path: not a folder, not one of the inputs, its folder creatable."""
-    if not path:
-        return None
-    out = Path(path)
-    if out.is_dir():
-        raise ValueError(f"{flag} {path}: is a folder; give a file name")
-    for inp in inputs:
-        if inp and Path(inp).exists() and out.exists() and out.resolve() == Path(inp).resolve():
-            raise ValueError(f"{flag} {path}: is the input file; writing it would overwrite the input")
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(f"{flag} {path}: {parent} is not a folder")
-    return out
-
-
 # ---- evaluate ------------------------------------------------------------------------------------------------
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -234,9 +222,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         existing_path(ck, "--checkpoint", kind="file")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}: expected a positive integer")
-    json_out = _output_file(args.json, "--json", args.checkpoint)
-    sims_out = _output_file(args.save_sims, "--save-sims", args.checkpoint) or (
-        Path("results") / "_evaluate" / f"{args.method}-{args.variant}-{args.dataset or 'data'}-{split}" / "sims.npy")
+    reads = [*args.checkpoint, *(getattr(args, "registry", None) or [])]
+    folders = [data_root, args.sts_root, args.image_retrieval_root]
+    json_out = guard_output(args.json, "--json", reads=reads, data_folders=folders, overwrite=args.overwrite)
+    if args.save_sims:
+        sims_out = guard_output(args.save_sims, "--save-sims", reads=reads, data_folders=folders,
+                                overwrite=args.overwrite)
+        guard_output(owner_path(sims_out), "--save-sims (its caption-to-image mapping)", reads=reads,
+                     data_folders=folders, overwrite=args.overwrite)
+        if json_out is not None and json_out.resolve() in (sims_out.resolve(), owner_path(sims_out).resolve()):
+            raise ValueError(f"--json {args.json}: is the --save-sims output; give the two outputs their own names")
+    else:  # each evaluation its own folder: a later checkpoint never replaces an earlier one's matrix
+        base = Path("results") / "_evaluate" / f"{args.method}-{args.variant}-{args.dataset or 'data'}-{split}"
+        sims_out = fresh_path(base) / "sims.npy"
     settings = EvalSettings(batch_size=args.batch_size, precision=args.precision,
                             sts_root=existing_path(args.sts_root, "--sts-root"),
                             image_retrieval_root=existing_path(args.image_retrieval_root, "--image-retrieval-root"))
@@ -297,9 +295,10 @@ class _progress:
 # ---- metrics / import ----------------------------------------------------------------------------------------
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    json_out = _output_file(args.json, "--json", [args.sims, args.image_of_caption])
-    sims = load_matrix(args.sims, mapped=True)
     mapping = Path(args.image_of_caption) if args.image_of_caption else owner_path(Path(args.sims))
+    json_out = guard_output(args.json, "--json", reads=[args.sims, mapping, *(getattr(args, "registry", None) or [])],
+                            data_folders=[args.data_root], overwrite=args.overwrite)
+    sims = load_matrix(args.sims, mapped=True)
     owner = load_owner(mapping, sims.shape[1]) if (args.image_of_caption or mapping.is_file()) else None
     ids = Path(args.data_root) if args.data_root else None
     if ids is not None and not ids.is_dir():

@@ -11,6 +11,7 @@ import yaml
 from test_orchestrate_fixtures import campaign, one_thread, write_official  # noqa: F401 - one_thread: autouse fixture
 
 from harness.run import plan as plan_mod
+from harness.spec.campaign import MAX_SEED
 from harness.run.executors.base import Task
 from harness.run.jobs import RunSettings
 from harness.run.plan import Job, build_plan, code_version, data_fingerprint, split_files
@@ -35,11 +36,15 @@ def test_all_stage_trains_evaluates_and_waits_for_members(setup):
     plan = _plan(tmp, registry, seeds=[0, 1], stage="all")
     jobs = plan.by_name()
     trains = sorted(n for n, j in jobs.items() if j.stage == "train")
-    # the ensemble of two `a` models trains its second member with seed + 1000
-    assert trains == ["demo/tiny-a-seed0/train", "demo/tiny-a-seed1/train", "demo/tiny-a-seed1000/train",
-                      "demo/tiny-a-seed1001/train"]
+    # the ensemble of two `a` models trains its second member in folders of its own, with a seed no campaign
+    # seed can take (so it is never also the run of another --seeds value)
+    assert trains == ["demo/tiny-a-seed0-member2/train", "demo/tiny-a-seed0/train",
+                      "demo/tiny-a-seed1-member2/train", "demo/tiny-a-seed1/train"]
+    member_seeds = {jobs[n].seed for n in trains if "member" in n}
+    assert len(member_seeds) == 2 and min(member_seeds) > MAX_SEED
+    assert jobs["demo/tiny-a-seed1-member2/train"].config.recipe["seed"] == jobs["demo/tiny-a-seed1-member2/train"].seed
     assert jobs["demo/tiny-a-seed1/eval"].depends == ("demo/tiny-a-seed1/train",)
-    assert jobs["demo/tiny-pair-seed1/eval"].depends == ("demo/tiny-a-seed1/eval", "demo/tiny-a-seed1001/eval")
+    assert jobs["demo/tiny-pair-seed1/eval"].depends == ("demo/tiny-a-seed1/eval", "demo/tiny-a-seed1-member2/eval")
     assert jobs["demo/tiny-pair-seed1/eval"].config.members == tuple(jobs["demo/tiny-pair-seed1/eval"].depends)
     order = [j.name for j in plan.order()]
     for job in plan.jobs:
@@ -53,7 +58,7 @@ def test_train_stage_only_trains(setup):
     tmp, registry = setup
     plan = _plan(tmp, registry, stage="train", variants=["pair"])
     assert {j.stage for j in plan.jobs} == {"train"}
-    assert [j.seed for j in plan.jobs] == [0, 1000]
+    assert [j.seed for j in plan.jobs] == [0, plan_mod.member_seed(0, 1)]
 
 
 def test_evaluate_stage_uses_official_checkpoints(setup):

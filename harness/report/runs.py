@@ -11,6 +11,7 @@ Spearman), or derived from the stored numbers ("rsum_printed", the official 5-fo
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ from harness.report.matching import DEFAULT_PRECISION, PRECISION, fact_keys, res
 from harness.spec.registry import Registry, Reported
 
 OFFICIAL, RETRAINED, IMPORTED = "official", "retrained", "imported"
+MEMBER = "ensemble member"  # the 2nd.. model of an ensemble repeating one variant: never one of the variant's seeds
+MEMBER_SOURCE = re.compile(r"seed\d+-member\d+")
 CI_KEYS = ("ci", "ci95")  # where a protocol's bootstrap intervals may be stored
 
 
@@ -207,6 +210,9 @@ class RunGroup:
             listed = ", ".join(str(s) for s in seeds)
             return f"retrained, {len(self.runs)} seed{'s' if len(self.runs) != 1 else ''}" + \
                 (f" ({listed})" if listed else "")
+        if self.kind == MEMBER:
+            names = sorted({r.job.source or "" for r in self.runs})
+            return f"retrained as an ensemble member ({', '.join(names)}); not one of the variant's seeds"
         if self.kind == IMPORTED:
             where = sorted({provenance_text(r.job.provenance) for r in self.runs} - {""})
             return "imported matrix" + (f": {'; '.join(where)}" if where else " (provenance not recorded)")
@@ -283,6 +289,8 @@ def run_kind(job: JobConfig) -> str:
     source = job.source or ""
     if source.startswith(OFFICIAL):
         return OFFICIAL
+    if MEMBER_SOURCE.match(source):
+        return MEMBER
     if source.startswith("seed"):
         return RETRAINED
     if source.startswith(IMPORTED):
@@ -302,7 +310,7 @@ def _order_key(registry: Registry, g: RunGroup) -> tuple:
     m_idx = methods.index(g.method) if g.method in methods else len(methods)
     variants = list(registry.methods[g.method].variants) if g.method in registry.methods else []
     v_idx = variants.index(g.variant) if g.variant in variants else len(variants)
-    kind_idx = {OFFICIAL: 0, IMPORTED: 1, RETRAINED: 2}.get(g.kind, 3)
+    kind_idx = {OFFICIAL: 0, IMPORTED: 1, RETRAINED: 2, MEMBER: 3}.get(g.kind, 4)
     return (g.dataset, m_idx, g.method, v_idx, g.variant, str(g.setting), kind_idx, g.kind, g.tag)
 
 

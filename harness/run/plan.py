@@ -29,9 +29,10 @@ from harness.core.jobconfig import JobConfig
 from harness.core.paths import PROJECT_DIR
 from harness.data.cusa_json import find_split_folder
 from harness.data.precomp import DataError, resolve_precomp_dir
+from harness.spec.campaign import MAX_SEED  # campaign seeds are 0 .. MAX_SEED; members' extra seeds lie above
 from harness.spec.registry import Registry, RegistryError
 
-ENSEMBLE_SEED_STRIDE = 1000  # member k of an ensemble of one variant trained with seed + k * stride
+MAX_MEMBERS = 64  # members of one ensemble of a single variant
 RUNTIME_RECIPE_KEYS = ("gpus",)  # recipe keys that say where a job runs, not what it computes
 UNHASHED = ("checkpoint",)  # where a file is; its content is in the identity (checkpoint_fingerprint)
 ROOT = PROJECT_DIR
@@ -240,6 +241,18 @@ class PlanInputs:
     recipe_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # method ("*": all) -> recipe keys
 
 
+def member_seed(seed: int, member: int) -> int:
+    """The training seed of model `member` (0-based) of an ensemble that repeats one variant, for campaign seed
+    `seed`: the seed itself for the first model, else a seed above every campaign seed (MAX_SEED), so an
+    ensemble's extra model is never also the run of another campaign seed."""
+    if member == 0:
+        return seed
+    if not 0 <= seed <= MAX_SEED or not 0 < member < MAX_MEMBERS:
+        raise RegistryError(f"seed {seed} / ensemble member {member + 1}: seeds are 0..{MAX_SEED} and an ensemble "
+                            f"of one variant has at most {MAX_MEMBERS} members")
+    return MAX_SEED + 1 + seed * MAX_MEMBERS + member
+
+
 def override_tag(applied: Mapping[str, Any]) -> str:
     """The suffix that gives a run with recipe overrides its own job folders and report row ("" for none)."""
     return f"+set-{_digest(dict(applied))[:8]}" if applied else ""
@@ -375,7 +388,7 @@ class _Builder:
                             gpus=gpus, identity=parts))
 
     # retrained models
-    def train(self, mname: str, variant: str, seed: int) -> Job:
+    def train(self, mname: str, variant: str, seed: int, member: int = 0) -> Job:
         method = self.registry.method(mname)
         recipe = method.recipe(variant, self.dataset)
         applied = self.overrides_of(mname)
@@ -383,7 +396,9 @@ class _Builder:
         gpus = int(self.inputs.gpus or recipe.get("gpus") or 1)
         for k in RUNTIME_RECIPE_KEYS:
             recipe.pop(k, None)
-        run = f"{self.dataset}/{mname}-{variant}-seed{seed}{override_tag(applied)}"
+        run = f"{self.dataset}/{mname}-{variant}-seed{seed}{f'-member{member + 1}' if member else ''}" \
+              f"{override_tag(applied)}"
+        seed = member_seed(seed, member)
         config = {"stage": "train", "method": mname, "variant": variant, "dataset": self.dataset, "seed": seed,
                   "recipe": {**recipe, "seed": seed}, "options": dict(method.variants[variant].options),
                   "splits": ["train", self.val_split]}
@@ -392,25 +407,29 @@ class _Builder:
         return self.make(f"{run}/train", "train", mname, variant, seed, config, ["train", self.val_split],
                          gpus=max(1, gpus))
 
-    def trained(self, mname: str, variant: str, seed: int) -> Job | None:
-        train = self.train(mname, variant, seed)
+    def trained(self, mname: str, variant: str, seed: int, member: int = 0) -> Job | None:
+        """Train and evaluate `variant` with campaign seed `seed`; `member` k > 0 is the k+1-th model of an
+        ensemble that repeats the variant: its own folders (`seed<s>-member<k+1>`) and seed (`member_seed`)."""
+        train = self.train(mname, variant, seed, member)
         if self.stage == "train":
             return None
         applied = self.overrides_of(mname)
-        config = {"stage": "evaluate", "method": mname, "variant": variant, "dataset": self.dataset, "seed": seed,
-                  "source": f"seed{seed}", "train_job": train.name, "split": self.test_split}
+        run = f"seed{seed}" + (f"-member{member + 1}" if member else "")
+        config = {"stage": "evaluate", "method": mname, "variant": variant, "dataset": self.dataset,
+                  "seed": member_seed(seed, member), "source": run, "train_job": train.name,
+                  "split": self.test_split}
         if applied:
             config["overrides"] = dict(applied)
         tag = override_tag(applied)
-        return self.make(f"{self.dataset}/{mname}-{variant}-seed{seed}{tag}/eval", "evaluate", mname, variant, seed,
-                         config, [self.test_split], depends=[train])
+        return self.make(f"{self.dataset}/{mname}-{variant}-{run}{tag}/eval", "evaluate", mname, variant,
+                         member_seed(seed, member), config, [self.test_split], depends=[train])
 
     def trained_ensemble(self, mname: str, variant: str, seed: int) -> None:
         spec = self.registry.method(mname).variants[variant]
         members = []
         for k, member in enumerate(spec.members):
-            member_seed = seed + (k * ENSEMBLE_SEED_STRIDE if spec.members.count(member) > 1 else 0)
-            members.append(self.trained(mname, member, member_seed))
+            repeat = spec.members[:k].count(member)  # 0 for the first model of a variant: the seed's own run
+            members.append(self.trained(mname, member, seed, repeat))
         if self.stage == "train":
             return
         self.ensemble(mname, variant, seed, f"seed{seed}{override_tag(self.overrides_of(mname))}",

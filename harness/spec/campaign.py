@@ -13,6 +13,7 @@ from typing import Any
 from harness.spec.registry import Registry, RegistryError
 
 STAGES = ("train", "evaluate", "all")
+MAX_SEED = 2**31 - 1  # torch, numpy and Python all take it; ensemble members' extra seeds are derived above it
 EXECUTORS = ("inline", "local", "slurm")
 
 
@@ -59,6 +60,8 @@ def parse_seeds(text: str | None) -> tuple[int, ...]:
         raise ValueError(f"--seeds {text!r}: expected comma-separated non-negative integers, e.g. 0,1,2") from None
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds {text!r}: expected distinct non-negative integers, e.g. 0,1,2")
+    if max(seeds) > MAX_SEED:
+        raise ValueError(f"--seeds {text!r}: {max(seeds)} is above the largest seed {MAX_SEED}; use a smaller one")
     return seeds
 
 
@@ -146,6 +149,8 @@ def parse_overrides(items: Sequence[str], registry: Registry, methods: Sequence[
                              f"({', '.join(methods)}).{hint}")
         else:
             scope, name, targets = "*", key, list(methods)
+        if name == "seed":  # the jobs' seed comes from --seeds (it names their folders): an override would be ignored
+            raise ValueError(f"--set {item!r}: the seed is not a recipe override; run it with --seeds {text.strip()}")
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError:

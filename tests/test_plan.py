@@ -11,10 +11,10 @@ import yaml
 from test_orchestrate_fixtures import campaign, one_thread, write_official  # noqa: F401 - one_thread: autouse fixture
 
 from harness.run import plan as plan_mod
-from harness.spec.campaign import MAX_SEED
 from harness.run.executors.base import Task
 from harness.run.jobs import RunSettings
 from harness.run.plan import Job, build_plan, code_version, data_fingerprint, split_files
+from harness.spec.campaign import MAX_SEED
 from harness.spec.registry import RegistryError, load_registry
 
 

@@ -42,8 +42,8 @@ def test_seed_override_is_refused_not_ignored():
 
 def test_members_are_their_own_report_kind():
     def kind(source: str) -> str:
-        return run_kind(JobConfig.from_dict({"stage": "evaluate", "method": "esa", "variant": "bigru", "dataset": "demo",
-                                            "source": source}))
+        config = {"stage": "evaluate", "method": "esa", "variant": "bigru", "dataset": "demo", "source": source}
+        return run_kind(JobConfig.from_dict(config))
 
     assert kind("seed0") == kind("seed1000") == kind("seed3+set-abcd1234") == RETRAINED
     assert kind("seed0-member2") == kind("seed7-member3") == MEMBER

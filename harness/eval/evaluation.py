@@ -289,7 +289,7 @@ def image_vectors(adapter: Adapter, images: Any, batch_size: int = 128) -> np.nd
 def image_retrieval_runner(adapter: Adapter, batch_size: int) -> Callable[[Path], dict[str, Any]] | None:
     """CUSA's image retrieval protocol with the model's uni-modal image head on image files, or None when the
     model reads region features (no image encoder to run on files)."""
-    transform = getattr(adapter, "preprocess", None)
+    transform = adapter.preprocess
     if adapter.image_input != "pixels" or transform is None:
         return None
 

@@ -436,9 +436,7 @@ class _Builder:
                                   "seed": None, "source": "zeroshot", "options": options, "split": self.test_split}
         if applied:
             config["overrides"] = dict(applied)
-        cls = method.adapter_class()
-        locate = getattr(cls, "weights_file", None)
-        weights = locate(variant, options) if locate is not None else None
+        weights = method.adapter_class().weights_file(variant, options)
         if weights is not None:
             config["checkpoint"] = str(weights)
             config["checkpoint_fingerprint"] = file_fingerprint(Path(weights))

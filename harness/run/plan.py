@@ -207,8 +207,9 @@ def _sibling_packages(files: Iterable[Path], root: str) -> set[str]:
 @lru_cache(maxsize=32)
 def code_version(adapter: str) -> str:
     """Hash of the code a job of the method with adapter "pkg.module:Class" runs: the adapter's package
-    (methods/esa/ for methods.esa.adapter), the sibling packages it imports (methods/cusa/ for
-    clip_zeroshot, which builds on CUSA's CLIP), and the shared harness modules (HARNESS_CODE)."""
+    (methods/esa/ for methods.esa.adapter), the sibling packages it imports (a method building on another's
+    package), and the shared modules (HARNESS_CODE: methods/common, which holds the code methods share, and the
+    harness modules every job runs)."""
     module = adapter.partition(":")[0]
     package = module.rpartition(".")[0]
     files = _package_files(package, module)

@@ -71,3 +71,24 @@ def test_as_regions_reads_tensors_arrays_memmaps_and_sequences_alike(tmp_path):
         assert got.dtype == torch.float32 and got.shape == (3, 4, 5)
         torch.testing.assert_close(got, want)
     torch.testing.assert_close(as_regions(mm, "cpu"), torch.from_numpy(np.asarray(mm, dtype=np.float32)))
+
+
+def test_the_shared_clip_code_is_in_the_identity_of_both_clip_methods(monkeypatch):
+    """code_version hashes methods/common (where the CLIP code both methods run now lives) for each of them."""
+    from pathlib import Path
+
+    import harness.run.plan as plan
+
+    hashed: list[list[Path]] = []
+    monkeypatch.setattr(plan, "_hash_files", lambda files: hashed.append(list(files)) or str(len(hashed)))
+    plan.code_version.cache_clear()
+    try:
+        for adapter in ("methods.cusa.adapter:CUSAAdapter", "methods.clip_zeroshot.adapter:ClipZeroShotAdapter"):
+            plan.code_version(adapter)
+    finally:
+        plan.code_version.cache_clear()
+    cusa, zero_shot = ({p.relative_to(plan.ROOT).as_posix() for p in files} for files in hashed)
+    for files in (cusa, zero_shot):
+        assert {"methods/common/clip.py", "methods/common/paper.py", "harness/api/adapter.py"} <= files
+    assert "methods/cusa/adapter.py" in cusa and "methods/clip_zeroshot/model.py" in zero_shot
+    assert not any(f.startswith("methods/cusa/") for f in zero_shot)  # no longer borrows CUSA's package

@@ -45,7 +45,16 @@ def site(tmp_path, monkeypatch):
         del sys.modules[mod]
 
 
-ADAPTER = {"itrbench_plug/adapter.py": "class PlugAdapter:\n    method = 'plugmethod'\n"}
+ADAPTER = {"itrbench_plug/adapter.py": """\
+from harness.api import Adapter
+
+
+class PlugAdapter(Adapter):
+    method = "plugmethod"
+    scoring = "embedding"
+    build = load_official = classmethod(lambda cls, *a, **k: None)
+    tokenize = encode_images = encode_texts = score = lambda self, *a: None
+"""}
 
 
 def test_a_registry_file_shipped_in_a_package_adds_its_method(site):

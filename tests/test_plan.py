@@ -230,7 +230,8 @@ def test_set_overrides_reach_the_recipes_they_name_and_the_identity(setup):
 
 
 def test_code_version_follows_the_sibling_packages_a_method_imports(tmp_path, monkeypatch):
-    """clip_zeroshot builds on methods.cusa: a change there changes its jobs' identity (same top-level package)."""
+    """A method that builds on a sibling package (same top-level package): a change there changes its jobs'
+    identity; a sibling it does not import does not."""
     root = tmp_path / "labmethods"
     for pkg, body in (("base", "Z = 0\n"), ("shared", "from labmethods.base import Z\n"),
                       ("mine", "from labmethods.shared import Z\n"), ("other", "W = 1\n")):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -63,6 +63,9 @@ class Adapter(abc.ABC):
     dataset: str
     model: nn.Module
     options: dict[str, Any]
+    # Pixel methods: the evaluation transform of one image file (PIL image -> (3, H, W) tensor); the harness
+    # runs the image retrieval protocol on image files with it. None: the method reads no image files.
+    preprocess: Callable[[Any], torch.Tensor] | None = None
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -79,6 +82,13 @@ class Adapter(abc.ABC):
         `variant` / `dataset`, when given, are checked against what the checkpoint says it is.
         Raises CheckpointError naming the file and the problem.
         """
+
+    @classmethod
+    def weights_file(cls, variant: str, options: Mapping[str, Any] | None = None) -> Path | None:
+        """The pretrained weights file `build(variant, ..., options)` would load (None: none). The planner calls it
+        for zero-shot variants, before any job runs, to put the file's fingerprint in the job's identity; it
+        raises CheckpointError naming where it looked when the file is not on this machine."""
+        return None
 
     def official_checkpoint(self, **extra: Any) -> dict[str, Any]:
         """This model in the official container layout (extra fields such as epoch are merged in)."""

@@ -289,9 +289,9 @@ def image_vectors(adapter: Adapter, images: Any, batch_size: int = 128) -> np.nd
 def image_retrieval_runner(adapter: Adapter, batch_size: int) -> Callable[[Path], dict[str, Any]] | None:
     """CUSA's image retrieval protocol with the model's uni-modal image head on image files, or None when the
     model reads region features (no image encoder to run on files)."""
-    transform = getattr(adapter, "preprocess", None)
-    if adapter.image_input != "pixels" or transform is None:
+    if adapter.image_input != "pixels" or adapter.preprocess is None:
         return None
+    transform = adapter.preprocess
 
     def run(root: Path) -> dict[str, Any]:
         names, absent = present_sets(root)

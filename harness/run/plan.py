@@ -208,8 +208,9 @@ def _sibling_packages(files: Iterable[Path], root: str) -> set[str]:
 @lru_cache(maxsize=32)
 def code_version(adapter: str) -> str:
     """Hash of the code a job of the method with adapter "pkg.module:Class" runs: the adapter's package
-    (methods/esa/ for methods.esa.adapter), the sibling packages it imports (methods/cusa/ for
-    clip_zeroshot, which builds on CUSA's CLIP), and the shared harness modules (HARNESS_CODE)."""
+    (methods/esa/ for methods.esa.adapter), the sibling packages it imports (a method building on another's
+    package), and the shared modules (HARNESS_CODE: methods/common, which holds the code methods share, and the
+    harness modules every job runs)."""
     module = adapter.partition(":")[0]
     package = module.rpartition(".")[0]
     files = _package_files(package, module)
@@ -455,9 +456,7 @@ class _Builder:
                                   "seed": None, "source": "zeroshot", "options": options, "split": self.test_split}
         if applied:
             config["overrides"] = dict(applied)
-        cls = method.adapter_class()
-        locate = getattr(cls, "weights_file", None)
-        weights = locate(variant, options) if locate is not None else None
+        weights = method.adapter_class().weights_file(variant, options)
         if weights is not None:
             config["checkpoint"] = str(weights)
             config["checkpoint_fingerprint"] = file_fingerprint(Path(weights))

@@ -7,7 +7,6 @@ inside the file) is an error that lists the valid names and suggests the nearest
 from __future__ import annotations
 
 import difflib
-import importlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -157,19 +156,12 @@ class Method:
         merged.update(v.recipes.get(dataset, {}))
         return merged
 
-    def adapter_class(self) -> type:
-        """The adapter class named by `adapter: "package.module:Class"` (imported now: a registry file runs
-        the code it names)."""
-        module_name, _, cls_name = self.adapter.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise RegistryError(f"method '{self.name}': cannot import adapter module '{module_name}' ({exc}); "
-                                "install it or put its folder on PYTHONPATH") from None
-        if not cls_name or not hasattr(module, cls_name):
-            raise RegistryError(f"method '{self.name}': module '{module_name}' has no adapter class "
-                                f"'{cls_name}' (adapter: \"{self.adapter}\")")
-        return getattr(module, cls_name)
+    def adapter_class(self) -> type[Adapter]:
+        """The Adapter subclass named by `adapter: "package.module:Class"` (imported now: a registry file runs
+        the code it names); anything else is a one-line RegistryError (`harness.spec.adapter_path`)."""
+        from harness.spec.adapter_path import load_adapter_class  # it imports this module
+
+        return load_adapter_class(self.name, self.adapter)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from harness.api import Adapter, CheckpointError, PaddedTokens, TrainingSetup
+from harness.api import CheckpointError, PaddedTokens, TrainingSetup
 from methods.clip_zeroshot.model import (
     VARIANTS,
     ClipSpec,
@@ -31,18 +31,14 @@ from methods.clip_zeroshot.model import (
     preprocess_for,
     resolve_weights,
 )
-from methods.cusa.adapter import CUSAAdapter, load_clip_weights, tokenize_texts
+from methods.common.clip import ClipAdapter, load_clip_weights, tokenize_texts
 
 
-class ClipZeroShotAdapter(Adapter):
+class ClipZeroShotAdapter(ClipAdapter):
+    """Pretrained CLIP as it is; the data (the CUSA/ALBEF json layout, the demo's raw-image form) and the
+    scoring come from `ClipAdapter`, shared with CUSA."""
+
     method: ClassVar[str] = "clip_zeroshot"
-    scoring: ClassVar[str] = "embedding"
-    image_input: ClassVar[str] = "pixels"
-
-    # the CUSA/ALBEF json layout and the demo's raw-image form, found and ordered exactly as CUSA reads them
-    eval_split = CUSAAdapter.eval_split
-    eval_data = CUSAAdapter.eval_data
-    image_of_caption = CUSAAdapter.image_of_caption
 
     def __init__(self, model: ZeroShotCLIP, *, spec: ClipSpec, variant: str, dataset: str,
                  options: Mapping[str, Any], weights: Path | None) -> None:
@@ -96,9 +92,6 @@ class ClipZeroShotAdapter(Adapter):
         """L2-normalised caption embeddings."""
         ids = texts.ids if isinstance(texts, PaddedTokens) else texts
         return self.model.clip_model.encode_text(ids.to(self.device), normalize=True)
-
-    def score(self, image_block: torch.Tensor, text_block: torch.Tensor) -> torch.Tensor:
-        return image_block.to(text_block.device) @ text_block.t()
 
     def text_embeddings(self, captions: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """CLIP's joint-space caption embeddings (its only text space), for STS and CxC text-to-text."""

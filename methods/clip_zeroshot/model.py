@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from harness.api import CLIP_MEAN, CLIP_STD, CheckpointError, clip_preprocess
-from methods.cusa.config import TINY_CLIP, validate_clip_config
+from methods.common.clip import TINY_CLIP, validate_clip_config
 
 # Built-in variants. The registry's variant options say the same; `load_official` needs them without it.
 VARIANTS: dict[str, dict[str, Any]] = {

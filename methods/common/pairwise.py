@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.api import Adapter, PaddedFeatures, PaddedTokens, TrainingSetup
+from harness.api import PaddedFeatures, PaddedTokens, TrainingSetup
 from methods.common.augment import augment_word_pieces
 from methods.common.optim import adamw_step_decay, bert_text_groups
+from methods.common.paper import PaperAdapter, as_regions
 from methods.common.region_encoder import PrecompRegionEncoder, l2norm
 from methods.common.text_bert import BertWordEncoder, bert_tokenize, bert_tokenizer, bert_word_pieces, pad_ids
 from methods.common.triplet import hardest_negative_at, triplet_costs
@@ -83,21 +84,15 @@ class RegionWordModel(nn.Module):
         return feats if self.no_txtnorm else l2norm(feats, dim=-1)
 
 
-class PairwiseAdapter(Adapter):
+class PairwiseAdapter(PaperAdapter):
     """Adapter base for the region + BERT cross-attention methods (ESL, X-Dim)."""
 
     scoring: ClassVar[Literal["embedding", "pairwise"]] = "pairwise"
     image_input: ClassVar[Literal["regions", "pixels"]] = "regions"
+    default_recipe: ClassVar[Mapping[str, Any]] = DEFAULT_RECIPE
     score_chunks: ClassVar[dict[str, tuple[int, int]]] = SCORE_CHUNKS
     score_budget: int | None = None  # overrides score_chunks[device][0]
     score_captions: int | None = None  # overrides score_chunks[device][1]
-
-    def __init__(self, model: nn.Module, variant: str, dataset: str, options: dict[str, Any]) -> None:
-        self.model = model
-        self.variant = variant
-        self.dataset = dataset
-        self.options = options
-        self.recipe: dict[str, Any] = dict(DEFAULT_RECIPE)
 
     # ---- inference --------------------------------------------------------------------------
     def tokenize(self, captions: Sequence[str]) -> PaddedTokens:
@@ -107,8 +102,7 @@ class PairwiseAdapter(Adapter):
     def encode_images(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Regions (B, R, img_dim) -> the image side of the pair interaction (B, R, F)."""
         with self._inference():
-            regions = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images,
-                                      dtype=torch.float32, device=self.device)
+            regions = as_regions(images, self.device)
             if regions.ndim != 3:
                 raise ValueError(f"expected region features (B, R, D), got shape {tuple(regions.shape)}")
             return self.model.image_side(regions)
@@ -152,8 +146,7 @@ class PairwiseAdapter(Adapter):
     def configure_training(self, recipe: Mapping[str, Any]) -> TrainingSetup:
         """AdamW (weight decay 1e-4) with the official four groups: text without BERT (lr), BERT
         (lr x bert_lr_factor), image encoder (lr), sim_vec (lr); all x lr_decay from each decay epoch."""
-        self.recipe = {**DEFAULT_RECIPE, **dict(recipe)}
-        r = self.recipe
+        r = self.use_recipe(recipe)
         lr = float(r["lr"])
         groups = [*bert_text_groups(self.model.txt_enc, lr, float(r["bert_lr_factor"])),
                   {"params": list(self.model.img_enc.parameters()), "lr": lr},
@@ -170,8 +163,7 @@ class PairwiseAdapter(Adapter):
                          rng: np.random.Generator, caption_ids: np.ndarray | None = None) -> PairwiseTrainBatch:
         """Images (B, R, D) matched to B captions: region dropping (keep `region_keep`) and word masking
         (`word_aug_prob`: 50% [MASK], 10% random ids, 40% deleted), all randomness from `rng`."""
-        regions = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images,
-                                  dtype=torch.float32)
+        regions = as_regions(images)
         if regions.ndim != 3 or regions.shape[0] != len(captions):
             raise ValueError(f"expected images (B, R, D) for {len(captions)} captions, got {tuple(regions.shape)}")
         dropped, lengths = drop_regions(regions, float(self.recipe["region_keep"]), rng)

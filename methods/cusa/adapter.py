@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,22 +28,19 @@ import numpy as np
 import torch
 
 from harness.api import (
-    Adapter,
     CheckpointError,
     CusaSplit,
     PaddedTokens,
     TrainData,
     TrainingSetup,
-    build_demo_images,
     clip_preprocess,
-    find_split_folder,
     load_container,
-    load_cusa_split,
     load_strict,
     pre_caption,
     require_keys,
     strip_prefix,
 )
+from methods.common.clip import ClipAdapter, load_clip_weights, tokenize_texts
 from methods.cusa.config import (
     OBJECTIVES,
     STANDARD_LOSS_DEFAULTS,
@@ -63,44 +59,6 @@ from methods.cusa.official import (
 from methods.cusa.teacher import TeacherFeatures
 from methods.cusa.teachers import TextTeacher, minilm_teacher_path
 
-# Keys a plain OpenAI / open_clip CLIP state dict may carry that CUSA's CLIP does not have.
-_CLIP_EXTRA_KEYS = ("logit_scale", "input_resolution", "context_length", "vocab_size")
-
-
-@lru_cache(maxsize=4)
-def clip_tokenizer(context_length: int = 77) -> Any:
-    """open_clip's copy of OpenAI's BPE tokenizer (same ids as `clip.tokenize`, truncating at the context)."""
-    from open_clip.tokenizer import SimpleTokenizer
-
-    return SimpleTokenizer(context_length=context_length)
-
-
-def tokenize_texts(texts: Sequence[str], context_length: int = 77) -> PaddedTokens:
-    """BPE ids (N, context) with SOT/EOT; `lengths` = position of EOT + 1."""
-    ids = clip_tokenizer(context_length)(list(texts)).long()
-    return PaddedTokens(ids, ids.argmax(dim=1) + 1)
-
-
-def load_clip_weights(model: CUSAModel, path: str | Path) -> None:
-    """Initialise CLIP from a local state dict with OpenAI key names (strict; never downloads)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        if not path.is_file():
-            raise CheckpointError(f"{path}: no such CLIP weights file")
-        state: Mapping[str, torch.Tensor] = load_file(str(path))
-    else:
-        try:
-            state = load_container(path)
-        except CheckpointError as exc:
-            raise CheckpointError(f"{exc}. OpenAI's TorchScript .pt files are not read: save "
-                                  "torch.jit.load(f).state_dict() with torch.save, or use open_clip's "
-                                  "ViT-*-quickgelu 'openai' weights file") from exc
-        state = state.get("state_dict", state)
-    state = {k: v for k, v in strip_prefix(state).items() if k not in _CLIP_EXTRA_KEYS}
-    load_strict(model.clip_model, state, path=path, part="CLIP weights")
-
 
 @dataclass
 class CUSABatch:
@@ -113,10 +71,8 @@ class CUSABatch:
     teacher_image: torch.Tensor | None  # (B, D) or None for only_contrastive
 
 
-class CUSAAdapter(Adapter):
+class CUSAAdapter(ClipAdapter):
     method: ClassVar[str] = "cusa"
-    scoring: ClassVar[str] = "embedding"
-    image_input: ClassVar[str] = "pixels"
 
     def __init__(self, model: CUSAModel, *, variant: str, dataset: str, options: Mapping[str, Any],
                  official: Mapping[str, Any] | None = None):
@@ -211,30 +167,6 @@ class CUSAAdapter(Adapter):
         return out
 
     # ---- data ------------------------------------------------------------------------------------
-    def eval_split(self, data_root: str | Path, split: str, dataset: str | None = None) -> CusaSplit:
-        """The CUSA json split `new_{split}.json` in evaluation order (images must exist), found in
-        `data_root`, `data_root/<dataset>` or `data_root/<dataset>/cusa` (the demo's
-        raw-image form, generated there on first use)."""
-        root = Path(data_root)
-        folder = find_split_folder(root, split, dataset)
-        if folder is not None:
-            return load_cusa_split(folder, split)
-        if dataset == "demo":  # the demo is generated, never downloaded: write its raw-image form (idempotent)
-            return load_cusa_split(build_demo_images(root), split)
-        return load_cusa_split(root, split)  # raises the not-found error naming the expected file
-
-    def eval_data(self, data_root: str | Path, split: str, dataset: str | None = None) -> tuple[Any, list[str]]:
-        """(lazy preprocessed pixel batches, raw captions) in the official test order.
-
-        Captions are grouped by image but an image may have any number of them: the caption -> image
-        map is `eval_split(...).image_of_caption`, not j // 5.
-        """
-        data = self.eval_split(data_root, split, dataset)
-        return data.pixel_images(self.preprocess), data.captions
-
-    def image_of_caption(self, data_root: str | Path, split: str, dataset: str | None = None) -> np.ndarray:
-        return np.asarray(self.eval_split(data_root, split, dataset).image_of_caption)
-
     def train_data(self, data_root: str | Path, dataset: str | None = None) -> TrainData:
         """The `train` split: lazy preprocessed pixels (one per image), raw captions, caption -> image.
 
@@ -275,9 +207,6 @@ class CUSAAdapter(Adapter):
     def encode_texts(self, texts: PaddedTokens | torch.Tensor) -> torch.Tensor:
         """L2-normalised cross-modal caption embeddings."""
         return l2_normalise(self.model.encode_text(self._ids(texts), cross_modal=True, truncate=self.truncate_text))
-
-    def score(self, image_block: torch.Tensor, text_block: torch.Tensor) -> torch.Tensor:
-        return image_block.to(text_block.device) @ text_block.t()
 
     def text_embeddings(self, captions: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """Uni-modal text embeddings (L2-normalised) as CUSA's STS evaluation makes them: no caption

@@ -16,6 +16,9 @@ from typing import Any
 
 import open_clip
 
+from methods.common.clip import TINY_CLIP as TINY_CLIP  # re-exported: CUSA's tests and demo geometry
+from methods.common.clip import validate_clip_config
+
 # Official `clip_model` names of the two released backbones, our variant names, open_clip configs.
 VARIANT_CLIP_NAMES = {"vitb32": "ViT-B/32", "vitl14_336": "ViT-L/14@336px"}
 VARIANT_OPEN_CLIP = {"vitb32": "ViT-B-32", "vitl14_336": "ViT-L-14-336"}
@@ -26,13 +29,6 @@ OBJECTIVES = {
     "only_contrastive": (True, False, False),
     "csa": (True, True, False),
     "usa": (True, False, True),
-}
-
-# A tiny CLIP for tests and the CPU demo: width 64 keeps OpenAI's rule heads = width // 64.
-TINY_CLIP = {
-    "embed_dim": 64,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
 }
 
 
@@ -50,25 +46,6 @@ def clip_config(variant: str, override: Mapping[str, Any] | None = None) -> dict
                          "(or pass options clip_config={...})")
     validate_clip_config(cfg)
     return cfg
-
-
-def validate_clip_config(cfg: Mapping[str, Any]) -> None:
-    """A CLIP geometry the official `build_model` could rebuild from shapes (ViT, heads = width // 64)."""
-    try:
-        vision, text = cfg["vision_cfg"], cfg["text_cfg"]
-        widths = {"vision": int(vision["width"]), "text": int(text["width"])}
-        int(cfg["embed_dim"]), int(vision["layers"]), int(vision["patch_size"]), int(vision["image_size"])
-        int(text["layers"]), int(text["context_length"]), int(text["vocab_size"])
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"CLIP config needs embed_dim, vision_cfg{{image_size, layers, width, patch_size}} and "
-                         f"text_cfg{{context_length, vocab_size, width, heads, layers}}; got {dict(cfg)}") from exc
-    for tower, width in widths.items():
-        if width % 64:
-            raise ValueError(f"CLIP {tower} width {width} is not a multiple of 64 (OpenAI CLIP uses width // 64 heads)")
-    if int(text.get("heads", widths["text"] // 64)) != widths["text"] // 64:
-        raise ValueError(f"CLIP text heads {text['heads']} != width // 64 = {widths['text'] // 64}")
-    if int(vision.get("head_width", 64)) != 64:
-        raise ValueError("CLIP vision head_width must be 64 (OpenAI CLIP uses width // 64 heads)")
 
 
 @dataclass(frozen=True)

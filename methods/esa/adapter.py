@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
-from harness.api import Adapter, PaddedTokens, TrainingSetup
+from harness.api import PaddedTokens, TrainingSetup
 from methods.common.augment import augment_word_ids, augment_word_pieces
 from methods.common.optim import adamw_step_decay, bert_text_groups
+from methods.common.paper import OfficialFormat, PaperAdapter, as_regions
 from methods.common.text_bert import bert_tokenize, bert_tokenizer, bert_word_pieces, pad_ids
 from methods.common.text_bigru import init_embedding_from_vectors, read_word_vectors
 from methods.common.vocab import PAD, Vocabulary, encode_caption, load_scan_vocab, vocab_tokenize
@@ -35,15 +35,6 @@ WEIGHT_DECAY = {"bigru": 0.01, "bert": 1e-4}  # AdamW default (BiGRU) / the BERT
 TEXT_BATCH = 256
 
 
-def _as_regions(images: torch.Tensor | np.ndarray | Sequence[Any]) -> torch.Tensor:
-    """(B, R, D) float32 tensor from a tensor, an array (memmap included) or a sequence of (R, D) items."""
-    if torch.is_tensor(images):
-        return images.to(torch.float32)
-    if isinstance(images, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-    return torch.stack([torch.as_tensor(np.asarray(x), dtype=torch.float32) for x in images])
-
-
 @dataclass
 class ESATrainBatch:
     """One training batch: B images, K region keep-masks per image, B*K augmented captions.
@@ -59,19 +50,17 @@ class ESATrainBatch:
         return ESATrainBatch(self.images.to(device), self.region_keep.to(device), self.tokens.to(device))
 
 
-class ESAAdapter(Adapter):
+class ESAAdapter(PaperAdapter):
     method: ClassVar[str] = "esa"
     scoring: ClassVar[Literal["embedding", "pairwise"]] = "embedding"
     image_input: ClassVar[Literal["regions", "pixels"]] = "regions"
+    official_format: ClassVar[OfficialFormat] = OfficialFormat(read_official, write_official)
+    default_recipe: ClassVar[Mapping[str, Any]] = DEFAULT_RECIPE
 
     def __init__(self, model: ESAModel, variant: str, dataset: str, options: dict[str, Any],
                  vocab: Vocabulary | None) -> None:
-        self.model = model
-        self.variant = variant
-        self.dataset = dataset
-        self.options = options
+        super().__init__(model, variant, dataset, options)
         self.vocab = vocab
-        self.recipe: dict[str, Any] = dict(DEFAULT_RECIPE)
         self._loss = SelfExpandingTripletLoss(margin=self.recipe["margin"], hardnum=self.recipe["hardnum"])
 
     # ---- construction -------------------------------------------------------------------
@@ -104,14 +93,6 @@ class ESAAdapter(Adapter):
                                          normalize=not opts["no_txtnorm"])
         return cls(ESAModel(img_enc, txt_enc), variant, dataset, opts, vocab)
 
-    @classmethod
-    def load_official(cls, path: str | Path, *, variant: str | None = None,
-                      dataset: str | None = None) -> ESAAdapter:
-        return read_official(cls, path, variant=variant, dataset=dataset)
-
-    def official_checkpoint(self, **extra: Any) -> dict[str, Any]:
-        return write_official(self, **extra)
-
     @property
     def vocab_size(self) -> int:
         if self.vocab is not None:
@@ -126,7 +107,7 @@ class ESAAdapter(Adapter):
 
     def encode_images(self, images: torch.Tensor | np.ndarray | Sequence[Any]) -> torch.Tensor:
         with self._inference():
-            return self.model.img_enc(_as_regions(images).to(self.device))
+            return self.model.img_enc(as_regions(images).to(self.device))
 
     def encode_texts(self, texts: PaddedTokens) -> torch.Tensor:
         with self._inference():
@@ -156,8 +137,7 @@ class ESAAdapter(Adapter):
         """AdamW as in the official code. BiGRU: one group (text then image params), weight decay 0.01.
         BERT: groups [text without BERT, BERT (lr x bert_lr_factor), image], weight decay 1e-4.
         lr x lr_decay at the start of each epoch in lr_decay_epochs."""
-        self.recipe = {**DEFAULT_RECIPE, **dict(recipe)}
-        r = self.recipe
+        r = self.use_recipe(recipe)
         self._loss = SelfExpandingTripletLoss(margin=float(r["margin"]), hardnum=int(r["hardnum"]))
         lr = float(r["lr"])
         weight_decay = float(self._setting(recipe, "weight_decay", WEIGHT_DECAY[self.variant]))
@@ -185,7 +165,7 @@ class ESAAdapter(Adapter):
         """Images (B, R, D) matched to B captions -> hardnum region masks and hardnum augmented copies
         of each caption (all randomness from `rng`)."""
         k = int(self.recipe["hardnum"])
-        regions = _as_regions(images)
+        regions = as_regions(images)
         if regions.ndim != 3 or regions.shape[0] != len(captions):
             raise ValueError(f"expected images (B, R, D) for {len(captions)} captions, "
                              f"got {tuple(regions.shape)}")

@@ -9,10 +9,10 @@ product, batched over all pairs of a block.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar
 
 from methods.common.pairwise import PairwiseAdapter
+from methods.common.paper import OfficialFormat
 from methods.esl.model import ESLModel
 from methods.esl.official import read_official, write_official
 
@@ -24,6 +24,7 @@ VARIANTS = ("h", "a")
 
 class ESLAdapter(PairwiseAdapter):
     method: ClassVar[str] = "esl"
+    official_format: ClassVar[OfficialFormat] = OfficialFormat(read_official, write_official)
 
     @classmethod
     def build(cls, variant: str, dataset: str, options: Mapping[str, Any] | None = None) -> ESLAdapter:
@@ -38,11 +39,3 @@ class ESLAdapter(PairwiseAdapter):
                          bert_pretrained=bool(opts["bert_pretrained"]), no_imgnorm=bool(opts["no_imgnorm"]),
                          no_txtnorm=bool(opts["no_txtnorm"]))
         return cls(model, variant, dataset, opts)
-
-    @classmethod
-    def load_official(cls, path: str | Path, *, variant: str | None = None,
-                      dataset: str | None = None) -> ESLAdapter:
-        return read_official(cls, path, variant=variant, dataset=dataset)
-
-    def official_checkpoint(self, **extra: Any) -> dict[str, Any]:
-        return write_official(self, **extra)

@@ -20,7 +20,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from harness.api import Adapter, PaddedFeatures, PaddedTokens, TrainData, TrainingSetup
+from harness.api import PaddedFeatures, PaddedTokens, TrainData, TrainingSetup
+from methods.common.paper import OfficialFormat, PaperAdapter, as_regions
 from methods.common.text_bert import pad_ids
 from methods.common.vocab import PAD, Vocabulary, encode_caption, load_scan_vocab, vocab_tokenize
 from methods.vsl.losses import (
@@ -56,19 +57,17 @@ class VSLTrainBatch:
         return VSLTrainBatch(self.images.to(device), self.tokens.to(device), self.semantic.to(device))
 
 
-class VSLAdapter(Adapter):
+class VSLAdapter(PaperAdapter):
     method: ClassVar[str] = "vsl"
     scoring: ClassVar[Literal["embedding", "pairwise"]] = "pairwise"
     image_input: ClassVar[Literal["regions", "pixels"]] = "regions"
+    official_format: ClassVar[OfficialFormat] = OfficialFormat(read_official, write_official)
+    default_recipe: ClassVar[Mapping[str, Any]] = DEFAULT_RECIPE
 
     def __init__(self, model: SGRAF, variant: str, dataset: str, options: dict[str, Any],
                  vocab: Vocabulary) -> None:
-        self.model = model
-        self.variant = variant
-        self.dataset = dataset
-        self.options = options
+        super().__init__(model, variant, dataset, options)
         self.vocab = vocab
-        self.recipe: dict[str, Any] = dict(DEFAULT_RECIPE)
         self.corpus: TfidfCorpus | None = None
         self.checkpoint_info: dict[str, Any] = {}
 
@@ -93,14 +92,6 @@ class VSLAdapter(Adapter):
                       no_txtnorm=bool(opts["no_txtnorm"]), num_regions=int(opts["num_regions"]))
         return cls(model, variant, dataset, opts, vocab)
 
-    @classmethod
-    def load_official(cls, path: str | Path, *, variant: str | None = None,
-                      dataset: str | None = None) -> VSLAdapter:
-        return read_official(cls, path, variant=variant, dataset=dataset)
-
-    def official_checkpoint(self, **extra: Any) -> dict[str, Any]:
-        return write_official(self, **extra)
-
     # ---- inference --------------------------------------------------------------------------
     def tokenize(self, captions: Sequence[str]) -> PaddedTokens:
         """The official loader's ids: <start>, nltk.word_tokenize(caption.lower()) words, <end>."""
@@ -109,8 +100,7 @@ class VSLAdapter(Adapter):
     def encode_images(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         """(N, R, img_dim) regions -> (N, 1 + R, embed): [self-attended global, encoded regions]."""
         with self._inference():
-            regions = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images,
-                                      dtype=torch.float32, device=self.device)
+            regions = as_regions(images, self.device)
             encoded = self.model.img_enc(regions)
             glob = self.model.sim_enc.image_global(encoded)
             return torch.cat([glob[:, None, :], encoded], dim=1)
@@ -151,8 +141,7 @@ class VSLAdapter(Adapter):
     def configure_training(self, recipe: Mapping[str, Any]) -> TrainingSetup:
         """Adam over all parameters (one group, no weight decay); lr = lr * lr_decay ** (epoch // lr_update);
         gradient norm clipped to grad_clip."""
-        self.recipe = {**DEFAULT_RECIPE, **dict(recipe)}
-        r = self.recipe
+        r = self.use_recipe(recipe)
         lr = float(r["lr"])
         params = (list(self.model.txt_enc.parameters()) + list(self.model.img_enc.parameters())
                   + list(self.model.sim_enc.parameters()))
@@ -170,8 +159,7 @@ class VSLAdapter(Adapter):
         """Images (B, R, D) matched to B captions -> ids and the images' TF-IDF similarity, sorted by
         caption length. `caption_ids` (indices into the attached corpus) identify each caption's image;
         without them captions are looked up by text. No augmentation (the official code has none)."""
-        regions = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images,
-                                  dtype=torch.float32)
+        regions = as_regions(images)
         if regions.ndim != 3 or regions.shape[0] != len(captions):
             raise ValueError(f"expected images (B, R, D) for {len(captions)} captions, got {tuple(regions.shape)}")
         seqs = [encode_caption(self.vocab, c) for c in captions]

@@ -9,12 +9,12 @@ dependency matrix (and its QR factor) computed once per model state rather than 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from methods.common.pairwise import PairwiseAdapter
+from methods.common.paper import OfficialFormat
 from methods.xdim.model import XDimModel
 from methods.xdim.official import read_official, write_official
 
@@ -26,6 +26,7 @@ VARIANTS = ("bert",)
 
 class XDimAdapter(PairwiseAdapter):
     method: ClassVar[str] = "xdim"
+    official_format: ClassVar[OfficialFormat] = OfficialFormat(read_official, write_official)
     score_chunks: ClassVar[dict[str, tuple[int, int]]] = {"cpu": (1 << 20, 8), "cuda": (1 << 25, 512)}
 
     @classmethod
@@ -41,14 +42,6 @@ class XDimAdapter(PairwiseAdapter):
                           bert_pretrained=bool(opts["bert_pretrained"]), no_imgnorm=bool(opts["no_imgnorm"]),
                           no_txtnorm=bool(opts["no_txtnorm"]))
         return cls(model, variant, dataset, opts)
-
-    @classmethod
-    def load_official(cls, path: str | Path, *, variant: str | None = None,
-                      dataset: str | None = None) -> XDimAdapter:
-        return read_official(cls, path, variant=variant, dataset=dataset)
-
-    def official_checkpoint(self, **extra: Any) -> dict[str, Any]:
-        return write_official(self, **extra)
 
     def score_elements_per_word(self, images: torch.Tensor) -> int:
         """The context vectors (D per image, caption and word) are the largest intermediate."""

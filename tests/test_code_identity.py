@@ -106,3 +106,21 @@ def test_an_identity_of_the_previous_scheme_is_named_as_such(tmp_path):
     assert changed_parts({**job.identity, "code": "x"}, job) == "code changed"
     assert json.dumps(job.to_dict())  # the protocol identity travels with the job (subprocess executors)
     assert Job.from_dict(job.to_dict()).protocols == "p2"
+
+
+def test_report_lists_recomputed_and_out_of_date_protocols(tmp_path):
+    from types import SimpleNamespace
+
+    from harness.report.protocol_notes import OLDER, protocol_notes
+
+    def run(name: str, metrics: dict) -> SimpleNamespace:
+        return SimpleNamespace(path=tmp_path / name, metrics=metrics)
+
+    runs = [run("fresh", {"protocol_code": "now"}), run("legacy", {}),
+            run("old", {"protocol_code": "before"}),
+            run("redone", {"protocol_code": "now", "protocols_recomputed": {"at": "2026-01-02 03:04:05"}})]
+    lines = "\n".join(protocol_notes([SimpleNamespace(model="m/a", runs=runs)], tmp_path, current="now"))
+    assert "`old`" in lines and OLDER in lines
+    assert "`redone`" in lines and "recomputed from the stored matrix (2026-01-02 03:04:05)" in lines
+    assert "`fresh`" not in lines and "`legacy`" not in lines
+    assert protocol_notes([SimpleNamespace(model="m/a", runs=runs[:2])], tmp_path, current="now") == []

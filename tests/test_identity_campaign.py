@@ -1,10 +1,10 @@
 """A result is invalidated only by what can change it, on a copy of the project run as a user runs it.
 
 The copy holds harness/, methods/, registry.yaml, pyproject.toml, run_all.py and two tiny methods (`tiny` and
-`tiny2`: the same adapter in two modules). Each edit of the copy is followed by a dry run (the plan table)
-and a run, in subprocesses: a comment reruns nothing; a metric edit keeps every checkpoint and matrix and
-recomputes the protocols from sims.npy; a change in one method's model forward reruns that method's jobs
-only; a result of the previous identity scheme is superseded with the reason.
+`tiny2`: the same adapter in two modules). After each edit of the copy a run (a dry run for the metric edit)
+goes in a subprocess and the plan table it prints is read: a comment reruns nothing; a metric edit keeps
+every checkpoint and matrix and recomputes the protocols from sims.npy; a change in one method's model
+forward reruns that method's jobs only; a result of the previous identity scheme is superseded with the reason.
 """
 
 from __future__ import annotations
@@ -51,12 +51,12 @@ def _run(proj: Path, *extra: str) -> str:
 
 
 def _states(table: str) -> dict[str, str]:
-    """{job name: state} from the plan table of a dry run."""
-    out = {}
+    """{job name: state} from the plan table a run prints first (the live jobs table comes after it)."""
+    out: dict[str, str] = {}
     for line in table.splitlines():
         cells = [c.strip() for c in line.strip("│┃ ").split("│")]
         if len(cells) >= 5 and cells[0].startswith("demo/"):
-            out[cells[0]] = cells[4]
+            out.setdefault(cells[0], cells[4])
     return out
 
 
@@ -92,8 +92,7 @@ def test_only_what_can_change_a_result_invalidates_it(tmp_path):
     _edit(proj / "harness/run/training.py", "\ndef ", "\n# a comment that changes nothing\ndef ")
     _edit(proj / "harness/eval/scoring.py", '"""', '"""Reworded. ')
     _edit(proj / "harness/eval/scoring.py", "def tile_grid(", "def   tile_grid(")
-    assert set(_states(_run(proj, "--dry-run")).values()) == {"cached"}
-    _run(proj)
+    assert set(_states(_run(proj)).values()) == {"cached"}  # the plan table a run prints first
     assert {j: _starts(proj, j) for j in jobs} == starts and _snapshot(proj) == files
 
     # a metric edit and a new line in the protocol table: protocols recomputed from sims.npy, nothing re-run
@@ -116,15 +115,13 @@ def test_only_what_can_change_a_result_invalidates_it(tmp_path):
         assert after["protocols"]["recall"]["rsum"] == before[m]["protocols"]["recall"]["rsum"]
         assert "protocols recomputed" in (d / "job.log").read_text()
     assert "protocols recomputed from the stored matrix" in (proj / "reports" / "demo.md").read_text()
-    assert set(_states(_run(proj, "--dry-run")).values()) == {"cached"}
 
     # a change in tiny2's model forward: tiny2's jobs rerun, tiny's are kept
     _edit(proj / "tiny2_method.py", "pooled = regions.mean(1)", "pooled = regions.mean(1) * 2")
-    states = _states(_run(proj, "--dry-run"))
+    states = _states(_run(proj))
     assert states[TRAIN.format(m="tiny2")] == "rerun: code changed"
     assert states[EVAL.format(m="tiny2")] == "rerun: config changed, code changed"  # the training's key is config
-    assert {states[TRAIN.format(m="tiny")], states[EVAL.format(m="tiny")]} == {"cached"}
-    _run(proj)
+    assert {states[TRAIN.format(m="tiny")], states[EVAL.format(m="tiny")]} == {"cached"}  # recomputed: cached
     assert {j: _starts(proj, j) - starts[j] for j in jobs} == {TRAIN.format(m="tiny"): 0, EVAL.format(m="tiny"): 0,
                                                                 TRAIN.format(m="tiny2"): 1, EVAL.format(m="tiny2"): 1}
     kept = _snapshot(proj)
@@ -136,7 +133,6 @@ def test_only_what_can_change_a_result_invalidates_it(tmp_path):
     config["key"], config["identity"] = "0123456789abcdef", {k: config["identity"][k] for k in ("config", "data",
                                                                                                 "code")}
     (train / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    assert "older itrbench" in _states(_run(proj, "--dry-run"))[TRAIN.format(m="tiny")]
-    _run(proj)
+    assert "older itrbench" in _states(_run(proj))[TRAIN.format(m="tiny")]
     assert "older itrbench" in (train / "job.log").read_text()
     assert len(list((proj / "results" / "_superseded").glob("demo__tiny-a-seed0__train-*/metrics.json"))) == 1

@@ -2,7 +2,8 @@
 
 Result layout (read by harness.report): `<results>/<dataset>/<method>-<variant>-<source>/<stage>/` with
 
-- `config.yaml`: the job's config plus `key`, `name` and `identity` ({config, data, code} hashes);
+- `config.yaml`: the job's config plus `key`, `name` and `identity` ({config, data, code} hashes and the
+  identity `scheme`; code is the job's stage code, harness.core.code_identity);
   train jobs: stage, method, variant, dataset, seed, recipe, options, splits; evaluations: stage, method,
   variant, dataset, seed, source ("official" | "seed<k>"), split, and checkpoint (official),
   train_job (retrained) or members (ensembles: the member evaluation jobs);
@@ -15,14 +16,18 @@ Result layout (read by harness.report): `<results>/<dataset>/<method>-<variant>-
 
 metrics.json: train `{stage: "train", best_rsum, best_epoch, history: [{epoch, loss, lr, val_rsum}],
 checkpoint, efficiency}`; evaluate `{stage: "evaluate", protocols: {<protocol>: recall metrics},
-shape: [images, captions], efficiency}`. Efficiency: parameters, peak_memory_mb (+ peak_memory_kind),
+shape: [images, captions], efficiency, protocol_code}` (+ `protocols_recomputed: {at, previous_protocol_code}`
+when its protocols were recomputed from sims.npy). Efficiency: parameters, peak_memory_mb (+ peak_memory_kind),
 device, processes, gpu_hours; train: train_wall_seconds, steps, step_ms; evaluate: eval_wall_seconds,
 encode_ms_per_image, encode_ms_per_caption, scoring_seconds (the full matrix; extrapolated from the
 tiles scored when a run resumed, `scoring_seconds_extrapolated: true`).
 
-A job whose directory holds a different key (changed config, data or code) or that is forced starts
-from scratch; otherwise an unfinished job resumes: training from work/checkpoint.pth, scoring from
-work/tiles_*.h5.
+A job whose directory holds a different key (changed config, data or code, or a key of an older
+identity scheme) is moved aside to `_superseded/` and one that is forced is reset; both start from
+scratch. Otherwise an unfinished job resumes: training from work/checkpoint.pth, scoring from
+work/tiles_*.h5. A finished evaluation with the same key whose `protocol_code` is not the job's has its
+protocols recomputed from its stored matrix, or is evaluated again in place when they need the model
+(harness.run.protocol_refresh).
 """
 
 from __future__ import annotations

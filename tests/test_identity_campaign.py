@@ -111,6 +111,7 @@ def test_only_what_can_change_a_result_invalidates_it(tmp_path):
         after = json.loads((d / "metrics.json").read_text())
         assert after["protocol_code"] != before[m]["protocol_code"]
         assert after["protocols_recomputed"]["previous_protocol_code"] == before[m]["protocol_code"]
+        assert "git" in after["protocols_recomputed"]
         assert after["efficiency"] == before[m]["efficiency"]  # the original scoring's record
         assert after["protocols"]["recall"]["rsum"] == before[m]["protocols"]["recall"]["rsum"]
         assert "protocols recomputed" in (d / "job.log").read_text()

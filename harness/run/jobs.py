@@ -16,7 +16,7 @@ Result layout (read by harness.report): `<results>/<dataset>/<method>-<variant>-
 
 metrics.json: train `{stage: "train", best_rsum, best_epoch, history: [{epoch, loss, lr, val_rsum}],
 checkpoint, efficiency}`; evaluate `{stage: "evaluate", protocols: {<protocol>: recall metrics},
-shape: [images, captions], efficiency, protocol_code}` (+ `protocols_recomputed: {at, previous_protocol_code}`
+shape: [images, captions], efficiency, protocol_code}` (+ `protocols_recomputed: {at, previous_protocol_code, git}`
 when its protocols were recomputed from sims.npy). Efficiency: parameters, peak_memory_mb (+ peak_memory_kind),
 device, processes, gpu_hours; train: train_wall_seconds, steps, step_ms; evaluate: eval_wall_seconds,
 encode_ms_per_image, encode_ms_per_caption, scoring_seconds (the full matrix; extrapolated from the

@@ -4,7 +4,8 @@ An evaluation's key covers what its matrix depends on; its metrics.json records 
 (`protocol_code`, harness.core.code_identity) its values were computed with. When only that changed (an edited
 metric, a new protocol for its dataset) the values are recomputed from the job folder's `sims.npy` and
 `image_of_caption.npy` (seconds, no model), metrics.json is rewritten atomically with the original scoring's
-efficiency record, the new `protocol_code` and a `protocols_recomputed` marker.
+efficiency record, the new `protocol_code` and a `protocols_recomputed` marker (when, the previous protocol
+code, the git revision that recomputed them; env.json keeps the scoring's).
 
 Protocols that need the model's own embeddings (STS, image retrieval, CxC's t2t / i2i) cannot be had from a
 matrix. Rule: when the stored metrics hold a *defined* result of such a protocol, the evaluation runs again in
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.core.results import ResultStore
+from harness.core.results import ResultStore, git_revision
 from harness.eval.evaluation import OWNER, EvalSettings, MatrixOutput, SplitSpec, evaluate_matrix
 from harness.eval.protocols import PROTOCOLS, is_defined
 from harness.run.plan import Job, data_layout
@@ -89,7 +90,8 @@ def recompute_protocols(store: ResultStore, job: Job, registry: Registry, data_r
     protocols = {n: stored[n] if n in stored and _model_only(n) else r for n, r in result.metrics.items()}
     metrics = {**old, "protocols": protocols, "protocol_code": job.protocols,
                "protocols_recomputed": {"at": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                        "previous_protocol_code": old.get("protocol_code")}}
+                                        "previous_protocol_code": old.get("protocol_code"),
+                                        "git": git_revision()}}  # env.json keeps the scoring's revision
     store.finish(job.name, metrics)
     return metrics
 

@@ -31,6 +31,7 @@ from harness.report.markdown import (
     table,
 )
 from harness.report.plots import EffPoint, effectiveness_vs_efficiency
+from harness.report.protocol_notes import protocol_notes
 from harness.report.runs import RETRAINED, RunGroup, Stat, get_path, matching_reported, plain_stat, stored_key
 from harness.report.significance import RESAMPLES, group_values, paired_p
 from harness.spec.registry import Registry
@@ -340,5 +341,6 @@ def dataset_report(registry: Registry, dataset: str, groups: Sequence[RunGroup],
     plot_md, plots = _efficiency_plot(dataset, groups, reports)
     out += plot_md
     out += ["## Runs", ""] + _runs_table(groups, results_root)
+    out += protocol_notes(groups, results_root)
     out += unfinished_jobs(results_root, dataset)
     return "\n".join(out).rstrip() + "\n", plots

@@ -2,7 +2,8 @@
 
 Result layout (read by harness.report): `<results>/<dataset>/<method>-<variant>-<source>/<stage>/` with
 
-- `config.yaml`: the job's config plus `key`, `name` and `identity` ({config, data, code} hashes);
+- `config.yaml`: the job's config plus `key`, `name` and `identity` ({config, data, code} hashes and the
+  identity `scheme`; code is the job's stage code, harness.core.code_identity);
   train jobs: stage, method, variant, dataset, seed, recipe, options, splits; evaluations: stage, method,
   variant, dataset, seed, source ("official" | "seed<k>"), split, and checkpoint (official),
   train_job (retrained) or members (ensembles: the member evaluation jobs);
@@ -15,14 +16,18 @@ Result layout (read by harness.report): `<results>/<dataset>/<method>-<variant>-
 
 metrics.json: train `{stage: "train", best_rsum, best_epoch, history: [{epoch, loss, lr, val_rsum}],
 checkpoint, efficiency}`; evaluate `{stage: "evaluate", protocols: {<protocol>: recall metrics},
-shape: [images, captions], efficiency}`. Efficiency: parameters, peak_memory_mb (+ peak_memory_kind),
+shape: [images, captions], efficiency, protocol_code}` (+ `protocols_recomputed: {at, previous_protocol_code, git}`
+when its protocols were recomputed from sims.npy). Efficiency: parameters, peak_memory_mb (+ peak_memory_kind),
 device, processes, gpu_hours; train: train_wall_seconds, steps, step_ms; evaluate: eval_wall_seconds,
 encode_ms_per_image, encode_ms_per_caption, scoring_seconds (the full matrix; extrapolated from the
 tiles scored when a run resumed, `scoring_seconds_extrapolated: true`).
 
-A job whose directory holds a different key (changed config, data or code) or that is forced starts
-from scratch; otherwise an unfinished job resumes: training from work/checkpoint.pth, scoring from
-work/tiles_*.h5.
+A job whose directory holds a different key (changed config, data or code, or a key of an older
+identity scheme) is moved aside to `_superseded/` and one that is forced is reset; both start from
+scratch. Otherwise an unfinished job resumes: training from work/checkpoint.pth, scoring from
+work/tiles_*.h5. A finished evaluation with the same key whose `protocol_code` is not the job's has its
+protocols recomputed from its stored matrix, or is evaluated again in place when they need the model
+(harness.run.protocol_refresh).
 """
 
 from __future__ import annotations
@@ -53,11 +58,9 @@ from harness.core.jobconfig import JobConfig
 from harness.core.results import ResultStore, environment, fresh_path
 from harness.eval.evaluation import (
     OWNER,
-    EvalSettings,
     EvaluationInterrupted,
     Hooks,
     MatrixOutput,
-    SplitSpec,
     combine_efficiency,
     evaluate_matrix,
     evaluate_models,
@@ -65,7 +68,8 @@ from harness.eval.evaluation import (
     peak_memory,
 )
 from harness.run import distributed
-from harness.run.plan import Job, data_layout
+from harness.run.plan import Job
+from harness.run.protocol_refresh import RECOMPUTE, eval_spec, recompute_protocols, refresh_action
 from harness.run.status import LOG, STATUS, StatusWriter
 from harness.run.training import BEST, StepInfo, TrainingInterrupted, train
 from harness.spec.registry import Registry, load_registry
@@ -128,7 +132,13 @@ def registry_from(paths: str | list[str] | None) -> Registry:
 
 
 def is_cached(store: ResultStore, job: Job) -> bool:
-    return store.is_finished(job.name) and store.load(job.name).config.get("key") == job.key
+    """Finished with the same key and, for an evaluation, with metrics of the current protocol code."""
+    if not store.is_finished(job.name):
+        return False
+    done = store.load(job.name)
+    if done.config.get("key") != job.key:
+        return False
+    return job.stage != "evaluate" or not job.protocols or done.metrics.get("protocol_code") == job.protocols
 
 
 def reset_job(store: ResultStore, name: str, reason: str) -> None:
@@ -173,6 +183,9 @@ def run_job(job: Job, ctx: JobContext, force: bool = False) -> dict[str, Any]:
     main = ctx.dist is None or ctx.dist.is_main
     d = store.job_dir(job.name)
     with _lock(d, main):
+        action = refresh_action(store, job) if main and not force else None
+        if action == RECOMPUTE:
+            return _recompute(job, ctx)
         if main:
             old = store.load(job.name).config.get("key") if (d / "config.yaml").is_file() else None
             if force:
@@ -190,6 +203,8 @@ def run_job(job: Job, ctx: JobContext, force: bool = False) -> dict[str, Any]:
         status.state("running", stage=job.stage, processes=ctx.processes)
         log(f"start {job.name} (key {job.key}) on {ctx.device}, {ctx.processes} process(es), "
             f"pid {os.getpid()} on {socket.gethostname()}")
+        if action is not None:
+            log(f"{action}: the stored metrics hold protocols computed from the model, under other protocol code")
         if ctx.device.startswith("cuda") and torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         try:
@@ -215,6 +230,19 @@ def run_job(job: Job, ctx: JobContext, force: bool = False) -> dict[str, Any]:
         return metrics
 
 
+def _recompute(job: Job, ctx: JobContext) -> dict[str, Any]:
+    """The protocols of a finished evaluation from its stored matrix (harness.run.protocol_refresh)."""
+    d = ctx.store.job_dir(job.name)
+    log = _Logger(d / LOG, ctx.log, job.name)
+    old = ctx.store.load(job.name).metrics.get("protocol_code")
+    log(f"{RECOMPUTE} from sims.npy (protocol code {old} -> {job.protocols}; matrix key {job.key} unchanged)")
+    t0 = time.perf_counter()
+    metrics = recompute_protocols(ctx.store, job, ctx.registry, ctx.data_root, ctx.settings)
+    log(f"{RECOMPUTE} in {time.perf_counter() - t0:.2f}s")
+    StatusWriter(d).state("done", progress=RECOMPUTE)
+    return metrics
+
+
 def checkpoint_epoch(path: str | Path) -> int | None:
     """The `epoch` field of an official checkpoint container, read through a memory map (no tensor is loaded);
     None when the container has none or is in the legacy (non-zip) format."""
@@ -228,7 +256,13 @@ def checkpoint_epoch(path: str | Path) -> int | None:
 
 
 def _changed(store: ResultStore, job: Job) -> str:
-    old = store.load(job.name).config.get("identity") or {}
+    return changed_parts(store.load(job.name).config.get("identity") or {}, job)
+
+
+def changed_parts(old: dict[str, Any], job: Job) -> str:
+    """What differs between a stored identity and `job`'s, in words ("code changed", ...)."""
+    if old.get("scheme") != job.identity.get("scheme"):
+        return "identity of an older itrbench (code hashed as whole files into every job), not comparable"
     parts = [k for k in ("config", "data", "code") if old.get(k) != job.identity.get(k)]
     return ", ".join(f"{p} changed" for p in parts) or "changed"
 
@@ -377,14 +411,7 @@ class _Runner:
         folder before any protocol runs; an inapplicable protocol is recorded as not defined."""
         job, ctx = self.job, self.ctx
         cfg = job.config
-        ds = ctx.registry.dataset(job.dataset)
-        spec = SplitSpec(ctx.data_root, str(cfg.split), job.dataset, test_split=cfg.split == ds.split,
-                         protocols=ds.protocols, layout=data_layout(ctx.registry, job.method, job.dataset))
-        s = ctx.settings
-        settings = EvalSettings(batch_size=s.encode_batch, precision=cfg.precision or "fp32",
-                                image_tile=s.image_tile, caption_tile=s.caption_tile,
-                                sts_root=Path(s.sts_root) if s.sts_root else None,
-                                image_retrieval_root=Path(s.image_retrieval_root) if s.image_retrieval_root else None)
+        spec, settings = eval_spec(job, ctx.registry, ctx.data_root, ctx.settings)
         output = MatrixOutput.job(self.dir)
         method = ctx.registry.method(job.method)
         if cfg.members is not None:  # ensemble: average the members' stored matrices
@@ -408,7 +435,7 @@ class _Runner:
                 adapter = self.load_trained(str(cfg.train_job))
             result = evaluate_models([adapter], spec, settings, output, self.hooks())
         out = {"stage": "evaluate", "protocols": result.metrics, "efficiency": result.efficiency,
-               "shape": list(result.sims.shape)}
+               "shape": list(result.sims.shape), "protocol_code": job.protocols}
         if cfg.source == "official" and cfg.members is None:
             epoch = checkpoint_epoch(str(cfg.checkpoint))
             if epoch is not None:  # which of a paper's per-epoch log rows this checkpoint can fill

@@ -29,8 +29,9 @@ from harness.report import write_reports
 from harness.run.display import console, say
 from harness.run.executors import make_executor
 from harness.run.executors.base import Executor, Outcome, StopFlag, Task
-from harness.run.jobs import RunSettings, is_cached, lock_holder, reset_job
+from harness.run.jobs import RunSettings, changed_parts, is_cached, lock_holder, reset_job
 from harness.run.plan import Job, Plan, build_plan, data_layout
+from harness.run.protocol_refresh import RECOMPUTE, refresh_action
 from harness.run.status import format_seconds, read_status
 from harness.spec.campaign import Campaign
 from harness.spec.checks import check_dataset
@@ -86,14 +87,14 @@ def job_state(store: ResultStore, job: Job) -> str:
     if store.is_finished(job.name):
         done = store.load(job.name).config
         if done.get("key") == job.key:
-            return "cached"
+            return refresh_action(store, job) or "cached"
         old = done.get("identity") or {}
-        changed = [k for k in ("config", "data", "code") if old.get(k) != job.identity.get(k)]
-        return "rerun: " + (", ".join(changed) + " changed" if changed and old else "key changed")
+        return "rerun: " + (changed_parts(old, job) if old else "key changed")
     d = store.job_dir(job.name)
     cfg_key = store.load(job.name).config.get("key") if (d / "config.yaml").is_file() else None
     if cfg_key is not None and cfg_key != job.key:
-        return "restart: key changed"
+        old = store.load(job.name).config.get("identity") or {}
+        return "restart: " + (changed_parts(old, job) if old else "key changed")
     if cfg_key is None and (d / "work").exists():  # what run_job does: progress it cannot match is moved aside
         return "restart: config.yaml unreadable or missing, earlier progress set aside"
     if (d / "work" / "checkpoint.pth").is_file():
@@ -111,7 +112,8 @@ def plan_table(plan: Plan, store: ResultStore, force: set[str] | bool = False) -
         table.add_column(col, overflow="fold")
     for job in plan.order():
         state = "rerun: forced" if (force is True or (force and job.name in force)) else job_state(store, job)
-        style = "green" if state == "cached" else ("yellow" if state.startswith(("rerun", "restart")) else "")
+        style = "green" if state in ("cached", RECOMPUTE) else ("yellow" if state.startswith(("rerun", "restart"))
+                                                               else "")
         table.add_row(escape(job.name), job.stage, str(job.gpus) if job.stage == "train" else "-",
                       escape("\n".join(job.depends) or "-"), Text(state, style=style), job.key[:10])
     return table
@@ -139,6 +141,8 @@ class Scheduler:
         self.plan, self.store, self.executor, self.settings = plan, store, executor, settings
         self.stop, self.console, self.poll = stop, out or console, poll
         self.rows = {j.name: _Row(j, "cached" if is_cached(store, j) else "waiting") for j in plan.order()}
+        self.recompute = {n for n, r in self.rows.items() if r.state == "waiting"
+                          and refresh_action(store, r.job) == RECOMPUTE}  # no model run: protocols from sims.npy
         self.started = time.time()
 
     def task(self, job: Job) -> Task:
@@ -223,7 +227,10 @@ class Scheduler:
         row.ended = time.time()
         if outcome.ok:
             row.state = "done"
-            self.say(f"done {outcome.name}" + _headline(self.store, outcome.name), "green")
+            how = f" ({RECOMPUTE} from sims.npy)" if outcome.name in self.recompute else ""
+            if how:
+                row.note = RECOMPUTE
+            self.say(f"done {outcome.name}{how}" + _headline(self.store, outcome.name), "green")
         elif outcome.interrupted:
             row.state, row.note = "interrupted", outcome.error
             self.say(f"stopped {outcome.name}: {outcome.error}", "yellow")
@@ -318,8 +325,10 @@ def run_campaign(campaign: Campaign) -> int:
         executor = make_executor(kind, options, results=str(campaign.results), device=campaign.device)
     else:
         executor = make_executor(kind, options, device=campaign.device)
+    recompute = sum(1 for j in plan.jobs if j.name not in force and refresh_action(store, j) == RECOMPUTE)
     say(f"running {sum(1 for j in plan.jobs if not is_cached(store, j))} job(s) on "
-        f"{executor.describe()}; results in {campaign.results}")
+        f"{executor.describe()}; results in {campaign.results}"
+        + (f" ({recompute} of them: {RECOMPUTE}, no model run)" if recompute else ""))
     previous = signal.getsignal(signal.SIGINT)
 
     def on_sigint(signum: int, frame: Any) -> None:

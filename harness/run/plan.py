@@ -6,18 +6,20 @@ registry); `all` trains, evaluates what it trained, and also evaluates the offic
 are present. An ensemble variant (members in the registry) is an evaluation that averages its
 members' matrices, so it waits for them; an evaluation of a trained model waits for its training.
 
-A job's identity (`key`) hashes its resolved config, the fingerprint of the data it reads and the
-version of the code that computes it (the source of the method's package and of the harness modules
-a job runs). A finished job with the same key is reused; a changed one is rerun from scratch.
+A job's identity (`key`) hashes its resolved config, the fingerprint of the data it reads and the code
+that can change its output, per stage and over parsed code (`harness.core.code_identity`): a training job
+the model's code, the training loop and the data readers; an evaluation (its matrix) the model's code and
+the scoring code (the checkpoint's content is in its config). Protocol and metric code is in no key: an
+evaluation carries the protocol code identity (`protocols`) its metrics.json must hold, and a stale one is
+recomputed from the stored matrix (harness.run.jobs). A finished job with the same key is reused; a
+changed one is rerun from scratch.
 Runtime settings (GPU count, checkpoint interval, tile sizes) are not part of the identity: a recipe's
 `batch_size` is the global batch, which gives the same training on any number of GPUs.
 """
 
 from __future__ import annotations
 
-import ast
 import hashlib
-import importlib.util
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,8 +27,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from harness.core.code_identity import model_code, protocol_code, stage_hash
 from harness.core.jobconfig import JobConfig
-from harness.core.paths import PROJECT_DIR
 from harness.data.cusa_json import find_split_folder
 from harness.data.precomp import DataError, resolve_precomp_dir
 from harness.spec.campaign import MAX_SEED  # campaign seeds are 0 .. MAX_SEED; members' extra seeds lie above
@@ -35,11 +37,8 @@ from harness.spec.registry import Registry, RegistryError
 MAX_MEMBERS = 64  # members of one ensemble of a single variant
 RUNTIME_RECIPE_KEYS = ("gpus",)  # recipe keys that say where a job runs, not what it computes
 UNHASHED = ("checkpoint",)  # where a file is; its content is in the identity (checkpoint_fingerprint)
-ROOT = PROJECT_DIR
-HARNESS_CODE = ("methods/common", "harness/run/training.py", "harness/eval/scoring.py", "harness/eval/evaluation.py",
-                "harness/eval/protocols.py", "harness/api/adapter.py", "harness/core/features.py",
-                "harness/core/checkpoints.py", "harness/run/jobs.py", "harness/run/distributed.py",
-                "harness/eval/metrics", "harness/data")
+IDENTITY_SCHEME = 2  # 2: per-stage code identities over parsed code (1, unmarked: whole files in every job)
+CODE_STAGE = {"train": "train", "evaluate": "matrix"}  # the code stage (harness.core.code_identity) of a job
 SAMPLE_BYTES = 1 << 20  # bytes hashed at the start and at the end of each data file
 
 
@@ -55,7 +54,8 @@ class Job:
     depends: tuple[str, ...] = ()
     key: str = ""
     gpus: int = 1  # processes for data-parallel training (recipe `gpus`); evaluations use one
-    identity: Mapping[str, str] = field(default_factory=dict)  # the parts of `key`: config, data, code
+    identity: Mapping[str, Any] = field(default_factory=dict)  # the parts of `key`: config, data, code, scheme
+    protocols: str = ""  # evaluations: the protocol code identity their metrics must have (not part of `key`)
 
     @property
     def label(self) -> str:
@@ -106,11 +106,11 @@ def _digest(obj: Any) -> str:
 
 
 def job_key(config: Mapping[str, Any], data_fingerprint: str, code_version: str) -> str:
-    return _digest({"config": config, "data": data_fingerprint, "code": code_version})
+    return _digest({"config": config, "data": data_fingerprint, "code": code_version, "scheme": IDENTITY_SCHEME})
 
 
-def identity(config: Mapping[str, Any], data_fp: str, code: str) -> dict[str, str]:
-    return {"config": _digest(config), "data": data_fp, "code": code}
+def identity(config: Mapping[str, Any], data_fp: str, code: str) -> dict[str, Any]:
+    return {"config": _digest(config), "data": data_fp, "code": code, "scheme": IDENTITY_SCHEME}
 
 
 def file_fingerprint(path: Path) -> str:
@@ -162,71 +162,12 @@ def data_layout(registry: Registry, method: str, dataset: str) -> str:
     return registry.dataset(dataset).layout
 
 
-def _source_files(target: Path) -> list[Path]:
-    if target.is_file():
-        return [target]
-    if target.is_dir():
-        return sorted(p for p in target.rglob("*.py") if "__pycache__" not in p.parts)
-    return []
-
-
-def _hash_files(files: Iterable[Path]) -> str:
-    h = hashlib.sha256()
-    for p in files:
-        h.update(p.name.encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def _package_files(package: str, module: str) -> list[Path]:
-    spec = importlib.util.find_spec(package) if package else None
-    if spec is not None and spec.submodule_search_locations:
-        return [f for loc in spec.submodule_search_locations for f in _source_files(Path(loc))]
-    mspec = importlib.util.find_spec(module)
-    return [Path(mspec.origin)] if mspec is not None and mspec.origin else []
-
-
-def _sibling_packages(files: Iterable[Path], root: str) -> set[str]:
-    """Packages under the same top-level package (`methods.cusa` for `root` = methods) that `files` import."""
-    found = set()
-    for path in files:
-        try:
-            tree = ast.parse(path.read_bytes())
-        except (SyntaxError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level
-                     else [])
-            for name in names:
-                parts = name.split(".")
-                if len(parts) >= 2 and parts[0] == root:
-                    found.add(".".join(parts[:2]))
-    return found
-
-
-@lru_cache(maxsize=32)
-def code_version(adapter: str) -> str:
-    """Hash of the code a job of the method with adapter "pkg.module:Class" runs: the adapter's package
-    (methods/esa/ for methods.esa.adapter), the sibling packages it imports (a method building on another's
-    package), and the shared modules (HARNESS_CODE: methods/common, which holds the code methods share, and the
-    harness modules every job runs)."""
-    module = adapter.partition(":")[0]
-    package = module.rpartition(".")[0]
-    files = _package_files(package, module)
-    root = module.partition(".")[0]
-    seen = {package}
-    todo = _sibling_packages(files, root) - seen if package else set()
-    while todo:
-        sibling = min(todo)  # a fixed order: the hash must not depend on PYTHONHASHSEED
-        todo.discard(sibling)
-        seen.add(sibling)
-        extra = _package_files(sibling, sibling)
-        files += extra
-        todo |= _sibling_packages(extra, root) - seen
-    for rel in HARNESS_CODE:
-        files += _source_files(ROOT / rel)
-    return _hash_files(files)
+@lru_cache(maxsize=64)
+def code_version(adapter: str, stage: str = "train") -> str:
+    """Hash of the code that computes a job of `stage` (train | matrix) of the method with adapter
+    "pkg.module:Class": the model's code (harness.core.code_identity.method_files) and the harness code of
+    that stage (code_identity.STAGES), both over parsed code."""
+    return _digest({"model": model_code(adapter), "harness": stage_hash(stage), "stage": stage})
 
 
 # ---- expansion --------------------------------------------------------------------------------------
@@ -263,18 +204,19 @@ def build_plan(registry: Registry, methods: Sequence[str], dataset: str, *, vari
                seeds: Sequence[int] = (0,), stage: str = "all", checkpoint_dir: Path | None = None,
                data_root: Path | None = None, gpus: int | None = None, data_fp: str | None = None,
                code: str | None = None, precision: str = "fp32",
-               recipe_overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Plan:
+               recipe_overrides: Mapping[str, Mapping[str, Any]] | None = None, protocols: str | None = None) -> Plan:
     """The jobs for a campaign. Raises (before any job runs) on unknown names, an unknown stage, or
     (stage evaluate) a missing official checkpoint, naming the expected path and the download link.
 
-    `data_fp` / `code` pin the data fingerprint and code version (tests); by default they are computed.
+    `data_fp` / `code` / `protocols` pin the data fingerprint, the code version of every stage and the
+    protocol code identity (tests); by default they are computed.
     """
     if stage not in ("train", "evaluate", "all"):
         raise RegistryError(f"unknown stage '{stage}'; valid: train, evaluate, all")
     ds = registry.dataset(dataset)
     overrides = {k: dict(v) for k, v in (recipe_overrides or {}).items()}
     inputs = PlanInputs(data_root, checkpoint_dir, gpus, precision, overrides)
-    builder = _Builder(registry, ds.name, stage, inputs, data_fp, code)
+    builder = _Builder(registry, ds.name, stage, inputs, data_fp, code, protocols)
     for mname in methods:
         method = registry.method(mname)
         if variants and len(methods) > 1:  # each name applies to the methods that define it
@@ -334,10 +276,11 @@ def _buildable(method: Any, variant: str) -> bool:
 
 class _Builder:
     def __init__(self, registry: Registry, dataset: str, stage: str, inputs: PlanInputs, data_fp: str | None,
-                 code: str | None) -> None:
+                 code: str | None, protocols: str | None = None) -> None:
         self.registry, self.dataset, self.stage, self.inputs = registry, dataset, stage, inputs
         self.plan = Plan()
         self._data_fp, self._code = data_fp, code
+        self.protocols = protocols if protocols is not None else protocol_code()
         self._fp_cache: dict[str, str] = {}
         ds = registry.dataset(dataset)
         self.test_split, self.val_split = ds.split, ds.validation_split
@@ -358,8 +301,11 @@ class _Builder:
             self._fp_cache[key] = data_fingerprint(files)
         return self._fp_cache[key]
 
-    def code(self, method: str) -> str:
-        return self._code if self._code is not None else code_version(self.registry.method(method).adapter)
+    def code(self, method: str, stage: str) -> str:
+        """The code identity of a job of `stage` (train | evaluate) of `method`."""
+        if self._code is not None:
+            return self._code
+        return code_version(self.registry.method(method).adapter, CODE_STAGE[stage])
 
     def note(self, text: str) -> None:
         if text not in self.plan.notes:
@@ -383,10 +329,10 @@ class _Builder:
         hashed = {k: v for k, v in typed.as_dict().items() if k not in UNHASHED}
         hashed.update({f"key_of_{d.name}": d.key for d in depends})
         parts = identity(hashed, self.data_fp(splits, data_layout(self.registry, method, self.dataset)),
-                         self.code(method))
+                         self.code(method, stage))
         return self.add(Job(name, stage, method, variant, self.dataset, seed, typed,
                             depends=tuple(d.name for d in depends), key=job_key(hashed, parts["data"], parts["code"]),
-                            gpus=gpus, identity=parts))
+                            gpus=gpus, identity=parts, protocols=self.protocols if stage == "evaluate" else ""))
 
     # retrained models
     def train(self, mname: str, variant: str, seed: int, member: int = 0) -> Job:

@@ -9,6 +9,7 @@ so `metrics` and `--help` start fast. Bad input ends in one escaped line on stde
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from harness.run.display import error, say, show_protocols
 from harness.spec.campaign import (
     Campaign,
     check_device,
+    check_precision,
     existing_path,
     parse_list,
     parse_options,
@@ -32,6 +34,7 @@ from harness.spec.campaign import (
 )
 from harness.spec.checks import check_dataset
 from harness.spec.registry import load_registry
+from harness.spec.values import check_executor_options
 
 SUBCOMMANDS = ("run", "evaluate", "metrics", "import", "check-data", "report", "fetch")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -239,6 +242,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                             sts_root=existing_path(args.sts_root, "--sts-root"),
                             image_retrieval_root=existing_path(args.image_retrieval_root, "--image-retrieval-root"))
     device = check_device(args.device) or "cpu"
+    check_precision(args.precision, device)
     members = [m.to(device) for m in load_members(method, args.variant, args.checkpoint, args.dataset)]
     protocols = () if args.recall_only or ds is None else ds.protocols
     if not args.recall_only:  # asked for by name: run them whatever the dataset declares
@@ -374,13 +378,18 @@ def campaign_from_args(args: argparse.Namespace) -> Any:
         raise ValueError(f"--gpus {args.gpus}: expected a positive integer")
     if args.checkpoint_steps is not None and args.checkpoint_steps < 1:
         raise ValueError(f"--checkpoint-steps {args.checkpoint_steps}: expected a positive integer")
-    if args.checkpoint_minutes < 0:
-        raise ValueError(f"--checkpoint-minutes {args.checkpoint_minutes}: expected 0 or more")
+    if not math.isfinite(args.checkpoint_minutes) or args.checkpoint_minutes < 0:
+        raise ValueError(f"--checkpoint-minutes {args.checkpoint_minutes}: expected a finite number of minutes, 0 "
+                         "or more (0: checkpoint at epoch ends only)")
+    options = parse_options(args.executor_opt)
+    check_executor_options(args.executor, options)
+    device = check_device(args.device)
+    check_precision(args.precision, device)
     return Campaign(
         methods=methods, dataset=ds.name, variants=variants, stage=args.stage, seeds=parse_seeds(args.seeds),
         data_root=Path(args.data_root), checkpoint_dir=Path(args.checkpoint_dir), results=Path(args.results),
         reports=Path(args.reports), registry_files=tuple(Path(f).resolve() for f in args.registry),
-        executor=args.executor, executor_options=parse_options(args.executor_opt), device=check_device(args.device),
+        executor=args.executor, executor_options=options, device=device,
         precision=args.precision,
         overrides=parse_overrides(args.set, registry, methods, ds.name, variants),
         force=(args.force,) if args.force else (), dry_run=args.dry_run, gpus=args.gpus,

@@ -83,6 +83,10 @@ class JobInterrupted(RuntimeError):
     """The job stopped on request (preemption, cancel) after saving its progress."""
 
 
+class JobFailed(RuntimeError):
+    """The job ran to its end without producing what it must (a training job without a model)."""
+
+
 class JobLocked(RuntimeError):
     """Another process is running this job right now."""
 
@@ -383,6 +387,9 @@ class _Runner:
                         checkpoint_every_steps=ctx.settings.checkpoint_steps,
                         checkpoint_every_seconds=minutes * 60 if minutes else None,
                         should_stop=ctx.should_stop, dist=ctx.dist, curve=self.dir / CURVE)
+        if not (self.dir / "work" / BEST).is_file():  # a job that produced no model is failed, never finished
+            raise JobFailed(f"{job.name}: training ended without a model ({BEST} was not written after "
+                            f"{summary.steps} steps); check the recipe's epochs and the training data")
         peaks = distributed.all_gather_objects(peak_memory(ctx.device))
         known = [p for p, _ in peaks if p is not None]
         gpus = ctx.processes if ctx.device.startswith("cuda") else 0

@@ -27,12 +27,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from harness.core.code_identity import model_code, protocol_code, stage_hash
 from harness.core.jobconfig import JobConfig
 from harness.data.cusa_json import find_split_folder
 from harness.data.precomp import DataError, resolve_precomp_dir
 from harness.spec.campaign import MAX_SEED  # campaign seeds are 0 .. MAX_SEED; members' extra seeds lie above
 from harness.spec.registry import Registry, RegistryError
+from harness.spec.values import check_recipe
 
 MAX_MEMBERS = 64  # members of one ensemble of a single variant
 RUNTIME_RECIPE_KEYS = ("gpus",)  # recipe keys that say where a job runs, not what it computes
@@ -346,6 +349,9 @@ class _Builder:
         run = f"{self.dataset}/{mname}-{variant}-seed{seed}{f'-member{member + 1}' if member else ''}" \
               f"{override_tag(applied)}"
         seed = member_seed(seed, member)
+        where = f"{mname}/{variant} on {self.dataset} (recipe" + (" with --set overrides)" if applied else ")")
+        check_recipe(recipe, where)
+        self.check_feature_dim({**method.variants[variant].options, **recipe}.get("img_dim"), where)
         config = {"stage": "train", "method": mname, "variant": variant, "dataset": self.dataset, "seed": seed,
                   "recipe": {**recipe, "seed": seed}, "options": dict(method.variants[variant].options),
                   "splits": ["train", self.val_split]}
@@ -353,6 +359,26 @@ class _Builder:
             config["overrides"] = dict(applied)
         return self.make(f"{run}/train", "train", mname, variant, seed, config, ["train", self.val_split],
                          gpus=max(1, gpus))
+
+    def check_feature_dim(self, img_dim: object, where: str) -> None:
+        """A model's `img_dim` must be the region feature size of the data it trains on (checked from the
+        training split's .npy header, when the data is there in the precomp layout)."""
+        if not isinstance(img_dim, int) or self.inputs.data_root is None:
+            return
+        try:
+            folder = resolve_precomp_dir(self.inputs.data_root, "train", self.dataset)
+        except DataError:
+            return
+        ims = folder / "train_ims.npy"
+        if not ims.is_file():
+            return
+        try:
+            shape = np.load(ims, mmap_mode="r").shape
+        except (OSError, ValueError):
+            return  # unreadable data is check-data's to name
+        if shape and shape[-1] != img_dim:
+            raise RegistryError(f"{where}: img_dim={img_dim} but {ims} holds {shape[-1]}-dimensional region "
+                                f"features; set img_dim={shape[-1]} (or use the features the recipe expects)")
 
     def trained(self, mname: str, variant: str, seed: int, member: int = 0) -> Job | None:
         """Train and evaluate `variant` with campaign seed `seed`; `member` k > 0 is the k+1-th model of an

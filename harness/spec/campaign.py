@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.spec.registry import Registry, RegistryError
+from harness.spec.values import check_value
 
 STAGES = ("train", "evaluate", "all")
 MAX_SEED = 2**31 - 1  # torch, numpy and Python all take it; ensemble members' extra seeds are derived above it
@@ -119,6 +120,22 @@ def check_device(device: str | None) -> str | None:
     return device
 
 
+def check_precision(precision: str, device: str | None) -> None:
+    """fp16 autocast runs on CUDA only: asking for it where the evaluation runs on the CPU is refused, not ignored."""
+    if precision != "fp16":
+        return
+    if device is None:
+        import torch
+
+        if torch.cuda.is_available():
+            return
+        raise ValueError("--precision fp16: no CUDA device is available here and fp16 runs on CUDA only; use "
+                         "--precision bf16 (CPU or CUDA) or fp32")
+    if not device.startswith("cuda"):
+        raise ValueError(f"--precision fp16 --device {device}: fp16 runs on CUDA only; use --precision bf16 on the "
+                         "CPU, or fp32")
+
+
 # ---- recipe overrides ------------------------------------------------------------------------------------------
 
 def parse_overrides(items: Sequence[str], registry: Registry, methods: Sequence[str], dataset: str,
@@ -160,6 +177,7 @@ def parse_overrides(items: Sequence[str], registry: Registry, methods: Sequence[
                 value = float(value)
         for m in targets:
             value = _checked(registry, m, dataset, variants, name, value, item)
+        check_value(name, value, f"--set {item!r}")
         out.setdefault(scope, {})[name] = value
     return out
 

@@ -334,6 +334,9 @@ def collect_groups(registry: Registry, store: ResultStore, dataset: str | None =
         facts = fact_keys(method)
         resolved = resolve_run(registry, job, store, res.metrics)
         setting = tuple(sorted((k, v) for k, v in resolved.items() if k not in facts))
+        declared = registry.datasets.get(job.dataset)
+        if job.split and declared is not None and job.split != declared.split:  # never mixed with test-split rows
+            setting = tuple(sorted([*setting, ("split", job.split)], key=lambda kv: str(kv[0])))
         key = (job.dataset, job.method, job.variant, setting, kind, tag)
         group = groups.setdefault(key, RunGroup(job.dataset, job.method, job.variant, setting,
                                                 kind, tag, baseline=bool(getattr(method, "baseline", False)),

@@ -335,7 +335,8 @@ def collect_groups(registry: Registry, store: ResultStore, dataset: str | None =
         resolved = resolve_run(registry, job, store, res.metrics)
         setting = tuple(sorted((k, v) for k, v in resolved.items() if k not in facts))
         declared = registry.datasets.get(job.dataset)
-        if job.split and declared is not None and job.split != declared.split:  # never mixed with test-split rows
+        # never mixed with test-split rows ("test" is also the test split's name in the CUSA/ALBEF json layout)
+        if job.split and declared is not None and job.split not in (declared.split, "test"):
             setting = tuple(sorted([*setting, ("split", job.split)], key=lambda kv: str(kv[0])))
         key = (job.dataset, job.method, job.variant, setting, kind, tag)
         group = groups.setdefault(key, RunGroup(job.dataset, job.method, job.variant, setting,

@@ -157,7 +157,7 @@ CASES = [
     ("metrics-unknown-protocol", ["metrics", "--protocol", "coco2k", "--sims", "{w}/good.npy"], "invalid choice"),
     # import
     ("import-shape", ["import", "--sims", "{w}/good.npy", "--method", "x", "--dataset", "demo",
-                      "--captions-per-image", "3", "--results", "{w}/results"], "is not 3 captions per image"),
+                      "--captions-per-image", "3", "--results", "{w}/results"], "20 is not a multiple of 3 captions per image"),
     ("import-nan", ["import", "--sims", "{w}/nan.npy", "--method", "x", "--dataset", "demo", "--results",
                     "{w}/results"], "NaN"),
     ("import-bad-name", ["import", "--sims", "{w}/good.npy", "--method", "x y", "--dataset", "demo", "--results",

@@ -17,6 +17,7 @@ from typing import Any
 
 from harness.core.results import write_json
 from harness.data.matrices import load_matrix, load_owner, owner_path
+from harness.eval.metrics.recall import check_shape
 from harness.eval.protocols import PROTOCOLS, asked_by_folders, compute_protocol, is_defined
 from harness.run.display import error, say, show_protocols
 from harness.spec.campaign import (
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     me.add_argument("--image-of-caption", default=None,
                     help="caption -> image index .npy (default: <sims>.image_of_caption.npy beside the matrix if "
                          "present, else 5 captions per image in order)")
+    me.add_argument("--key", default=None, help="array name inside an .npz / HDF5 / torch file of several")
     me.add_argument("--json", default=None)
     me.add_argument("--data-root", default=None, help="folder with testall_ids.txt / testall_capids.txt (eccv, cxc)")
     me.add_argument("--bootstrap", type=int, default=1000, help="resamples behind the 95%% intervals (0: none)")
@@ -253,7 +255,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     output = MatrixOutput.beside(sims_out, args.cache_dir)
     with _progress() as hooks:
         result = evaluate_models(members, spec, settings, output, hooks)
-    say(f"wrote {output.matrix} ({result.sims.shape[0]} x {result.sims.shape[1]}, float32) and {output.owner}")
+    say(f"wrote {output.matrix} ({result.sims.shape[0]} x {result.sims.shape[1]}, {result.sims.dtype}) and "
+        f"{output.owner}")
     show_protocols(result.metrics, f"{args.method}/{args.variant} on {args.dataset or ''} {split}")
     if json_out is not None:
         write_json(json_out, {"metrics": result.metrics, "efficiency": result.efficiency,
@@ -298,15 +301,18 @@ class _progress:
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     json_out = _output_file(args.json, "--json", [args.sims, args.image_of_caption])
-    sims = load_matrix(args.sims, mapped=True)
+    sims = load_matrix(args.sims, args.key)
     mapping = Path(args.image_of_caption) if args.image_of_caption else owner_path(Path(args.sims))
-    owner = load_owner(mapping, sims.shape[1]) if (args.image_of_caption or mapping.is_file()) else None
+    owner = None
+    if args.image_of_caption or mapping.is_file():
+        check_shape(*sims.shape, None, args.sims)  # a transposed matrix is named before its mapping's length
+        owner = load_owner(mapping, sims.shape[1], sims.shape[0])
     ids = Path(args.data_root) if args.data_root else None
     if ids is not None and not ids.is_dir():
         raise ValueError(f"--data-root {ids}: no such folder")
     if args.bootstrap < 0:
         raise ValueError(f"--bootstrap {args.bootstrap}: expected 0 or a positive number of resamples")
-    out = compute_protocol(args.protocol, sims, owner, bootstrap=args.bootstrap, ids_dir=ids)
+    out = compute_protocol(args.protocol, sims, owner, bootstrap=args.bootstrap, ids_dir=ids, matrix_name=args.sims)
     show_protocols({args.protocol: out}, str(args.sims))
     if json_out is not None:
         write_json(json_out, out)

@@ -44,13 +44,13 @@ try:
 except ImportError:  # pragma: no cover - Windows: jobs are not locked
     fcntl = None  # type: ignore[assignment]
 
-import numpy as np
 import torch
 
 from harness.api.adapter import Adapter, parameter_count
 from harness.core.checkpoints import SAFE_GLOBALS, load_container
 from harness.core.jobconfig import JobConfig
 from harness.core.results import ResultStore, environment, fresh_path
+from harness.data.matrices import load_matrix, load_owner
 from harness.eval.evaluation import (
     OWNER,
     EvalSettings,
@@ -391,8 +391,8 @@ class _Runner:
             store = ctx.store
             members = list(cfg.members)
             self.progress("averaging", 0, len(members), f"averaging {len(members)} member matrices")
-            sims = mean_matrix([np.load(store.job_dir(m) / "sims.npy") for m in members])
-            owner = np.load(store.job_dir(members[0]) / OWNER)
+            sims = mean_matrix([load_matrix(store.job_dir(m) / "sims.npy") for m in members])
+            owner = load_owner(store.job_dir(members[0]) / OWNER, sims.shape[1], sims.shape[0])
             eff = combine_efficiency([store.load(m).metrics.get("efficiency", {}) for m in members])
             eff["members"] = members
             cls = method.adapter_class()

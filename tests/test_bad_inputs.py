@@ -195,8 +195,8 @@ CASES = [
     ("metrics-empty-matrix", [*METRICS, "--sims", "{w}/zero.npy"], "zero.npy: an empty 0 x 0 matrix"),
     ("metrics-header-tib", [*METRICS, "--sims", "{w}/tib.npy"], "tib.npy: its header declares shape (2000000, "
                                                                 "2000000) of float32"),
-    ("metrics-int-beyond-2-53", [*METRICS, "--sims", "{w}/int_huge.npy"], "int_huge.npy: integer score "
-                                                                          "1152921504606846976 at (0, 0) is beyond 2**53"),
+    ("metrics-int-beyond-2-53", [*METRICS, "--sims", "{w}/int_huge.npy"],
+     "int_huge.npy: integer score 1152921504606846976 at (0, 0) is beyond 2**53"),
     ("metrics-pickled-objects", [*METRICS, "--sims", "{w}/objects.npy"], "objects.npy: holds Python objects"),
     ("metrics-pt-two-tensors", [*METRICS, "--sims", "{w}/two.pt"], "two.pt: several arrays (a, b); choose one "
                                                                    "with --key NAME"),
@@ -216,7 +216,8 @@ CASES = [
     ("metrics-unknown-protocol", ["metrics", "--protocol", "coco2k", "--sims", "{w}/good.npy"], "invalid choice"),
     # import
     ("import-shape", ["import", "--sims", "{w}/good.npy", "--method", "x", "--dataset", "demo",
-                      "--captions-per-image", "3", "--results", "{w}/results"], "20 is not a multiple of 3 captions per image"),
+                      "--captions-per-image", "3", "--results", "{w}/results"],
+     "20 is not a multiple of 3 captions per image"),
     ("import-nan", ["import", "--sims", "{w}/nan.npy", "--method", "x", "--dataset", "demo", "--results",
                     "{w}/results"], "NaN"),
     ("import-bad-name", ["import", "--sims", "{w}/good.npy", "--method", "x y", "--dataset", "demo", "--results",

@@ -8,6 +8,7 @@ a mapping would kill the process with SIGBUS.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import BinaryIO
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from harness.data.precomp import DataError
 
+MAX_HEADER = 1 << 16  # numpy writes headers of a few hundred bytes
 CHUNK = 1 << 24  # bytes per read: large enough to stream at disk speed, small enough to stay interruptible
 
 
@@ -22,13 +24,23 @@ class NpyError(DataError):
     """A .npy file (or .npz member) whose header or data cannot be read as a numeric array."""
 
 
-def npy_header(f: BinaryIO, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """(shape, fortran_order, dtype) of the .npy stream `f`, positioned at the start of its data."""
+def npy_header(f: BinaryIO, where: str, available: int) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of the .npy stream `f` of `available` bytes, positioned at the start of
+    its data. The header's own length is checked before it is read (a garbled one must not allocate)."""
     try:
         version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise ValueError(f"unknown format version {version[0]}.{version[1]}")
+        raw = f.read(2 if version == (1, 0) else 4)
+        length = int.from_bytes(raw, "little")
+        if len(raw) < (2 if version == (1, 0) else 4) or length > min(available, MAX_HEADER):
+            raise ValueError(f"a header of {length:,} bytes in a {available:,}-byte file")
+        header = f.read(length)
+        if len(header) < length:
+            raise ValueError(f"the header ends after {len(header)} of {length} bytes")
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read(f)
-    except (ValueError, OSError, EOFError, UnicodeDecodeError, SyntaxError) as exc:
+        shape, fortran, dtype = read(io.BytesIO(raw + header))
+    except Exception as exc:  # numpy parses the header dict in Python: ValueError, SyntaxError, TokenError ...
         text = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise NpyError(f"{where}: not a readable .npy file ({text}); the file is truncated or not a numpy "
                        "array") from None
@@ -41,7 +53,7 @@ def npy_header(f: BinaryIO, where: str) -> tuple[tuple[int, ...], bool, np.dtype
 def read_npy_stream(f: BinaryIO, where: str, available: int) -> np.ndarray:
     """The array of the .npy stream `f` holding `available` bytes in all; `where` names it in errors."""
     start = f.tell()
-    shape, fortran, dtype = npy_header(f, where)
+    shape, fortran, dtype = npy_header(f, where, available)
     if dtype.kind not in "biuf":
         raise NpyError(f"{where}: expected numbers, found dtype {dtype}")
     count = 1

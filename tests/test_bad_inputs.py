@@ -49,6 +49,7 @@ def ws(tmp_path_factory) -> Path:
         "title": "ghost", "adapter": "no_such_module:Ghost", "recipes": {"default": {"epochs": 1}},
         "variants": {"a": {"options": {}}}}}}))
     (w / "folder").mkdir()
+    _matrix_inputs(w, rng)
     # a finished result the failing commands must leave alone
     res = w / "results" / "demo" / "tiny-a-seed0" / "eval"
     res.mkdir(parents=True)
@@ -60,6 +61,35 @@ def ws(tmp_path_factory) -> Path:
     (lst / "config.yaml").write_text("stage: evaluate\nmethod: tiny\nvariant: a\ndataset: demo\n")
     (lst / "metrics.json").write_text("[1, 2, 3]")
     return w
+
+
+def _matrix_inputs(w: Path, rng: np.random.Generator) -> None:
+    """Matrices and mappings of issue 22: transposed, uneven, empty, crafted headers, inexact integers,
+    several tensors, bad mapping entries, features of the wrong width."""
+    from test_orchestrate_fixtures import DIM, write_official
+
+    good = rng.standard_normal((4, 20))
+    np.save(w / "transposed.npy", good.T)
+    np.save(w / "wide21.npy", rng.standard_normal((4, 21)))
+    np.save(w / "zero.npy", np.zeros((0, 0), np.float32))
+    np.save(w / "int_huge.npy", np.full((4, 20), 2**60, np.int64))
+    np.save(w / "objects.npy", np.array([[1, "a"]], dtype=object), allow_pickle=True)
+    for name, shape in (("tib.npy", (2_000_000, 2_000_000)), ("owner_tib.npy", (2**40,))):
+        with open(w / name, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "<i8" if "owner" in name else "<f4",
+                                                     "fortran_order": False, "shape": shape})
+            f.write(b"\0" * 64)
+    torch.save({"a": torch.zeros(4, 20), "b": torch.zeros(4, 20)}, w / "two.pt")
+    five = [0] * 5 + [1] * 5 + [2] * 5
+    for name, entries in {"neg": [*five, 3, 3, 3, 3, -1], "range": [*five, 3, 3, 3, 3, 7],
+                          "gap": [*five[:10], *[3] * 10], "first": [*[1] * 10, *[2] * 5, *[3] * 5],
+                          "last": [*five, 2, 2, 2, 2, 2]}.items():
+        np.save(w / f"owner_{name}.npy", np.array(entries, np.int64))
+    wide = w / "wide" / "demo" / "precomp"
+    wide.mkdir(parents=True)
+    np.save(wide / "test_ims.npy", np.zeros((2, 3, DIM + 4), np.float32))
+    (wide / "test_caps.txt").write_text("".join(f"a caption number {j}\n" for j in range(10)))
+    write_official(w / "tiny.pth", 0)
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -132,10 +162,12 @@ CASES = [
                            "--data-root", "{w}/data", "--checkpoint", "{w}/ok.pth"], "pass --split"),
     ("evaluate-ensemble-count", [*EVAL[:3], "--variant", "pair", *EVAL[5:], "--checkpoint", "{w}/ok.pth"],
      "pass --checkpoint once per member"),
+    ("evaluate-feature-width", [*EVAL[:8], "{w}/wide", *EVAL[9:], "--checkpoint", "{w}/tiny.pth"],
+     "test_ims.npy: region feature dim"),
     ("evaluate-unknown-precision", [*EVAL, "--checkpoint", "{w}/ok.pth", "--precision", "fp8"], "invalid choice"),
     # metrics
     ("metrics-missing", [*METRICS, "--sims", "{w}/none.npy"], "{w}/none.npy: no such matrix file"),
-    ("metrics-empty", [*METRICS, "--sims", "{w}/empty.npy"], "{w}/empty.npy: not a readable matrix file"),
+    ("metrics-empty", [*METRICS, "--sims", "{w}/empty.npy"], "{w}/empty.npy: not a readable"),
     ("metrics-truncated", [*METRICS, "--sims", "{w}/truncated.npy"], "{w}/truncated.npy: not a readable"),
     ("metrics-one-d", [*METRICS, "--sims", "{w}/one_d.npy"], "expected a 2-D images x captions matrix"),
     ("metrics-text", [*METRICS, "--sims", "{w}/text.npy"], "expected numbers"),
@@ -156,10 +188,38 @@ CASES = [
     ("metrics-bootstrap-negative", ["metrics", "--protocol", "recall", "--sims", "{w}/good.npy", "--bootstrap", "-1"],
      "--bootstrap -1"),
     ("metrics-npz-ambiguous", [*METRICS, "--sims", "{w}/two.npz"], "several arrays (a, b)"),
+    ("metrics-transposed", [*METRICS, "--sims", "{w}/transposed.npy"],
+     "transposed.npy: the matrix looks transposed: 20 x 4; rows must be images"),
+    ("metrics-transposed-owner", [*METRICS, "--sims", "{w}/transposed.npy", "--image-of-caption",
+                                  "{w}/owner_neg.npy"], "transposed.npy: the matrix looks transposed"),
+    ("metrics-width", [*METRICS, "--sims", "{w}/wide21.npy"], "wide21.npy: 4 images x 21 captions: 21 is not a "
+                                                              "multiple of 5 captions per image"),
+    ("metrics-empty-matrix", [*METRICS, "--sims", "{w}/zero.npy"], "zero.npy: an empty 0 x 0 matrix"),
+    ("metrics-header-tib", [*METRICS, "--sims", "{w}/tib.npy"], "tib.npy: its header declares shape (2000000, "
+                                                                "2000000) of float32"),
+    ("metrics-int-beyond-2-53", [*METRICS, "--sims", "{w}/int_huge.npy"],
+     "int_huge.npy: integer score 1152921504606846976 at (0, 0) is beyond 2**53"),
+    ("metrics-pickled-objects", [*METRICS, "--sims", "{w}/objects.npy"], "objects.npy: holds Python objects"),
+    ("metrics-pt-two-tensors", [*METRICS, "--sims", "{w}/two.pt"], "two.pt: several arrays (a, b); choose one "
+                                                                   "with --key NAME"),
+    ("metrics-pt-unknown-key", [*METRICS, "--sims", "{w}/two.pt", "--key", "c"], "two.pt: no array 'c' (has a, b)"),
+    ("metrics-owner-negative", [*METRICS, "--sims", "{w}/good.npy", "--image-of-caption", "{w}/owner_neg.npy"],
+     "owner_neg.npy: entry 19 is -1, but image rows are 0 <= row < 4"),
+    ("metrics-owner-range", [*METRICS, "--sims", "{w}/good.npy", "--image-of-caption", "{w}/owner_range.npy"],
+     "owner_range.npy: entry 19 is 7, but image rows are 0 <= row < 4"),
+    ("metrics-owner-gap", [*METRICS, "--sims", "{w}/good.npy", "--image-of-caption", "{w}/owner_gap.npy"],
+     "owner_gap.npy: image 2 has no caption (entry 10 jumps from image 1 to 3)"),
+    ("metrics-owner-first", [*METRICS, "--sims", "{w}/good.npy", "--image-of-caption", "{w}/owner_first.npy"],
+     "owner_first.npy: image 0 has no caption (entry 0 is 1)"),
+    ("metrics-owner-last", [*METRICS, "--sims", "{w}/good.npy", "--image-of-caption", "{w}/owner_last.npy"],
+     "owner_last.npy: image 3 has no caption (the last entry is 2"),
+    ("metrics-owner-header-tib", [*METRICS, "--sims", "{w}/good.npy", "--image-of-caption", "{w}/owner_tib.npy"],
+     "owner_tib.npy: its header declares shape (1099511627776,)"),
     ("metrics-unknown-protocol", ["metrics", "--protocol", "coco2k", "--sims", "{w}/good.npy"], "invalid choice"),
     # import
     ("import-shape", ["import", "--sims", "{w}/good.npy", "--method", "x", "--dataset", "demo",
-                      "--captions-per-image", "3", "--results", "{w}/results"], "is not 3 captions per image"),
+                      "--captions-per-image", "3", "--results", "{w}/results"],
+     "20 is not a multiple of 3 captions per image"),
     ("import-nan", ["import", "--sims", "{w}/nan.npy", "--method", "x", "--dataset", "demo", "--results",
                     "{w}/results"], "NaN"),
     ("import-bad-name", ["import", "--sims", "{w}/good.npy", "--method", "x y", "--dataset", "demo", "--results",
@@ -169,6 +229,15 @@ CASES = [
     ("import-owner-order", ["import", "--sims", "{w}/good.npy", "--method", "x", "--dataset", "demo",
                             "--image-of-caption", "{w}/owner_unordered.npy", "--results", "{w}/results"],
      "grouped by image"),
+    ("import-transposed", ["import", "--sims", "{w}/transposed.npy", "--method", "x", "--dataset", "demo",
+                           "--results", "{w}/results"], "transposed.npy: the matrix looks transposed: 20 x 4"),
+    ("import-int-beyond-2-53", ["import", "--sims", "{w}/int_huge.npy", "--method", "x", "--dataset", "demo",
+                                "--results", "{w}/results"], "int_huge.npy: integer score"),
+    ("import-pt-two-tensors", ["import", "--sims", "{w}/two.pt", "--method", "x", "--dataset", "demo", "--results",
+                               "{w}/results"], "several arrays (a, b); choose one with --key NAME"),
+    ("import-owner-gap", ["import", "--sims", "{w}/good.npy", "--method", "x", "--dataset", "demo",
+                          "--image-of-caption", "{w}/owner_gap.npy", "--results", "{w}/results"],
+     "owner_gap.npy: image 2 has no caption"),
     ("import-reported-missing", ["import", "--sims", "{w}/good.npy", "--method", "x", "--dataset", "demo",
                                  "--reported", "{w}/none.yaml", "--results", "{w}/results"], "none.yaml"),
     # check-data and report

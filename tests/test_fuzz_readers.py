@@ -36,7 +36,7 @@ from harness.core.errors import CorruptFileWarning, ItrbenchError
 from harness.core.results import read_state
 from harness.data.cusa_json import check_cusa_json, load_cusa_split, load_image
 from harness.data.image_retrieval import load_inaturalist, load_inshop, load_sop
-from harness.data.matrices import load_matrix
+from harness.data.matrices import load_matrix, load_owner
 from harness.data.precomp import check_precomp, load_precomp
 from harness.data.senteval import read_sick, read_sts_subset, read_stsb
 from harness.eval.metrics.cxc import read_cxc_csv
@@ -491,3 +491,65 @@ def test_matrix_files(suffix, data):
             assert arr.nbytes <= 2 * len(blob) + (1 << 20)
 
         holds(lambda: load_matrix(path), [path], valid, memory=suffix in (".npy", ".npz"))
+
+
+# ---- crafted .npy headers, any dtype and shape; caption-to-image mappings (`--image-of-caption`) --------
+
+DTYPES = ["<f2", "<f4", ">f4", "<f8", "<f16", "<i1", "<u2", "<i4", ">i8", "<u8", "|b1", "<c8", "<U3", "|O", "|V4",
+          "<M8[s]", "[('a', '<f4')]"]
+
+
+@st.composite
+def npy_blobs(draw: st.DrawFn) -> bytes:
+    """A .npy file with a random (possibly lying) header: dtype, shape (up to absurd sizes), order, and any
+    number of data bytes after it."""
+    shape = tuple(draw(st.lists(st.one_of(st.integers(0, 6), st.integers(0, 2**44)), max_size=3)))
+    header = {"descr": draw(st.sampled_from(DTYPES)), "fortran_order": draw(st.booleans()), "shape": shape}
+    buf = io.BytesIO()
+    try:
+        np.lib.format.write_array_header_1_0(buf, header)
+    except ValueError:
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_2_0(buf, header)
+    return buf.getvalue() + draw(st.binary(max_size=256))
+
+
+def _valid_scores(arr: np.ndarray) -> None:
+    assert arr.ndim == 2 and arr.size > 0 and arr.dtype in (np.float32, np.float64)
+
+
+@fuzz(60)
+@given(blob=st.one_of(npy_blobs(), st.builds(_npy_bytes, hnp.arrays(
+    dtype=st.sampled_from([np.float16, np.float32, np.float64, np.int8, np.int32, np.int64, np.uint64, np.bool_,
+                           np.complex64, np.dtype(">f8"), np.dtype("U2")]),
+    shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5)))))
+def test_matrix_npy_of_any_header_dtype_and_shape(blob):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sims.npy"
+        path.write_bytes(blob)
+        arr = holds(lambda: load_matrix(path), [path], _valid_scores)
+        if arr is not None:  # what was read is the file's numbers, unchanged
+            raw = np.load(path, allow_pickle=False)
+            assert np.array_equal(arr, raw.astype(arr.dtype), equal_nan=True) and np.array_equal(
+                arr.astype(raw.dtype), raw, equal_nan=raw.dtype.kind == "f")
+
+
+@fuzz(60)
+@given(entries=st.one_of(st.lists(st.integers(-3, 7), max_size=12),
+                         st.lists(st.integers(0, 3), min_size=1, max_size=12).map(sorted)),
+       dtype=st.sampled_from([np.int64, np.int32, np.uint8, np.uint64, np.float32, np.bool_]),
+       n_images=st.integers(1, 5), data=st.data())
+def test_mapping_reader(entries, dtype, n_images, data):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        owner = np.array(entries).astype(dtype)
+    blob = data.draw(mutated(_npy_bytes(owner)))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "image_of_caption.npy"
+        path.write_bytes(blob)
+
+        def valid(got: np.ndarray) -> None:  # accepted: image rows in order, every image captioned
+            assert got.dtype == np.int64 and got.ndim == 1 and len(got) == len(entries)
+            assert got[0] == 0 and got[-1] == n_images - 1 and set(np.diff(got).tolist()) <= {0, 1}
+
+        holds(lambda: load_owner(path, len(entries), n_images), [path], valid)

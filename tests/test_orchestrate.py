@@ -151,8 +151,8 @@ def test_a_job_locked_by_another_process_shows_running_elsewhere(tmp_path, out):
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from harness.run.jobs import _lock
-with _lock(Path(sys.argv[1]), main=True):
+from harness.run.jobs import job_lock
+with job_lock(Path(sys.argv[1]), main=True):
     print("locked", flush=True)
     time.sleep(600)
 """

@@ -98,9 +98,12 @@ class Adapter(abc.ABC):
     def eval_data(self, data_root: str | Path, split: str, dataset: str | None = None) -> tuple[Any, list[str]]:
         """(images, captions) of an evaluation split in canonical order (caption j -> image j // 5).
 
-        Default: a SCAN precomp folder (memory-mapped regions). Pixel methods override this.
+        Default: a SCAN precomp folder (memory-mapped regions), whose feature width must be the model's
+        `img_dim` option when it has one (else a DataError naming the file). Pixel methods override this.
         """
-        split_data = load_precomp(data_root, split, dataset)
+        img_dim = (getattr(self, "options", None) or {}).get("img_dim")
+        split_data = load_precomp(data_root, split, dataset,
+                                  feature_dim=int(img_dim) if isinstance(img_dim, int) and img_dim > 0 else None)
         return split_data.images, split_data.captions
 
     def image_of_caption(self, data_root: str | Path, split: str, dataset: str | None = None) -> np.ndarray | None:

@@ -19,6 +19,7 @@ from typing import Any
 from harness.core.outputs import guard_output
 from harness.core.results import fresh_path, write_json
 from harness.data.matrices import load_matrix, load_owner, owner_path
+from harness.eval.metrics.recall import check_shape
 from harness.eval.protocols import PROTOCOLS, asked_by_folders, compute_protocol, is_defined
 from harness.run.display import error, say, show_protocols
 from harness.spec.campaign import (
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     me.add_argument("--image-of-caption", default=None,
                     help="caption -> image index .npy (default: <sims>.image_of_caption.npy beside the matrix if "
                          "present, else 5 captions per image in order)")
+    me.add_argument("--key", default=None, help="array name inside an .npz / HDF5 / torch file of several")
     me.add_argument("--json", default=None)
     me.add_argument("--overwrite", action="store_true",
                     help="replace an existing --json file (never an input, the data or a job's file)")
@@ -255,7 +257,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     output = MatrixOutput.beside(sims_out, args.cache_dir)
     with _progress() as hooks:
         result = evaluate_models(members, spec, settings, output, hooks)
-    say(f"wrote {output.matrix} ({result.sims.shape[0]} x {result.sims.shape[1]}, float32) and {output.owner}")
+    say(f"wrote {output.matrix} ({result.sims.shape[0]} x {result.sims.shape[1]}, {result.sims.dtype}) and "
+        f"{output.owner}")
     show_protocols(result.metrics, f"{args.method}/{args.variant} on {args.dataset or ''} {split}")
     if json_out is not None:
         write_json(json_out, {"metrics": result.metrics, "efficiency": result.efficiency,
@@ -302,14 +305,17 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     mapping = Path(args.image_of_caption) if args.image_of_caption else owner_path(Path(args.sims))
     json_out = guard_output(args.json, "--json", reads=[args.sims, mapping, *(getattr(args, "registry", None) or [])],
                             data_folders=[args.data_root], overwrite=args.overwrite)
-    sims = load_matrix(args.sims, mapped=True)
-    owner = load_owner(mapping, sims.shape[1]) if (args.image_of_caption or mapping.is_file()) else None
+    sims = load_matrix(args.sims, args.key)
+    owner = None
+    if args.image_of_caption or mapping.is_file():
+        check_shape(*sims.shape, None, args.sims)  # a transposed matrix is named before its mapping's length
+        owner = load_owner(mapping, sims.shape[1], sims.shape[0])
     ids = Path(args.data_root) if args.data_root else None
     if ids is not None and not ids.is_dir():
         raise ValueError(f"--data-root {ids}: no such folder")
     if args.bootstrap < 0:
         raise ValueError(f"--bootstrap {args.bootstrap}: expected 0 or a positive number of resamples")
-    out = compute_protocol(args.protocol, sims, owner, bootstrap=args.bootstrap, ids_dir=ids)
+    out = compute_protocol(args.protocol, sims, owner, bootstrap=args.bootstrap, ids_dir=ids, matrix_name=args.sims)
     show_protocols({args.protocol: out}, str(args.sims))
     if json_out is not None:
         write_json(json_out, out)

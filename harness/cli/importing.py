@@ -22,7 +22,8 @@ from harness.core.results import ResultStore, environment
 from harness.data.matrices import MatrixFileError, load_matrix, load_owner
 from harness.data.precomp import DataError, load_precomp
 from harness.eval.evaluation import EvalSettings, MatrixOutput, SplitSpec, evaluate_matrix
-from harness.eval.metrics.recall import MatrixError, owners
+from harness.eval.metrics.recall import MatrixError, check_shape
+from harness.run.jobs import JobLocked, job_lock
 from harness.spec.registry import Registry, RegistryError, load_registry
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -62,19 +63,17 @@ def import_matrix(registry: Registry, *, sims: Path, method: str, dataset: str, 
         registry.method(name).variant(variant) if variant != "default" else None
     ds = registry.dataset(dataset)
     split = split or ds.split
-    matrix = load_matrix(sims, key)
+    matrix = load_matrix(sims, key)  # float32 / float64 as stored, integers exactly (or refused)
     n_img, n_cap = matrix.shape
     if captions_per_image is not None and captions_per_image < 1:
         raise ValueError(f"--captions-per-image {captions_per_image}: expected a positive integer")
     if image_of_caption is not None:
-        owner = load_owner(image_of_caption, n_cap)
+        check_shape(n_img, n_cap, None, str(sims))
+        owner = load_owner(image_of_caption, n_cap, n_img)
     else:
         k = captions_per_image or ds.captions_per_image
-        if n_cap != k * n_img:
-            raise MatrixError(f"{sims}: {n_img} images x {n_cap} captions is not {k} captions per image; pass "
-                              "--image-of-caption M.npy (caption -> image index) or --captions-per-image K")
+        check_shape(n_img, n_cap, k, str(sims))
         owner = np.arange(n_cap) // k
-    owners(n_img, n_cap, image_of_caption=owner, name=str(sims))  # grouped by image, every image captioned
     bad = int(np.count_nonzero(~np.isfinite(matrix)))
     if bad:
         raise MatrixError(f"{sims}: {bad} NaN or infinite scores; fix the matrix before importing")
@@ -82,28 +81,38 @@ def import_matrix(registry: Registry, *, sims: Path, method: str, dataset: str, 
     if expected is not None and expected != n_img:
         raise MatrixError(f"{sims}: {n_img} image rows, but split '{split}' in {data_root} has {expected} images")
     source = "imported" + (f"-{label}" if label else "")
-    job = f"{ds.name}/{name}-{variant}-{source}/eval"
+    other_split = f"-{split}" if split not in (ds.split, "test") else ""  # never in the test split's folder
+    job = f"{ds.name}/{name}-{variant}-{source}{other_split}/eval"
     store = ResultStore(results)
-    if store.is_finished(job) and not force:
-        raise ValueError(f"{store.job_dir(job)}: an imported result of this name exists; pass --force to replace it "
-                         "or --label to keep both")
     digest = hashlib.sha256(sims.read_bytes()).hexdigest()
     config = {"stage": "evaluate", "method": name, "variant": variant, "dataset": ds.name, "seed": None,
               "source": "imported", "split": split,
               "provenance": {"file": str(sims.resolve()), "sha256": digest, "key": key, "label": label,
                              "imported_at": time.strftime("%Y-%m-%d %H:%M:%S"),
                              "reported": str(reported.resolve()) if reported else None}}
-    folder = store.start(job, {**config, "key": f"imported-{digest[:16]}", "name": job}, environment(seed=None))
     scoring, layout = "embedding", ds.layout
     if name in registry.methods:
         cls = registry.method(name).adapter_class()
         scoring, layout = cls.scoring, ("cusa_json" if cls.image_input == "pixels" else ds.layout)
     spec = SplitSpec(data_root or Path("."), split, ds.name, test_split=split == ds.split, protocols=ds.protocols,
                      layout=layout)
-    result = evaluate_matrix(matrix.astype(np.float32), owner, spec, EvalSettings(), MatrixOutput.job(folder),
-                             method=name, scoring=scoring, members=1)
-    store.finish(job, {"stage": "evaluate", "protocols": result.metrics, "efficiency": {},
-                       "shape": [n_img, n_cap]})
+    try:
+        lock = job_lock(store.job_dir(job), True)
+        lock.__enter__()
+    except JobLocked:
+        raise ValueError(f"{store.job_dir(job)}: another import of this name is running; wait for it, or pass "
+                         "--label to keep both") from None
+    try:  # the check and the write are one step under the job's lock: two imports of one name never both store
+        if store.is_finished(job) and not force:
+            raise ValueError(f"{store.job_dir(job)}: an imported result of this name exists; pass --force to "
+                             "replace it or --label to keep both")
+        folder = store.start(job, {**config, "key": f"imported-{digest[:16]}", "name": job}, environment(seed=None))
+        result = evaluate_matrix(matrix, owner, spec, EvalSettings(), MatrixOutput.job(folder),
+                                 method=name, scoring=scoring, members=1)
+        store.finish(job, {"stage": "evaluate", "protocols": result.metrics, "efficiency": {},
+                           "shape": [n_img, n_cap]})
+    finally:
+        lock.__exit__(None, None, None)
     return Imported(folder, result.metrics)
 
 

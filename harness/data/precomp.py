@@ -151,7 +151,9 @@ def load_precomp(root: str | Path, split: str, dataset: str | None = None, capti
         raise DataError(f"{ims_path}: {n_img} images but {caps_path.name} has {n_cap} captions "
                         f"(expected {captions_per_image} per image: {captions_per_image * n_img})")
     if feature_dim is not None and images.shape[2] != feature_dim:
-        raise DataError(f"{ims_path}: region feature dim {images.shape[2]}, but the model expects {feature_dim}")
+        raise DataError(f"{ims_path}: region feature dim {images.shape[2]}, but the model expects {feature_dim} "
+                        f"(its img_dim); use the features it was trained on, or a checkpoint for {images.shape[2]}-d "
+                        "features")
     ids = None
     ids_path = folder / f"{split}_ids.txt"
     if ids_path.is_file():

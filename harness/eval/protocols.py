@@ -23,7 +23,14 @@ import numpy as np
 from harness.eval.metrics.ids import N_CAPTIONS as COCO5K_CAPTIONS
 from harness.eval.metrics.ids import N_IMAGES as COCO5K_IMAGES
 from harness.eval.metrics.ids import CocoTestIds, IdError
-from harness.eval.metrics.recall import MatrixError, fold_recall, full_recall, uniform_captions
+from harness.eval.metrics.recall import (
+    MatrixError,
+    check_shape,
+    fold_recall,
+    full_recall,
+    owners,
+    uniform_captions,
+)
 
 NOT_DEFINED = "defined"
 F30K_IMAGES = 1000
@@ -325,14 +332,17 @@ def run_protocols(inputs: EvalInputs, names: Iterable[str],
 
 
 def compute_protocol(name: str, sims: np.ndarray, image_of_caption: np.ndarray | None = None, *,
-                     captions_per_image: int = 5, bootstrap: int = BOOTSTRAP, **inputs: Any) -> dict[str, Any]:
+                     captions_per_image: int = 5, bootstrap: int = BOOTSTRAP, matrix_name: str = "similarity matrix",
+                     **inputs: Any) -> dict[str, Any]:
     """One protocol of a stored matrix (the `metrics` command; tests). A protocol that does not apply is a
-    MatrixError with the reason. The matrix is taken to be of a dataset's test split."""
+    MatrixError with the reason. The matrix is taken to be of a dataset's test split. `matrix_name` (the
+    file) names the matrix in shape errors."""
     sims = np.asarray(sims)
     if sims.ndim != 2:
-        raise MatrixError(f"expected a 2-D images x captions matrix, got shape {sims.shape}")
+        raise MatrixError(f"{matrix_name}: expected a 2-D images x captions matrix, got shape {sims.shape}")
+    check_shape(*sims.shape, captions_per_image if image_of_caption is None else None, matrix_name)
     owner = (np.arange(sims.shape[1]) // captions_per_image) if image_of_caption is None \
-        else np.asarray(image_of_caption)
+        else owners(*sims.shape, image_of_caption=image_of_caption, name=matrix_name)
     inp = EvalInputs(sims=sims, image_of_caption=owner, test_split=True, bootstrap=bootstrap, **inputs)
     proto = protocol(name)
     reason = proto.applies(inp)

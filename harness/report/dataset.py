@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from harness.core.results import JobResult
 from harness.data.demo import SPLITS, chance_rsum
+from harness.eval.metrics.recall import MatrixError
 from harness.eval.protocols import HEADLINE_PREFERENCE
 from harness.report.columns import (
     RECALL_PROTOCOLS,
@@ -31,9 +34,10 @@ from harness.report.markdown import (
     table,
 )
 from harness.report.plots import EffPoint, effectiveness_vs_efficiency
+from harness.report.problems import non_finite_results, problems_section
 from harness.report.protocol_notes import protocol_notes
 from harness.report.runs import RETRAINED, RunGroup, Stat, get_path, matching_reported, plain_stat, stored_key
-from harness.report.significance import RESAMPLES, group_values, paired_p
+from harness.report.significance import RESAMPLES, StoredMatrixError, group_values, paired_p
 from harness.spec.registry import Registry
 
 
@@ -46,8 +50,11 @@ class Significance:
     best: RunGroup | None
     p: dict[int, float | None]  # row index -> p-value (None: no stored matrix / different shapes)
     note: str = ""
+    problems: dict[int, str] = field(default_factory=dict)  # row index -> why its stored matrix is unusable
 
     def text(self, i: int) -> str:
+        if i in self.problems:
+            return f"not tested: {self.problems[i]}"
         if not _finite_rsum(self.rows[i], self.protocol):
             return NOT_RANKED
         if self.best is None:
@@ -65,22 +72,44 @@ def _finite_rsum(g: RunGroup, protocol: str) -> bool:
     return not isinstance(s, Stat) or math.isfinite(s.mean)
 
 
-def significance(groups: Sequence[RunGroup], protocol: str) -> Significance:
-    """Rows in registry order, those whose rsum is NaN / inf last (never the best, marked not ranked)."""
+def significance(groups: Sequence[RunGroup], protocol: str, bad: dict[Path, str] | None = None) -> Significance:
+    """Rows in registry order, those whose rsum is NaN / inf last (never the best, marked not ranked).
+
+    A row whose stored matrix is unusable (unreadable, truncated, not 2-D, NaN / inf; moved aside with a
+    warning) or does not fit the protocol is not tested, with the reason naming its job folder; `bad` (run
+    folder -> problem) carries what was set aside from one protocol's section to the next."""
+    bad = {} if bad is None else bad
     rows = sorted((g for g in groups if g.has_protocol(protocol)), key=lambda g: not _finite_rsum(g, protocol))
     best = _best(rows, protocol)
     if best is None or len(rows) < 2:
         return Significance(rows, protocol, best, {})
-    ref = group_values(best.runs, protocol)
+    problems: dict[int, str] = {}
+
+    def values(i: int, g: RunGroup) -> tuple[np.ndarray, np.ndarray | None] | None:
+        known = [bad[r.path] for r in g.runs if r.path in bad]
+        if known:
+            problems[i] = known[0]
+            return None
+        try:
+            return group_values(g.runs, protocol)
+        except StoredMatrixError as exc:
+            bad.update({r.path: str(exc) for r in g.runs if str(exc).startswith(f"{r.path}:")})
+            problems[i] = str(exc)
+        except MatrixError as exc:  # a readable matrix that does not fit the protocol: kept, named
+            problems[i] = f"{', '.join(str(r.path) for r in g.runs)}: {exc}"
+        return None
+
+    ref = values(rows.index(best), best)
     if ref is None:
-        return Significance(rows, protocol, best, {}, "the best row has no stored similarity matrix")
+        why = problems.get(rows.index(best), "the best row has no stored similarity matrix")
+        return Significance(rows, protocol, best, {}, why, problems)
     p: dict[int, float | None] = {}
     for i, g in enumerate(rows):
         if g is best or not _finite_rsum(g, protocol):
             continue
-        mine = group_values(g.runs, protocol)
+        mine = values(i, g)
         p[i] = None if mine is None or mine[0].shape != ref[0].shape else paired_p(mine[0], ref[0], ref[1])
-    return Significance(rows, protocol, best, p)
+    return Significance(rows, protocol, best, p, problems=problems)
 
 
 def _best(groups: Sequence[RunGroup], protocol: str) -> RunGroup | None:
@@ -322,7 +351,8 @@ def dataset_report(registry: Registry, dataset: str, groups: Sequence[RunGroup],
     listed = list(ds.protocols) if ds is not None else []
     seen = [p for g in groups for r in g.runs for p in (r.metrics.get("protocols") or {})]
     protocols = list(dict.fromkeys(listed + seen))
-    sigs = {p: significance(groups, p) for p in protocols if p in RECALL_PROTOCOLS}
+    bad: dict[Path, str] = {}  # run folders whose stored matrix was set aside, shared by the protocols
+    sigs = {p: significance(groups, p, bad) for p in protocols if p in RECALL_PROTOCOLS}
     out += _at_a_glance(sigs)
     for protocol in protocols:
         out += [f"## {protocol_title(protocol)} (`{protocol}`)", ""]
@@ -337,6 +367,8 @@ def dataset_report(registry: Registry, dataset: str, groups: Sequence[RunGroup],
         if missing:
             out += [f"Not computed for: {', '.join(escape(g.label) for g in missing)}.", ""]
         out += _undefined_lines(groups, protocol)
+    out += problems_section({**non_finite_results([r for g in groups for r in g.runs], warn=False), **bad},
+                            results_root)
     out += ["## Efficiency", ""] + _efficiency(groups, jobs)
     plot_md, plots = _efficiency_plot(dataset, groups, reports)
     out += plot_md

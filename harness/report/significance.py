@@ -9,12 +9,15 @@ resamples inside each fold. Ranks are the tie-pessimistic ones of the headline n
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from harness.core.results import JobResult
+from harness.core.errors import CorruptFileWarning, ItrbenchError
+from harness.core.results import JobResult, move_aside
+from harness.data.matrices import OWNER, MatrixFileError, load_matrix, load_owner
 from harness.eval.metrics.bootstrap import paired_bootstrap_p
 from harness.eval.metrics.recall import RECALL_KS, check_matrix, count_ranks, fold_slices, uniform_captions
 from harness.eval.protocols import PROTOCOLS, names_of_family
@@ -24,21 +27,59 @@ RESAMPLES = 1000
 SIMS_FILES = ("sims.npy", "sims.h5")
 
 
-def load_sims(result_dir: Path) -> np.ndarray | None:
-    """The stored images x captions matrix of a result (memory-mapped .npy, or .h5 dataset 'sims')."""
-    for name in SIMS_FILES:
-        path = result_dir / name
-        if not path.is_file():
-            continue
-        if path.suffix == ".npy":
-            return np.load(path, mmap_mode="r", allow_pickle=False)
-        import h5py
+class StoredMatrixError(ItrbenchError):
+    """A run's stored matrix (or its caption-to-image mapping) that cannot be used: unreadable, truncated, not
+    2-D, or holding NaN / inf. The file has been moved aside; the message names the job folder."""
 
-        with h5py.File(path, "r") as f:
-            if "sims" not in f:
-                raise ValueError(f"{path}: HDF5 file has no 'sims' dataset (has {list(f)})")
-            return f["sims"][...]
-    return None
+
+def sims_file(result_dir: Path) -> Path | None:
+    """The stored images x captions matrix of a result (`sims.npy`, or `sims.h5` with dataset 'sims')."""
+    return next((result_dir / n for n in SIMS_FILES if (result_dir / n).is_file()), None)
+
+
+def load_sims(result_dir: Path) -> np.ndarray | None:
+    """The stored matrix of a result, read losslessly (float64 stays float64); None when there is none.
+    A file that cannot be read as a matrix is a MatrixFileError naming it."""
+    path = sims_file(result_dir)
+    if path is None:
+        return None
+    return load_matrix(path, "sims" if path.suffix == ".h5" else None)
+
+
+def _set_aside(result_dir: Path, path: Path, problem: str) -> StoredMatrixError:
+    """Move an unusable matrix file aside (kept, with a warning naming the job); the error for its row."""
+    aside = move_aside(path, "corrupt")
+    text = f"{result_dir}: {path.name} is unusable ({problem}); moved aside to {aside.name}"
+    warnings.warn(f"{text}; its row is left out of the significance tests", CorruptFileWarning, stacklevel=3)
+    return StoredMatrixError(text)
+
+
+def _problem(exc: Exception, path: Path) -> str:
+    text = str(exc)
+    return text[len(str(path)) + 2:] if text.startswith(f"{path}: ") else text
+
+
+def stored_matrix(result_dir: Path) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """(sims, caption -> image mapping or None) of a result; None when it stored no matrix. A matrix or
+    mapping that cannot be used is moved aside and raised as a StoredMatrixError naming the job folder."""
+    path = sims_file(result_dir)
+    if path is None:
+        return None
+    try:
+        sims = load_sims(result_dir)
+        assert sims is not None
+        bad = 0 if np.isfinite(sims.sum(dtype=np.float64)) else int(np.count_nonzero(~np.isfinite(sims)))
+        if bad:
+            raise MatrixFileError(f"{path}: {bad} NaN or infinite scores")
+    except MatrixFileError as exc:
+        raise _set_aside(result_dir, path, _problem(exc, path)) from None
+    owner_file = result_dir / OWNER
+    if not owner_file.is_file():
+        return sims, None
+    try:
+        return sims, load_owner(owner_file, sims.shape[1], sims.shape[0])
+    except MatrixFileError as exc:
+        raise _set_aside(result_dir, owner_file, _problem(exc, owner_file)) from None
 
 
 def _block_values(block: np.ndarray, captions_per_image: int, owner: np.ndarray | None = None) -> np.ndarray:
@@ -73,14 +114,15 @@ def per_image_rsum(sims: np.ndarray, protocol: str, captions_per_image: int = 5,
 
 
 def group_values(runs: Sequence[JobResult], protocol: str) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """Per-image rsum contributions averaged over a row's runs; None when a run has no stored matrix."""
+    """Per-image rsum contributions averaged over a row's runs; None when a run has no stored matrix. A run
+    whose stored matrix is unusable raises StoredMatrixError (the file moved aside); one whose matrix does not
+    fit the protocol (shape) a MatrixError."""
     total, strata = None, None
     for run in runs:
-        sims = load_sims(run.path)
-        if sims is None:
+        stored = stored_matrix(run.path)  # a StoredMatrixError names the run whose matrix was set aside
+        if stored is None:
             return None
-        owner_file = run.path / "image_of_caption.npy"
-        owner = np.load(owner_file) if owner_file.is_file() else None
+        sims, owner = stored
         v, strata = per_image_rsum(sims, protocol, owner=owner)
         if total is not None and total.shape != v.shape:
             return None

@@ -8,6 +8,7 @@ from harness.core.results import ResultStore, write_text
 from harness.report.dataset import dataset_report
 from harness.report.index import index_report
 from harness.report.paper import paper_report
+from harness.report.problems import non_finite_results
 from harness.report.runs import collect_groups, job_name
 from harness.spec.registry import Registry, load_registry
 
@@ -30,6 +31,7 @@ def write_reports(results: str | Path, reports: str | Path, paper: str | None = 
     finished = store.finished()
     jobs = {job_name(store, r): r for r in finished}
     groups = collect_groups(registry, store)
+    non_finite_results([r for g in groups for r in g.runs])  # a warning line naming each such job
     written: list[Path] = []
 
     if paper is None or dataset is not None:

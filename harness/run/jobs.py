@@ -49,13 +49,13 @@ try:
 except ImportError:  # pragma: no cover - Windows: jobs are not locked
     fcntl = None  # type: ignore[assignment]
 
-import numpy as np
 import torch
 
 from harness.api.adapter import Adapter, parameter_count
 from harness.core.checkpoints import SAFE_GLOBALS, load_container
 from harness.core.jobconfig import JobConfig
 from harness.core.results import ResultStore, environment, fresh_path
+from harness.data.matrices import load_matrix, load_owner
 from harness.eval.evaluation import (
     OWNER,
     EvaluationInterrupted,
@@ -186,7 +186,7 @@ def run_job(job: Job, ctx: JobContext, force: bool = False) -> dict[str, Any]:
         return store.load(job.name).metrics
     main = ctx.dist is None or ctx.dist.is_main
     d = store.job_dir(job.name)
-    with _lock(d, main):
+    with job_lock(d, main):
         action = refresh_action(store, job) if main and not force else None
         if action == RECOMPUTE:
             return _recompute(job, ctx)
@@ -300,7 +300,7 @@ def _take_lock(f: Any) -> str | None:
 
 
 @contextlib.contextmanager
-def _lock(job_dir: Path, main: bool) -> Iterator[None]:
+def job_lock(job_dir: Path, main: bool) -> Iterator[None]:
     """One process at a time per job (a second orchestrator, or a requeued Slurm job while the old one
     still runs, fails fast instead of writing into the same folder)."""
     if not main:
@@ -425,8 +425,8 @@ class _Runner:
             store = ctx.store
             members = list(cfg.members)
             self.progress("averaging", 0, len(members), f"averaging {len(members)} member matrices")
-            sims = mean_matrix([np.load(store.job_dir(m) / "sims.npy") for m in members])
-            owner = np.load(store.job_dir(members[0]) / OWNER)
+            sims = mean_matrix([load_matrix(store.job_dir(m) / "sims.npy") for m in members])
+            owner = load_owner(store.job_dir(members[0]) / OWNER, sims.shape[1], sims.shape[0])
             eff = combine_efficiency([store.load(m).metrics.get("efficiency", {}) for m in members])
             eff["members"] = members
             cls = method.adapter_class()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from harness.core.errors import ItrbenchError
+from harness.data.matrices import MatrixFileError, check_grouping, lossless_scores
 from harness.eval.metrics.bootstrap import bootstrap_ci, rsum_ci
 
 RECALL_KS = (1, 5, 10)
@@ -48,17 +49,39 @@ def _chunks(n: int, size: int) -> list[tuple[int, int]]:
 
 def owners(n_img: int, n_cap: int, captions_per_image: int = 5,
            image_of_caption: np.ndarray | None = None, name: str = "similarity matrix") -> np.ndarray:
-    """Caption -> image index. Uniform (j // k) unless an explicit, image-grouped mapping is given."""
+    """Caption -> image index. Uniform (j // k) unless an explicit, image-grouped mapping is given (checked by
+    `check_grouping`: the error names `name`, the first bad entry and its value)."""
     if image_of_caption is None:
         return np.arange(n_cap) // captions_per_image
-    owner = np.asarray(image_of_caption, dtype=np.int64)
+    owner = np.asarray(image_of_caption)
     if owner.shape != (n_cap,):
-        raise MatrixError(f"{name}: {n_cap} captions but the caption->image map has {owner.shape[0]} entries")
-    if n_cap and (np.any(np.diff(owner) < 0) or owner[0] != 0 or owner[-1] != n_img - 1
-                  or np.any(np.diff(owner) > 1)):
-        raise MatrixError(f"{name}: captions must be grouped by image in row order (image 0's captions first, "
-                          f"every image with at least one caption)")
-    return owner
+        raise MatrixError(f"{name}: {n_cap} captions but the caption->image map has {owner.size} entries")
+    if owner.dtype.kind not in "iu":
+        raise MatrixError(f"{name}: the caption->image map holds {owner.dtype}, expected integer image rows")
+    try:
+        check_grouping(owner, n_img, name)
+    except MatrixFileError as exc:
+        raise MatrixError(str(exc)) from None
+    return owner.astype(np.int64, copy=False)
+
+
+def check_shape(n_img: int, n_cap: int, captions_per_image: int | None, name: str = "similarity matrix") -> None:
+    """An images x captions shape: not empty, not transposed, and (`captions_per_image` k given) k * images
+    columns. The error names `name`, the shape and the fix."""
+    if n_img == 0 or n_cap == 0:
+        raise MatrixError(f"{name}: an empty {n_img} x {n_cap} matrix; expected at least one image row and one "
+                          "caption column")
+    if n_img > n_cap:  # every image has at least one caption: more rows than columns is captions x images
+        raise MatrixError(f"{name}: the matrix looks transposed: {n_img} x {n_cap}; rows must be images and columns "
+                          "captions (save sims.T)")
+    k = captions_per_image
+    if k is None or n_cap == k * n_img:
+        return
+    if n_cap % k:
+        raise MatrixError(f"{name}: {n_img} images x {n_cap} captions: {n_cap} is not a multiple of {k} captions "
+                          f"per image; pass --image-of-caption M.npy (caption -> image row) for uneven captions")
+    raise MatrixError(f"{name}: {n_img} images x {n_cap} captions, expected {k} captions per image "
+                      f"({k * n_img} columns; {n_cap} columns are {n_cap // k} images' captions)")
 
 
 def uniform_captions(image_of_caption: np.ndarray, n_img: int) -> int | None:
@@ -79,13 +102,14 @@ def check_matrix(sims: np.ndarray, captions_per_image: int = 5, name: str = "sim
     if sims.ndim != 2:
         raise MatrixError(f"{name}: expected a 2-D images x captions matrix, got shape {sims.shape}")
     n_img, n_cap = sims.shape
+    check_shape(n_img, n_cap, None if image_of_caption is not None else captions_per_image, name)
     if image_of_caption is not None:
         owners(n_img, n_cap, captions_per_image, image_of_caption, name)
-    elif n_cap != captions_per_image * n_img:
-        raise MatrixError(f"{name}: {n_img} images x {n_cap} captions, expected {captions_per_image} captions "
-                          f"per image ({captions_per_image * n_img} columns)")
     if sims.dtype not in (np.float32, np.float64):
-        sims = sims.astype(np.float32)
+        try:
+            sims = lossless_scores(sims, name)
+        except MatrixFileError as exc:
+            raise MatrixError(str(exc)) from None
     if finite and not np.isfinite(sims.sum()):  # one cheap pass; a NaN or inf makes the sum non-finite
         _refuse_non_finite(sims, name)
     return sims

@@ -27,9 +27,8 @@ from typing import Any
 
 from harness.core.jobconfig import JobConfig
 from harness.core.paths import PROJECT_DIR
-from harness.data.cusa_json import find_split_folder
-from harness.data.precomp import DataError, resolve_precomp_dir
-from harness.spec.registry import Registry, RegistryError
+from harness.data.layouts import LAYOUTS, layout_for
+from harness.spec.registry import Dataset, Method, Registry, RegistryError
 
 ENSEMBLE_SEED_STRIDE = 1000  # member k of an ensemble of one variant trained with seed + k * stride
 RUNTIME_RECIPE_KEYS = ("gpus",)  # recipe keys that say where a job runs, not what it computes
@@ -136,29 +135,15 @@ def data_fingerprint(paths: Iterable[Path]) -> str:
 
 
 def split_files(data_root: str | Path, dataset: str, split: str, layout: str = "precomp") -> list[Path]:
-    """The files a job reading `split` of `dataset` depends on."""
-    root = Path(data_root)
-    if layout == "precomp":
-        try:
-            folder = resolve_precomp_dir(root, split, dataset)
-        except DataError:
-            return []
-        return sorted(p for p in folder.iterdir() if p.is_file() and p.name.startswith(f"{split}_"))
-    if layout == "cusa_json":  # the json and the teacher features (images are named by the json, not hashed)
-        folder = find_split_folder(root, split, dataset)
-        return [] if folder is None else [p for p in (folder / f"new_{split}.json", folder / f"{split}_unicom.npz")
-                                          if p.is_file()]
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_file() and split in p.name)
+    """The files a job reading `split` of `dataset` in `layout` depends on (that layout's row says which)."""
+    return LAYOUTS[layout].split_files(Path(data_root), split, dataset)
 
 
 def data_layout(registry: Registry, method: str, dataset: str) -> str:
-    """The on-disk layout `method` reads `dataset` in: the CUSA/ALBEF json for pixel methods, else the
-    dataset's own (SCAN precomp)."""
-    if registry.method(method).adapter_class().image_input == "pixels":
-        return "cusa_json"
-    return registry.dataset(dataset).layout
+    """The on-disk layout `method` reads `dataset` in: the dataset's own when it holds the adapter's image input
+    (regions / pixels), else that input's default layout (the CUSA/ALBEF json for pixel methods)."""
+    image_input = registry.method(method).adapter_class().image_input
+    return layout_for(registry.dataset(dataset).layout, image_input).name
 
 
 def _source_files(target: Path) -> list[Path]:
@@ -278,6 +263,12 @@ def build_plan(registry: Registry, methods: Sequence[str], dataset: str, *, vari
             elif _skip_reason(method, v, ds.name):
                 builder.plan.notes.append(f"{mname}/{v}: not run on {ds.name}: {_skip_reason(method, v, ds.name)}")
         names = [v for v in names if _buildable(method, v) and not _skip_reason(method, v, ds.name)]
+        for v in names:
+            if not method.has_recipe(v, ds.name):
+                sized = shape_sized(method, v, ds)
+                builder.note(f"{mname}/{v}: no recipe for '{ds.name}'; using the default recipe"
+                             + (f" ({', '.join(f'{k}={val}' for k, val in sized.items())} from the dataset's "
+                                "declared shape)" if sized else ""))
         zero_shot = [v for v in names if method.variants[v].options.get("zero_shot")]
         names = [v for v in names if v not in zero_shot]
         for v in zero_shot:
@@ -302,6 +293,33 @@ def build_plan(registry: Registry, methods: Sequence[str], dataset: str, *, vari
         raise RegistryError(f"the plan for {', '.join(methods)} on {ds.name} (stage {stage}) has no jobs"
                             + ("".join(f"\n  {n}" for n in builder.plan.notes)))
     return builder.plan
+
+
+# recipe keys that follow the dataset's declared shape when the default recipe applies: key -> Dataset field
+SHAPE_KEYS = {"img_dim": "feature_dim"}
+
+
+def shape_sized(method: Method, variant: str, dataset: Dataset) -> dict[str, Any]:
+    """The recipe values the default recipe takes from `dataset`'s declared shape (a user dataset with 512-d
+    regions gets img_dim 512): keys of SHAPE_KEYS the method's recipes or options use, where the dataset
+    declares the value and has no recipe of its own."""
+    if method.has_recipe(variant, dataset.name):
+        return {}
+    used = {k for r in (*method.recipes.values(), *(v.recipes.get(d, {}) for v in method.variants.values()
+                                                     for d in v.recipes)) for k in r}
+    used |= {k for v in method.variants.values() for k in v.options}
+    recipe = method.recipe(variant, dataset.name)
+    out = {}
+    for key, attr in SHAPE_KEYS.items():
+        value = getattr(dataset, attr)
+        if key in used and value is not None and recipe.get(key) != value:
+            out[key] = value
+    return out
+
+
+def dataset_recipe(method: Method, variant: str, dataset: Dataset) -> dict[str, Any]:
+    """The recipe of `variant` on `dataset`: its own, or the default sized from the dataset's declared shape."""
+    return {**method.recipe(variant, dataset.name), **shape_sized(method, variant, dataset)}
 
 
 def _skip_reason(method: Any, variant: str, dataset: str) -> str | None:
@@ -377,7 +395,7 @@ class _Builder:
     # retrained models
     def train(self, mname: str, variant: str, seed: int) -> Job:
         method = self.registry.method(mname)
-        recipe = method.recipe(variant, self.dataset)
+        recipe = dataset_recipe(method, variant, self.registry.dataset(self.dataset))
         applied = self.overrides_of(mname)
         recipe.update(applied)
         gpus = int(self.inputs.gpus or recipe.get("gpus") or 1)
@@ -427,7 +445,7 @@ class _Builder:
         """One evaluation of a pretrained model (variant option `zero_shot`), whatever the seeds. Its weights
         file is found now (a missing one is an error before any job runs) and its content is in the identity."""
         method = self.registry.method(mname)
-        recipe = method.recipe(variant, self.dataset)
+        recipe = dataset_recipe(method, variant, self.registry.dataset(self.dataset))
         applied = self.overrides_of(mname)
         options = {**method.variants[variant].options, **recipe, **applied}
         for k in (*RUNTIME_RECIPE_KEYS, "skip"):

@@ -19,9 +19,10 @@ def nearest(name: str, valid: Iterable[str]) -> str | None:
 
 
 def unknown_name(kind: str, name: str, valid: Iterable[str], where: str = "") -> RegistryError:
-    """An error for an unknown `name` of `kind` listing the valid names and the nearest match."""
+    """An error for an unknown `name` of `kind` listing the valid names and the nearest match; `where` (a file
+    and line, a path in the registry) leads the message."""
     valid = sorted(valid)
     near = nearest(name, valid)
     hint = f" Did you mean '{near}'?" if near else ""
-    loc = f" in {where}" if where else ""
-    return RegistryError(f"unknown {kind} '{name}'{loc}; valid: {', '.join(valid)}.{hint}")
+    loc = f"{where}: " if where else ""
+    return RegistryError(f"{loc}unknown {kind} '{name}'; valid: {', '.join(valid)}.{hint}")

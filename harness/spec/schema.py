@@ -99,10 +99,15 @@ def adapter_path(v: Any) -> str | None:
 
 
 def recipes(v: Any) -> str | None:
-    if v is None or (isinstance(v, Mapping) and all(isinstance(k, str) and (r is None or isinstance(r, Mapping))
-                                                     for k, r in v.items())):
+    if v is None or isinstance(v, Mapping):
         return None
     return f"expected a mapping of dataset (or default) -> {{recipe key: value}}, found {v!r}"
+
+
+def recipe(v: Any) -> str | None:
+    if v is None or (isinstance(v, Mapping) and all(isinstance(k, str) for k in v)):
+        return None
+    return f"expected a mapping of recipe key -> value, found {v!r}"
 
 
 def any_value(v: Any) -> str | None:
@@ -230,6 +235,16 @@ def _entries(raw: Any) -> list[tuple[Any, Any]]:
     return list(raw.items()) if isinstance(raw, Mapping) else []
 
 
+def _check_recipes(owner: Mapping[str, Any], source: str, path: str) -> None:
+    section = owner.get("recipes") or {}
+    for name, body in section.items():
+        if not isinstance(name, str):
+            raise fail(section, name, source, f"{path}.recipes", f"expected a dataset name, found {name!r}")
+        problem = recipe(body)
+        if problem is not None:
+            raise fail(section, name, source, f"{path}.recipes.{name}", problem)
+
+
 def check_document(doc: Mapping[str, Any], source: str) -> None:
     """Every section of a merged registry document against the tables above (RegistryError at the first problem)."""
     check_mapping(doc, TOP_SECTIONS, source, "registry")
@@ -240,12 +255,14 @@ def check_document(doc: Mapping[str, Any], source: str) -> None:
     for name, body in _entries(methods):
         where = f"methods.{name}"
         body = check_mapping(body, METHOD_KEYS, source, where, parent=methods, name=name)
+        _check_recipes(body, source, where)
         variants = body["variants"]
         for vname, variant in _entries(variants):
             if variant is None:
                 continue
             vwhere = f"{where}.variants.{vname}"
             check_mapping(variant, VARIANT_KEYS, source, vwhere, parent=variants, name=vname)
+            _check_recipes(variant, source, vwhere)
             cks = variant.get("checkpoints") or {}
             for ds, ck in _entries(cks):
                 check_mapping(ck, CHECKPOINT_KEYS, source, f"{vwhere}.checkpoints.{ds}", parent=cks, name=ds)

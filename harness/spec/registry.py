@@ -510,7 +510,9 @@ def merge_documents(docs: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, 
         for key, value in doc.items():
             if key == "reported":
                 merged["reported"].extend(value)
-            elif key in ("datasets", "methods"):
+            elif key in SECTIONS_READ_ELSEWHERE or (key in TOP_SECTIONS and value is None):
+                continue
+            elif key in TOP_SECTIONS:  # sections of named entries (datasets, methods, ...) merge by name
                 if not isinstance(value, Mapping):
                     raise RegistryError(f"{location(doc, key, source)}: {key}: expected a mapping of name -> "
                                         f"definition, found {value!r}")
@@ -519,9 +521,7 @@ def merge_documents(docs: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, 
                         raise RegistryError(f"{key}.{name} is defined in {origin[key, name]} and again in "
                                             f"{location(value, name, source)}; rename one of them")
                     origin[key, name] = location(value, name, source)
-                    merged[key].take(name, body, value)
-            elif key in SECTIONS_READ_ELSEWHERE:
-                continue
+                    merged.setdefault(key, LineDict()).take(name, body, value)
             else:
                 near = nearest(str(key), TOP_SECTIONS)
                 hint = f"; did you mean '{near}'?" if near else ""

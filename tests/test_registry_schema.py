@@ -5,6 +5,7 @@ one-line RegistryErrors; and no document, however odd, gets anything but a Regis
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,10 @@ def test_a_method_without_a_recipe_for_a_dataset_gets_its_default_recipe():
     assert toy.recipe("base", "mine") == {"epochs": 1} and not toy.has_recipe("base", "mine")
     assert toy.recipe("base", "coco") == {"epochs": 5} and toy.has_recipe("base", "coco")
     assert not toy.has_recipe("base", "default")
+    doc["methods"]["toy"]["recipes"]["mine"] = None  # an empty entry: the dataset's own recipe, no changes
+    doc["methods"]["toy"]["notes"] = None
+    toy = parse_registry(doc).method("toy")
+    assert toy.has_recipe("base", "mine") and toy.recipe("base", "mine") == {"epochs": 1} and toy.notes == ()
 
 
 # ---- fuzzing: any document -> a Registry or a RegistryError, nothing else ----------------------------------
@@ -223,7 +228,8 @@ def _parses_or_refuses(doc: Any) -> None:
         assert isinstance(result, Registry)
 
 
-FUZZ = settings(max_examples=60, deadline=None, database=None, derandomize=True,
+EXAMPLES = int(os.environ.get("ITRBENCH_FUZZ_EXAMPLES", "0"))  # a long run: ITRBENCH_FUZZ_EXAMPLES=500
+FUZZ = settings(max_examples=EXAMPLES or 60, deadline=None, database=None, derandomize=not EXAMPLES,
                 suppress_health_check=[HealthCheck.too_slow])
 
 

@@ -305,8 +305,8 @@ def shape_sized(method: Method, variant: str, dataset: Dataset) -> dict[str, Any
     declares the value and has no recipe of its own."""
     if method.has_recipe(variant, dataset.name):
         return {}
-    used = {k for r in (*method.recipes.values(), *(v.recipes.get(d, {}) for v in method.variants.values()
-                                                     for d in v.recipes)) for k in r}
+    recipes = [*method.recipes.values(), *(r for v in method.variants.values() for r in v.recipes.values())]
+    used = {k for r in recipes for k in r}
     used |= {k for v in method.variants.values() for k in v.options}
     recipe = method.recipe(variant, dataset.name)
     out = {}

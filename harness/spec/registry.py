@@ -263,7 +263,7 @@ def _variant(name: str, raw: Mapping[str, Any], where: str) -> Variant:
                    for ds, ck in (raw.get("checkpoints") or {}).items()}
     return Variant(name=name, description=raw.get("description", ""), options=dict(raw.get("options") or {}),
                    members=tuple(raw.get("members") or ()), checkpoints=checkpoints,
-                   recipes={k: dict(v) for k, v in (raw.get("recipes") or {}).items()})
+                   recipes={k: dict(v or {}) for k, v in (raw.get("recipes") or {}).items()})
 
 
 def _reported(raw: Mapping[str, Any], where: str) -> Reported:
@@ -383,7 +383,7 @@ def parse_registry(raw: Mapping[str, Any], source: str = "registry.yaml") -> Reg
             for ds in list(v.checkpoints) + list(v.recipes):
                 if ds != "default" and ds not in datasets:
                     raise unknown_name("dataset", ds, datasets, where=f"{where}.variants.{v.name}")
-        recipes = {k: dict(r) for k, r in (m.get("recipes") or {}).items()}
+        recipes = {k: dict(r or {}) for k, r in (m.get("recipes") or {}).items()}
         for ds in recipes:
             if ds != "default" and ds not in datasets:
                 raise unknown_name("dataset", ds, datasets, where=f"{where}.recipes")

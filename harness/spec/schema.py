@@ -68,6 +68,11 @@ def texts(v: Any) -> str | None:
     return f"expected a list of strings, found {v!r}"
 
 
+def optional(check: Check) -> Check:
+    """`check`, with null (an empty entry) allowed too."""
+    return lambda v: None if v is None else check(v)
+
+
 def mapping(v: Any) -> str | None:
     return None if v is None or isinstance(v, Mapping) else f"expected a mapping, found {v!r}"
 
@@ -153,7 +158,7 @@ METHOD_KEYS: dict[str, Key] = {
     "venue": Key(text),
     "code": Key(text),
     "adapter": Key(adapter_path, required=True),
-    "notes": Key(texts),
+    "notes": Key(optional(texts)),
     "recipe_keys": Key(mapping),
     "recipes": Key(recipes),
     "settings": Key(mapping),
@@ -165,7 +170,7 @@ METHOD_KEYS: dict[str, Key] = {
 VARIANT_KEYS: dict[str, Key] = {
     "description": Key(text),
     "options": Key(mapping),
-    "members": Key(names),
+    "members": Key(optional(names)),
     "checkpoints": Key(mapping),
     "recipes": Key(recipes),
 }

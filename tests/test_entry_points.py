@@ -88,7 +88,7 @@ def test_a_plugin_redefining_a_method_is_refused_naming_it(site):
     install(site, "plug = itrbench_plug:doc\n", {
         "itrbench_plug/__init__.py": "doc = {'methods': {'esa': {'title': 'mine', 'adapter': 'x:Y', "
                                      "'variants': {'v': {}}}}}\n"})
-    with pytest.raises(RegistryError, match=r"methods.esa is defined in .*registry.yaml and again in entry point "
+    with pytest.raises(RegistryError, match=r"methods.esa is defined in .*registry.yaml:\d+ and again in entry point "
                                             r"'plug = itrbench_plug:doc' of itrbench-plug"):
         load_registry()
 

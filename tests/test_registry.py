@@ -80,7 +80,8 @@ def test_user_file_layers_on_top_of_the_project_registry(tmp_path):
     reg = load_registry(extra)
     assert "mine" in reg.datasets and "esa" in reg.methods
     extra.write_text(yaml.safe_dump({"datasets": {"coco": {"split": "test", "protocols": ["recall"]}}}))
-    with pytest.raises(RegistryError, match=r"datasets.coco is defined in .*registry.yaml and again in .*mine.yaml"):
+    with pytest.raises(RegistryError,
+                       match=r"datasets.coco is defined in .*registry.yaml:9 and again in .*mine.yaml:2"):
         load_registry(extra)
 
 
@@ -113,7 +114,7 @@ def test_yaml_syntax_error_names_file(tmp_path):
     (lambda d: d["reported"][0].update(protocol="coco1k", dataset="f30k"),
      r"protocol 'coco1k' is not one of dataset 'f30k's protocols \(f30k1k\); it belongs to dataset 'coco'"),
     (lambda d: d["reported"][0].update(protocol="eccv"), "protocol 'eccv' is not one of .*no dataset declares it"),
-    (lambda d: d["reported"][0].update({"BERT-base)": None}), r"unknown field\(s\) 'BERT-base\)'.*quote a label"),
+    (lambda d: d["reported"][0].update({"BERT-base)": None}), r"unknown key 'BERT-base\)'.*quote a label"),
     (lambda d: d["reported"][0].update(decimals={"i2t.r2": 2}), "unknown metric 'i2t.r2'"),
     (lambda d: d["reported"][0].update(decimals=True), "'decimals' is the number of decimals"),
     (lambda d: d["reported"][0].update(decimals={"rsum": 9}), "decimals of 'rsum' is 9"),

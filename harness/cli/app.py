@@ -18,6 +18,7 @@ from typing import Any
 
 from harness.core.outputs import guard_output
 from harness.core.results import fresh_path, write_json
+from harness.data.layouts import LAYOUTS
 from harness.data.matrices import load_matrix, load_owner, owner_path
 from harness.eval.metrics.recall import check_shape
 from harness.eval.protocols import PROTOCOLS, asked_by_folders, compute_protocol, is_defined
@@ -147,8 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     cd = sub.add_parser("check-data", help="validate a data folder and name every problem")
     cd.add_argument("--dataset", required=True, help="a registry dataset, senteval or image_retrieval")
-    cd.add_argument("--layout", choices=("precomp", "cusa_json"), default=None,
-                    help="cusa_json: CUSA/ALBEF json + images (pixel methods)")
+    cd.add_argument("--layout", choices=tuple(LAYOUTS), default=None,
+                    help="the on-disk layout (default: the dataset's): "
+                    + "; ".join(f"{n}: {row.description}" for n, row in LAYOUTS.items()))
     cd.add_argument("--data-root", required=True)
     cd.add_argument("--splits", default=None, help="comma-separated splits (default: the dataset's test split)")
     _registry_option(cd)

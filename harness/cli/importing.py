@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from harness.core.errors import ItrbenchError
 from harness.core.results import ResultStore, environment
+from harness.data.layouts import LAYOUTS, layout_for
 from harness.data.matrices import MatrixFileError, load_matrix, load_owner
-from harness.data.precomp import DataError, load_precomp
 from harness.eval.evaluation import EvalSettings, MatrixOutput, SplitSpec, evaluate_matrix
 from harness.eval.metrics.recall import MatrixError, check_shape
 from harness.run.jobs import JobLocked, job_lock
@@ -35,13 +36,13 @@ class Imported:
     metrics: dict[str, Any]
 
 
-def _split_size(data_root: Path | None, dataset: str, split: str) -> int | None:
+def _split_size(data_root: Path | None, dataset: str, split: str, layout: str) -> int | None:
     """Images in the split's data files, when a data folder is given (the matrix must have as many rows)."""
     if data_root is None:
         return None
     try:
-        return len(load_precomp(data_root, split, dataset).images)
-    except DataError:
+        return LAYOUTS[layout].read(data_root, split, dataset).n_images
+    except ItrbenchError:  # the layout's reader names what is missing; the import then skips this check
         return None
 
 
@@ -77,7 +78,11 @@ def import_matrix(registry: Registry, *, sims: Path, method: str, dataset: str, 
     bad = int(np.count_nonzero(~np.isfinite(matrix)))
     if bad:
         raise MatrixError(f"{sims}: {bad} NaN or infinite scores; fix the matrix before importing")
-    expected = _split_size(data_root, ds.name, split)
+    scoring, layout = "embedding", ds.layout
+    if name in registry.methods:
+        cls = registry.method(name).adapter_class()
+        scoring, layout = cls.scoring, layout_for(ds.layout, cls.image_input).name
+    expected = _split_size(data_root, ds.name, split, layout)
     if expected is not None and expected != n_img:
         raise MatrixError(f"{sims}: {n_img} image rows, but split '{split}' in {data_root} has {expected} images")
     source = "imported" + (f"-{label}" if label else "")
@@ -90,10 +95,6 @@ def import_matrix(registry: Registry, *, sims: Path, method: str, dataset: str, 
               "provenance": {"file": str(sims.resolve()), "sha256": digest, "key": key, "label": label,
                              "imported_at": time.strftime("%Y-%m-%d %H:%M:%S"),
                              "reported": str(reported.resolve()) if reported else None}}
-    scoring, layout = "embedding", ds.layout
-    if name in registry.methods:
-        cls = registry.method(name).adapter_class()
-        scoring, layout = cls.scoring, ("cusa_json" if cls.image_input == "pixels" else ds.layout)
     spec = SplitSpec(data_root or Path("."), split, ds.name, test_split=split == ds.split, protocols=ds.protocols,
                      layout=layout)
     try:

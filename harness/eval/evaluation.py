@@ -30,6 +30,7 @@ from harness.data.image_retrieval import (
     load_image_retrieval,
     present_sets,
 )
+from harness.data.layouts import LAYOUTS
 from harness.data.matrices import OWNER, owner_path
 from harness.data.precomp import candidate_dirs
 from harness.eval.metrics.coco_captions import coco_ids_of_columns
@@ -61,7 +62,7 @@ class SplitSpec:
     dataset: str | None = None
     test_split: bool = False  # the dataset's declared test split (paper protocols apply only there)
     protocols: tuple[str, ...] = ()
-    layout: str = "precomp"  # how the split is stored: precomp | cusa_json (raw images named by a json)
+    layout: str = "precomp"  # how the split is stored: a row of harness.data.layouts.LAYOUTS
 
 
 @dataclass(frozen=True)
@@ -356,7 +357,7 @@ def protocol_inputs(sims: np.ndarray, owner: np.ndarray, spec: SplitSpec, settin
     if members:
         method, scoring, n_members = members[0].method, members[0].scoring, len(members)
     coco_ids = coco_columns = None
-    if spec.layout == "cusa_json" and spec.test_split and spec.dataset == "coco" and \
+    if LAYOUTS[spec.layout].caption_ids and spec.test_split and spec.dataset == "coco" and \
             any(PROTOCOLS[p].coco_ids for p in spec.protocols if p in PROTOCOLS):
         found = json_coco_ids(spec, owner)
         if not isinstance(found, str):

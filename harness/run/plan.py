@@ -31,10 +31,10 @@ import numpy as np
 
 from harness.core.code_identity import model_code, protocol_code, stage_hash
 from harness.core.jobconfig import JobConfig
-from harness.data.cusa_json import find_split_folder
+from harness.data.layouts import LAYOUTS, layout_for
 from harness.data.precomp import DataError, resolve_precomp_dir
 from harness.spec.campaign import MAX_SEED  # campaign seeds are 0 .. MAX_SEED; members' extra seeds lie above
-from harness.spec.registry import Registry, RegistryError
+from harness.spec.registry import Dataset, Method, Registry, RegistryError
 from harness.spec.values import check_recipe
 
 MAX_MEMBERS = 64  # members of one ensemble of a single variant
@@ -140,29 +140,15 @@ def data_fingerprint(paths: Iterable[Path]) -> str:
 
 
 def split_files(data_root: str | Path, dataset: str, split: str, layout: str = "precomp") -> list[Path]:
-    """The files a job reading `split` of `dataset` depends on."""
-    root = Path(data_root)
-    if layout == "precomp":
-        try:
-            folder = resolve_precomp_dir(root, split, dataset)
-        except DataError:
-            return []
-        return sorted(p for p in folder.iterdir() if p.is_file() and p.name.startswith(f"{split}_"))
-    if layout == "cusa_json":  # the json and the teacher features (images are named by the json, not hashed)
-        folder = find_split_folder(root, split, dataset)
-        return [] if folder is None else [p for p in (folder / f"new_{split}.json", folder / f"{split}_unicom.npz")
-                                          if p.is_file()]
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_file() and split in p.name)
+    """The files a job reading `split` of `dataset` in `layout` depends on (that layout's row says which)."""
+    return LAYOUTS[layout].split_files(Path(data_root), split, dataset)
 
 
 def data_layout(registry: Registry, method: str, dataset: str) -> str:
-    """The on-disk layout `method` reads `dataset` in: the CUSA/ALBEF json for pixel methods, else the
-    dataset's own (SCAN precomp)."""
-    if registry.method(method).adapter_class().image_input == "pixels":
-        return "cusa_json"
-    return registry.dataset(dataset).layout
+    """The on-disk layout `method` reads `dataset` in: the dataset's own when it holds the adapter's image input
+    (regions / pixels), else that input's default layout (the CUSA/ALBEF json for pixel methods)."""
+    image_input = registry.method(method).adapter_class().image_input
+    return layout_for(registry.dataset(dataset).layout, image_input).name
 
 
 @lru_cache(maxsize=64)
@@ -237,6 +223,12 @@ def build_plan(registry: Registry, methods: Sequence[str], dataset: str, *, vari
             elif _skip_reason(method, v, ds.name):
                 builder.plan.notes.append(f"{mname}/{v}: not run on {ds.name}: {_skip_reason(method, v, ds.name)}")
         names = [v for v in names if _buildable(method, v) and not _skip_reason(method, v, ds.name)]
+        for v in names:
+            if not method.has_recipe(v, ds.name):
+                sized = shape_sized(method, v, ds)
+                builder.note(f"{mname}/{v}: no recipe for '{ds.name}'; using the default recipe"
+                             + (f" ({', '.join(f'{k}={val}' for k, val in sized.items())} from the dataset's "
+                                "declared shape)" if sized else ""))
         zero_shot = [v for v in names if method.variants[v].options.get("zero_shot")]
         names = [v for v in names if v not in zero_shot]
         for v in zero_shot:
@@ -261,6 +253,33 @@ def build_plan(registry: Registry, methods: Sequence[str], dataset: str, *, vari
         raise RegistryError(f"the plan for {', '.join(methods)} on {ds.name} (stage {stage}) has no jobs"
                             + ("".join(f"\n  {n}" for n in builder.plan.notes)))
     return builder.plan
+
+
+# recipe keys that follow the dataset's declared shape when the default recipe applies: key -> Dataset field
+SHAPE_KEYS = {"img_dim": "feature_dim"}
+
+
+def shape_sized(method: Method, variant: str, dataset: Dataset) -> dict[str, Any]:
+    """The recipe values the default recipe takes from `dataset`'s declared shape (a user dataset with 512-d
+    regions gets img_dim 512): keys of SHAPE_KEYS the method's recipes or options use, where the dataset
+    declares the value and has no recipe of its own."""
+    if method.has_recipe(variant, dataset.name):
+        return {}
+    recipes = [*method.recipes.values(), *(r for v in method.variants.values() for r in v.recipes.values())]
+    used = {k for r in recipes for k in r}
+    used |= {k for v in method.variants.values() for k in v.options}
+    recipe = method.recipe(variant, dataset.name)
+    out = {}
+    for key, attr in SHAPE_KEYS.items():
+        value = getattr(dataset, attr)
+        if key in used and value is not None and recipe.get(key) != value:
+            out[key] = value
+    return out
+
+
+def dataset_recipe(method: Method, variant: str, dataset: Dataset) -> dict[str, Any]:
+    """The recipe of `variant` on `dataset`: its own, or the default sized from the dataset's declared shape."""
+    return {**method.recipe(variant, dataset.name), **shape_sized(method, variant, dataset)}
 
 
 def _skip_reason(method: Any, variant: str, dataset: str) -> str | None:
@@ -340,7 +359,7 @@ class _Builder:
     # retrained models
     def train(self, mname: str, variant: str, seed: int, member: int = 0) -> Job:
         method = self.registry.method(mname)
-        recipe = method.recipe(variant, self.dataset)
+        recipe = dataset_recipe(method, variant, self.registry.dataset(self.dataset))
         applied = self.overrides_of(mname)
         recipe.update(applied)
         gpus = int(self.inputs.gpus or recipe.get("gpus") or 1)
@@ -351,7 +370,8 @@ class _Builder:
         seed = member_seed(seed, member)
         where = f"{mname}/{variant} on {self.dataset} (recipe" + (" with --set overrides)" if applied else ")")
         check_recipe(recipe, where)
-        self.check_feature_dim({**method.variants[variant].options, **recipe}.get("img_dim"), where)
+        if method.adapter_class().image_input == "regions":
+            self.check_feature_dim({**method.variants[variant].options, **recipe}.get("img_dim"), where)
         config = {"stage": "train", "method": mname, "variant": variant, "dataset": self.dataset, "seed": seed,
                   "recipe": {**recipe, "seed": seed}, "options": dict(method.variants[variant].options),
                   "splits": ["train", self.val_split]}
@@ -419,7 +439,7 @@ class _Builder:
         """One evaluation of a pretrained model (variant option `zero_shot`), whatever the seeds. Its weights
         file is found now (a missing one is an error before any job runs) and its content is in the identity."""
         method = self.registry.method(mname)
-        recipe = method.recipe(variant, self.dataset)
+        recipe = dataset_recipe(method, variant, self.registry.dataset(self.dataset))
         applied = self.overrides_of(mname)
         options = {**method.variants[variant].options, **recipe, **applied}
         for k in (*RUNTIME_RECIPE_KEYS, "skip"):

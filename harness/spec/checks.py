@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.data.precomp import check_precomp
+from harness.data.layouts import layout as layout_row
 from harness.spec.registry import Registry, load_registry
-
-EXPECTED_IMAGES = {"coco": {"testall": 5000, "dev": 5000, "train": 113287},
-                   "f30k": {"test": 1000, "dev": 1014, "train": 29000}}
 
 
 def check_dataset(dataset: str, data_root: str | Path, splits: list[str] | None = None,
@@ -21,7 +18,8 @@ def check_dataset(dataset: str, data_root: str | Path, splits: list[str] | None 
     stops the run, naming the file, when it is read).
 
     `dataset` may also be `senteval` (STS data) or `image_retrieval` (CUB/SOP/In-shop/iNaturalist).
-    `layout` overrides the registry's (e.g. cusa_json for pixel methods on coco/f30k)."""
+    `layout` overrides the registry's (e.g. cusa_json for pixel methods on coco/f30k); the folder is checked by
+    that row of the layout table against the dataset's declared shape (images per split, captions per image)."""
     if dataset == "senteval":
         from harness.data.senteval import check_senteval
 
@@ -35,9 +33,4 @@ def check_dataset(dataset: str, data_root: str | Path, splits: list[str] | None 
     root = Path(data_root)
     if not root.exists():
         return [f"{root}: data root does not exist"]
-    if (layout or ds.layout) == "cusa_json":
-        from harness.data.cusa_json import check_cusa_json
-
-        return [p for s in splits for p in check_cusa_json(root, s, dataset, decode_images=decode_images)]
-    return check_precomp(root, dataset, splits, feature_dim=ds.feature_dim,
-                         expected_images=EXPECTED_IMAGES.get(dataset), captions_per_image=ds.captions_per_image)
+    return layout_row(layout or ds.layout).check(root, ds.shape, splits, decode_images)

@@ -6,7 +6,6 @@ inside the file) is an error that lists the valid names and suggests the nearest
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -15,9 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from harness.core.errors import ItrbenchError
 from harness.core.paths import HARNESS_DIR
+from harness.data.layouts import DataShape
 from harness.eval.protocols import PROTOCOLS
+from harness.spec.errors import RegistryError, nearest, unknown_name
+from harness.spec.schema import TOP_SECTIONS, check_document
+from harness.spec.yaml_lines import LineDict, load_yaml, location
 
 if TYPE_CHECKING:
     from harness.api.adapter import Adapter
@@ -27,17 +29,7 @@ if TYPE_CHECKING:
 REGISTRY_PATH = HARNESS_DIR / "registry.yaml"
 
 
-class RegistryError(ItrbenchError):
-    """registry.yaml is malformed, or a name asked for is not in it."""
-
-
-def unknown_name(kind: str, name: str, valid: Iterable[str], where: str = "") -> RegistryError:
-    """An error for an unknown `name` of `kind` listing the valid names and the nearest match."""
-    valid = sorted(valid)
-    near = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
-    hint = f" Did you mean '{near[0]}'?" if near else ""
-    loc = f" in {where}" if where else ""
-    return RegistryError(f"unknown {kind} '{name}'{loc}; valid: {', '.join(valid)}.{hint}")
+__all__ = ["RegistryError", "unknown_name"]  # defined in harness.spec.errors; imported from here by callers
 
 
 ARCHIVE_KINDS = ("zip", "tar")
@@ -144,12 +136,14 @@ class Method:
             raise unknown_name("variant", name, self.variants, where=f"method '{self.name}'")
         return self.variants[name]
 
+    def has_recipe(self, variant: str, dataset: str) -> bool:
+        """Whether the method or `variant` has a recipe of its own for `dataset` (else the default applies)."""
+        return dataset != "default" and (dataset in self.recipes or dataset in self.variant(variant).recipes)
+
     def recipe(self, variant: str, dataset: str) -> dict[str, Any]:
-        """The training recipe of `variant` on `dataset` (method defaults, then variant overrides)."""
+        """The training recipe of `variant` on `dataset` (method defaults, then variant overrides). A dataset
+        without a recipe of its own (a user's dataset) gets the `default` recipes (see `has_recipe`)."""
         v = self.variant(variant)
-        if dataset not in self.recipes and dataset not in v.recipes:
-            raise unknown_name("dataset", dataset, set(self.recipes) | set(v.recipes),
-                               where=f"recipes of {self.name}/{variant}")
         merged = dict(self.recipes.get("default", {}))
         merged.update(self.recipes.get(dataset, {}))
         merged.update(v.recipes.get("default", {}))
@@ -170,11 +164,16 @@ class Dataset:
     description: str
     split: str
     protocols: tuple[str, ...]
-    images: int | None
+    images: Mapping[str, int]  # declared images of each split ({} where not declared)
     captions_per_image: int
-    layout: str  # "precomp" or "cusa_json"
+    layout: str  # a row of harness.data.layouts.LAYOUTS ("precomp", "cusa_json")
     validation_split: str = "dev"
     feature_dim: int | None = 2048  # region feature size check-data expects (None: any)
+
+    @property
+    def shape(self) -> DataShape:
+        """What the registry declares about this dataset's files (split sizes, captions, feature size)."""
+        return DataShape(self.name, dict(self.images), self.captions_per_image, self.feature_dim)
 
 
 @dataclass(frozen=True)
@@ -256,24 +255,12 @@ def _variant(name: str, raw: Mapping[str, Any], where: str) -> Variant:
                    for ds, ck in (raw.get("checkpoints") or {}).items()}
     return Variant(name=name, description=raw.get("description", ""), options=dict(raw.get("options") or {}),
                    members=tuple(raw.get("members") or ()), checkpoints=checkpoints,
-                   recipes={k: dict(v) for k, v in (raw.get("recipes") or {}).items()})
-
-
-REPORTED_FIELDS = ("method", "variant", "dataset", "protocol", "source", "values", "setting", "table", "label",
-                   "note", "decimals", "derived", "table_note")
+                   recipes={k: dict(v or {}) for k, v in (raw.get("recipes") or {}).items()})
 
 
 def _reported(raw: Mapping[str, Any], where: str) -> Reported:
+    # keys, types and value ranges were checked by harness.spec.schema (REPORTED_KEYS, reported_value)
     values = _req(raw, "values", where)
-    unknown = [str(k) for k in raw if k not in REPORTED_FIELDS]
-    if unknown:  # e.g. an unquoted label with a comma in a YAML flow mapping: `label: A (x, y)` -> key "y)"
-        raise RegistryError(f"{where}: unknown field(s) {', '.join(repr(k) for k in unknown)}; valid: "
-                            f"{', '.join(REPORTED_FIELDS)} (quote a label or note that holds a comma)")
-    if not isinstance(values, Mapping) or not values:
-        raise RegistryError(f"{where}: 'values' must be a non-empty mapping of metric -> number")
-    for k, v in values.items():
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            raise RegistryError(f"{where}: value of '{k}' is {v!r}, expected a number or null")
     keys = [str(k) for k in values]
     raw_dec = raw.get("decimals", {})
     if isinstance(raw_dec, int) and not isinstance(raw_dec, bool):
@@ -353,23 +340,32 @@ def _baseline(raw: Any, where: str) -> bool:
 
 
 def parse_registry(raw: Mapping[str, Any], source: str = "registry.yaml") -> Registry:
-    """Build and cross-validate a Registry from the parsed YAML document."""
+    """Build and cross-validate a Registry from the parsed YAML document (every section first checked against
+    the strict schema of harness.spec.schema: errors name the file and line where the document has them)."""
+    if not isinstance(raw, Mapping):
+        raise RegistryError(f"{source}: a registry is a mapping with datasets / methods / reported sections, "
+                            f"found {type(raw).__name__}")
+    raw = _flatten_reported(raw, source)
+    check_document(raw, source)
     datasets = {}
-    for name, d in (_req(raw, "datasets", source) or {}).items():
-        where = f"{source}: datasets.{name}"
+    section = _req(raw, "datasets", source) or {}
+    for name, d in section.items():
+        where = f"{location(section, name, source)}: datasets.{name}"
         protocols = tuple(_req(d, "protocols", where))
         for p in protocols:
             if p not in PROTOCOLS:
                 raise unknown_name("protocol", p, PROTOCOLS, where=where)
-        datasets[name] = Dataset(name=name, description=d.get("description", ""), split=_req(d, "split", where),
-                                 protocols=protocols, images=d.get("images"),
+        split = _req(d, "split", where)
+        datasets[name] = Dataset(name=name, description=d.get("description", ""), split=split,
+                                 protocols=protocols, images=_split_images(d.get("images"), split),
                                  captions_per_image=int(d.get("captions_per_image", 5)),
                                  layout=d.get("layout", "precomp"),
                                  validation_split=d.get("validation_split", "dev"),
                                  feature_dim=d.get("feature_dim", 2048))
     methods = {}
-    for name, m in (_req(raw, "methods", source) or {}).items():
-        where = f"{source}: methods.{name}"
+    section = _req(raw, "methods", source) or {}
+    for name, m in section.items():
+        where = f"{location(section, name, source)}: methods.{name}"
         variants = {vn: _variant(vn, v or {}, f"{where}.variants.{vn}")
                     for vn, v in (_req(m, "variants", where) or {}).items()}
         for v in variants.values():
@@ -379,7 +375,7 @@ def parse_registry(raw: Mapping[str, Any], source: str = "registry.yaml") -> Reg
             for ds in list(v.checkpoints) + list(v.recipes):
                 if ds != "default" and ds not in datasets:
                     raise unknown_name("dataset", ds, datasets, where=f"{where}.variants.{v.name}")
-        recipes = {k: dict(r) for k, r in (m.get("recipes") or {}).items()}
+        recipes = {k: dict(r or {}) for k, r in (m.get("recipes") or {}).items()}
         for ds in recipes:
             if ds != "default" and ds not in datasets:
                 raise unknown_name("dataset", ds, datasets, where=f"{where}.recipes")
@@ -392,7 +388,7 @@ def parse_registry(raw: Mapping[str, Any], source: str = "registry.yaml") -> Reg
                                baseline=_baseline(m.get("baseline", False), where))
     reported = []
     for i, r in enumerate(raw.get("reported") or []):
-        where = f"{source}: reported[{i}]"
+        where = f"{location(r, None, source)}: reported[{i}]"
         rep = _reported(r, where)
         if rep.method not in methods:
             raise unknown_name("method", rep.method, methods, where=where)
@@ -418,6 +414,13 @@ def parse_registry(raw: Mapping[str, Any], source: str = "registry.yaml") -> Reg
     return Registry(methods=methods, datasets=datasets, reported=tuple(reported))
 
 
+def _split_images(raw: Any, test_split: str) -> dict[str, int]:
+    """`images:` as {split: count}: a single count is the test split's."""
+    if raw is None:
+        return {}
+    return {test_split: int(raw)} if isinstance(raw, int) else {str(k): int(v) for k, v in raw.items()}
+
+
 def _read_document(path: Path) -> dict[str, Any]:
     """One registry YAML document; errors name the file and, for syntax errors, the line."""
     try:
@@ -427,7 +430,7 @@ def _read_document(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise RegistryError(f"{path}: cannot read the registry file ({exc})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text, str(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -439,29 +442,44 @@ def _read_document(path: Path) -> dict[str, Any]:
     if not isinstance(raw, Mapping):
         raise RegistryError(f"{path}: a registry file is a mapping with datasets / methods / reported sections, "
                             f"found a {type(raw).__name__}")
-    return dict(raw)
+    return raw.derive(raw) if isinstance(raw, LineDict) else dict(raw)
 
 
 def _flatten_reported(doc: Mapping[str, Any], source: str) -> dict[str, Any]:
     """Move each method's own `reported:` rows to the top-level list (they name their method implicitly)."""
-    out = {k: v for k, v in doc.items() if k != "methods"}
+    out = _like(doc, {k: v for k, v in doc.items() if k != "methods"})
     methods = doc.get("methods") or {}
     if not isinstance(methods, Mapping):
-        raise RegistryError(f"{source}: methods: expected a mapping of method name -> method")
-    out["methods"] = {}
-    rows = list(doc.get("reported") or [])
+        raise RegistryError(f"{location(doc, 'methods', source)}: methods: expected a mapping of method name -> "
+                            "method")
+    out["methods"] = _like(methods, {})
+    rows = doc.get("reported") or []
+    if not isinstance(rows, list):
+        raise RegistryError(f"{location(doc, 'reported', source)}: reported: expected a list of rows")
+    rows = list(rows)
     for name, body in methods.items():
         if isinstance(body, Mapping) and "reported" in body:
-            body = dict(body)
-            for row in body.pop("reported") or []:
+            own = body["reported"] or []
+            if not isinstance(own, list):
+                raise RegistryError(f"{location(body, 'reported', source)}: methods.{name}.reported: expected a "
+                                    "list of rows")
+            body = _like(body, {k: v for k, v in body.items() if k != "reported"})
+            for row in own:
                 if not isinstance(row, Mapping):
-                    raise RegistryError(f"{source}: methods.{name}.reported: each row is a mapping, found {row!r}")
+                    raise RegistryError(f"{location(methods, name, source)}: methods.{name}.reported: each row is "
+                                        f"a mapping, found {row!r}")
                 if row.get("method", name) != name:
-                    raise RegistryError(f"{source}: methods.{name}.reported names method '{row['method']}'")
-                rows.append({"method": name, **row})
+                    raise RegistryError(f"{location(row, 'method', source)}: methods.{name}.reported names method "
+                                        f"'{row['method']}'")
+                rows.append(_like(row, {"method": name, **row}))
         out["methods"][name] = body
     out["reported"] = rows
     return out
+
+
+def _like(original: Any, items: Mapping[str, Any]) -> dict[str, Any]:
+    """`items` as a mapping that keeps `original`'s file and key lines when it was read from a file."""
+    return original.derive(items) if isinstance(original, LineDict) else dict(items)
 
 
 def load_registry_file(path: str | Path) -> Registry:
@@ -474,30 +492,37 @@ def load_registry_file(path: str | Path) -> Registry:
 def merge_documents(docs: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
     """Merge (source, document) pairs in order: datasets and methods by name (a name defined twice is an error
     naming both files), reported rows appended."""
-    merged: dict[str, Any] = {"datasets": {}, "methods": {}, "reported": []}
+    merged: dict[str, Any] = {"datasets": LineDict(), "methods": LineDict(), "reported": []}
     origin: dict[tuple[str, str], str] = {}
     for source, doc in docs:
+        if doc is not None and not isinstance(doc, Mapping):
+            raise RegistryError(f"{source}: a registry file is a mapping with datasets / methods / reported "
+                                f"sections, found a {type(doc).__name__}")
         doc = _flatten_reported(doc or {}, source)
         for key, value in doc.items():
             if key == "reported":
-                if not isinstance(value, list):
-                    raise RegistryError(f"{source}: reported: expected a list of rows")
                 merged["reported"].extend(value)
-            elif key in ("datasets", "methods"):
+            elif key in SECTIONS_READ_ELSEWHERE or (key in TOP_SECTIONS and value is None):
+                continue
+            elif key in TOP_SECTIONS:  # sections of named entries (datasets, methods, ...) merge by name
                 if not isinstance(value, Mapping):
-                    raise RegistryError(f"{source}: {key}: expected a mapping of name -> definition")
+                    raise RegistryError(f"{location(doc, key, source)}: {key}: expected a mapping of name -> "
+                                        f"definition, found {value!r}")
                 for name, body in value.items():
                     if (key, name) in origin:
-                        raise RegistryError(f"{key}.{name} is defined in {origin[key, name]} and again in {source}; "
-                                            "rename one of them")
-                    origin[key, name] = source
-                    merged[key][name] = body
-            elif key == "checkpoints":  # amendments of checkpoint entries (sizes, hashes, mirrors): read by fetch
-                continue
+                        raise RegistryError(f"{key}.{name} is defined in {origin[key, name]} and again in "
+                                            f"{location(value, name, source)}; rename one of them")
+                    origin[key, name] = location(value, name, source)
+                    merged.setdefault(key, LineDict()).take(name, body, value)
             else:
-                raise RegistryError(f"{source}: unknown top-level registry section '{key}'; valid: datasets, "
-                                    "methods, reported, checkpoints")
+                near = nearest(str(key), TOP_SECTIONS)
+                hint = f"; did you mean '{near}'?" if near else ""
+                raise RegistryError(f"{location(doc, key, source)}: unknown top-level registry section {str(key)!r}"
+                                    f"{hint} (valid: {', '.join(TOP_SECTIONS)})")
     return merged
+
+
+SECTIONS_READ_ELSEWHERE = ("checkpoints",)  # amendments of checkpoint entries (sizes, hashes, mirrors): by fetch
 
 
 # Installed packages add methods (datasets, reported rows) through this entry-point group, as pytest plugins

@@ -19,9 +19,9 @@ def test_concurrent_imports_of_one_name_store_exactly_one(tmp_path):
         np.save(tmp_path / f"m{k}.npy", rng.standard_normal((20, 100)).astype(np.float32))
 
     def run(k: int) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(ROOT / "run_all.py"), "import", "--sims", str(tmp_path / f"m{k}.npy"),
-                               "--method", "mine", "--dataset", "f30k", "--results", str(tmp_path / "results")],
-                              capture_output=True, text=True, timeout=300)
+        cmd = [sys.executable, str(ROOT / "run_all.py"), "import", "--sims", str(tmp_path / f"m{k}.npy"),
+               "--method", "mine", "--dataset", "f30k", "--results", str(tmp_path / "results")]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
     with ThreadPoolExecutor(4) as pool:
         procs = list(pool.map(run, range(4)))

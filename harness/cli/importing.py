@@ -99,7 +99,7 @@ def import_matrix(registry: Registry, *, sims: Path, method: str, dataset: str, 
         cls = registry.method(name).adapter_class()
         scoring, layout = cls.scoring, ("cusa_json" if cls.image_input == "pixels" else ds.layout)
     spec = SplitSpec(data_root or Path("."), split, ds.name, test_split=split == ds.split, protocols=ds.protocols,
-                     layout=layout)
+                     layout=layout, table=registry.protocols)
     result = evaluate_matrix(matrix.astype(np.float32), owner, spec, EvalSettings(), MatrixOutput.job(folder),
                              method=name, scoring=scoring, members=1)
     store.finish(job, {"stage": "evaluate", "protocols": result.metrics, "efficiency": {},

@@ -9,9 +9,8 @@ from pathlib import Path
 
 from harness.core.results import JobResult
 from harness.data.demo import SPLITS, chance_rsum
-from harness.eval.protocols import HEADLINE_PREFERENCE
+from harness.eval.protocols import HEADLINE_PREFERENCE, Protocol
 from harness.report.columns import (
-    RECALL_PROTOCOLS,
     column_name,
     metric_columns,
     protocol_title,
@@ -38,17 +37,19 @@ from harness.spec.registry import Registry
 
 @dataclass
 class Significance:
-    """Paired bootstrap of every row against the best row of one recall protocol."""
+    """Paired bootstrap of every row against the best row of one protocol, on the headline its declared
+    paired test averages (`Protocol.paired.field`, rsum for the recall protocols)."""
 
     rows: list[RunGroup]
     protocol: str
     best: RunGroup | None
     p: dict[int, float | None]  # row index -> p-value (None: no stored matrix / different shapes)
     note: str = ""
+    field: str = "rsum"
 
     def text(self, i: int) -> str:
-        if not _finite_rsum(self.rows[i], self.protocol):
-            return NOT_RANKED
+        if not _finite(self.rows[i], self.protocol, self.field):
+            return NOT_RANKED.replace("rsum", self.field)
         if self.best is None:
             return MISSING
         if self.rows[i] is self.best:
@@ -59,32 +60,40 @@ class Significance:
 NOT_RANKED = "not ranked: rsum is not finite"
 
 
-def _finite_rsum(g: RunGroup, protocol: str) -> bool:
-    s = g.stat(protocol, "rsum")
+def _finite(g: RunGroup, protocol: str, key: str = "rsum") -> bool:
+    s = g.stat(protocol, key)
     return not isinstance(s, Stat) or math.isfinite(s.mean)
 
 
-def significance(groups: Sequence[RunGroup], protocol: str) -> Significance:
-    """Rows in registry order, those whose rsum is NaN / inf last (never the best, marked not ranked)."""
-    rows = sorted((g for g in groups if g.has_protocol(protocol)), key=lambda g: not _finite_rsum(g, protocol))
-    best = _best(rows, protocol)
+def significance(groups: Sequence[RunGroup], proto: Protocol) -> Significance:
+    """Rows in registry order, those whose headline is NaN / inf last (never the best, marked not ranked).
+    `proto` declares the paired test (`proto.paired`, not None)."""
+    test, protocol = proto.paired, proto.name
+    assert test is not None
+    key = test.field
+    rows = sorted((g for g in groups if g.has_protocol(protocol)), key=lambda g: not _finite(g, protocol, key))
+    best = _best(rows, protocol, key, proto.higher_is_better(key))
     if best is None or len(rows) < 2:
-        return Significance(rows, protocol, best, {})
-    ref = group_values(best.runs, protocol)
-    if ref is None:
-        return Significance(rows, protocol, best, {}, "the best row has no stored similarity matrix")
-    p: dict[int, float | None] = {}
-    for i, g in enumerate(rows):
-        if g is best or not _finite_rsum(g, protocol):
-            continue
-        mine = group_values(g.runs, protocol)
-        p[i] = None if mine is None or mine[0].shape != ref[0].shape else paired_p(mine[0], ref[0], ref[1])
-    return Significance(rows, protocol, best, p)
+        return Significance(rows, protocol, best, {}, field=key)
+    try:
+        ref = group_values(best.runs, test)
+        if ref is None:
+            return Significance(rows, protocol, best, {}, "the best row has no stored similarity matrix", field=key)
+        p: dict[int, float | None] = {}
+        for i, g in enumerate(rows):
+            if g is best or not _finite(g, protocol, key):
+                continue
+            mine = group_values(g.runs, test)
+            p[i] = None if mine is None or mine[0].shape != ref[0].shape else paired_p(mine[0], ref[0], ref[1])
+    except (ValueError, OSError) as exc:  # a stored matrix the declared per-query values cannot read
+        return Significance(rows, protocol, best, {}, f"the per-query values could not be computed ({exc})",
+                            field=key)
+    return Significance(rows, protocol, best, p, field=key)
 
 
-def _best(groups: Sequence[RunGroup], protocol: str) -> RunGroup | None:
-    scored = [(s.mean, i) for i, g in enumerate(groups)
-              if isinstance(s := g.stat(protocol, "rsum"), Stat) and math.isfinite(s.mean)]
+def _best(groups: Sequence[RunGroup], protocol: str, key: str = "rsum", higher: bool = True) -> RunGroup | None:
+    scored = [(s.mean if higher else -s.mean, i) for i, g in enumerate(groups)
+              if isinstance(s := g.stat(protocol, key), Stat) and math.isfinite(s.mean)]
     return groups[max(scored, key=lambda t: (t[0], -t[1]))[1]] if scored else None
 
 
@@ -104,28 +113,38 @@ def _ties(g: RunGroup, protocol: str) -> str:
     return text + (f" (+{max(gains):.1f})" if gains and max(gains) > 0 else "")
 
 
-def _recall_section(registry: Registry, groups: Sequence[RunGroup], protocol: str, sig: Significance) -> list[str]:
+def _paired_section(registry: Registry, proto: Protocol, sig: Significance) -> list[str]:
+    """A protocol with a declared paired test: its declared columns, the interval of the tested headline, the
+    p-value of each row against the best, the tie-affected queries (where the results count them)."""
+    protocol, key = proto.name, sig.field
+    assert proto.paired is not None
     rows_groups = sig.rows
-    cols = metric_columns(rows_groups, protocol)
+    cols = metric_columns(rows_groups, protocol, table=registry.protocols)
+    if key not in cols:
+        cols.append(key)
     best = sig.best
     reps = [matching_reported(registry, g, protocol) for g in rows_groups]
     stats = [{c: g.stat(protocol, c) for c in cols} for g in rows_groups]
     decimals = {c: decimals_for([s.mean for st in stats if isinstance(s := st[c], Stat)]) for c in cols}
+    ties = [_ties(g, protocol) for g in rows_groups]
+    show_ties = any(t != MISSING for t in ties)
+    name = column_name(key)
     rows = []
     for i, (g, rep, st) in enumerate(zip(rows_groups, reps, stats)):
         cells = [compare_reported(st[c], rep, c, decimals[c])[0] for c in cols]
-        rsum = st["rsum"]
-        ci = interval_text(rsum.interval, 1) + (" ±2σ" if rsum.n > 1 else "") if isinstance(rsum, Stat) \
-            and rsum.interval else MISSING
+        head = st[key]
+        ci = interval_text(head.interval, 1) + (" ±2σ" if head.n > 1 else "") if isinstance(head, Stat) \
+            and head.interval else MISSING
         where = escape(f"{rep.table or rep.source}") if rep else MISSING
-        rows.append([escape(g.model), escape(g.source), *cells, ci, sig.text(i), _ties(g, protocol), where])
-    header = ["model", "reproduced by", *[column_name(c) for c in cols], "rsum interval", "p vs best (rsum)",
-              "tie-affected queries (rsum gain)", "reported in"]
-    out = table(header, rows, ["l", "l"] + ["r"] * (len(cols) + 3) + ["l"]) + [""]
+        rows.append([escape(g.model), escape(g.source), *cells, ci, sig.text(i), *([ties[i]] if show_ties else []),
+                     where])
+    header = ["model", "reproduced by", *[column_name(c) for c in cols], f"{name} interval", f"p vs best ({name})",
+              *(["tie-affected queries (rsum gain)"] if show_ties else []), "reported in"]
+    out = table(header, rows, ["l", "l"] + ["r"] * (len(cols) + 2 + show_ties) + ["l"]) + [""]
     if best is not None and len(rows_groups) > 1:
-        out += [f"*p vs best*: two-sided paired bootstrap ({RESAMPLES} resamples of the images, each with its "
-                f"caption queries{', within each fold' if protocol == 'coco1k' else ''}) of the per-query rsum "
-                f"contributions against the best row, **{escape(best.label)}**, computed from the stored "
+        out += [f"*p vs best*: two-sided paired bootstrap ({RESAMPLES} resamples of the {proto.paired.unit}) of "
+                f"the per-query {escape(name)} contributions against the best row, **{escape(best.label)}**, "
+                "computed from the stored "
                 "similarity matrices (runs of a retrained row are averaged per query; the test covers query "
                 "sampling, not seed variance)." + (f" No p-values: {sig.note}." if sig.note else ""), ""]
     return out
@@ -140,7 +159,7 @@ def _generic_section(registry: Registry, groups: Sequence[RunGroup], protocol: s
         rep = reps[id(g)]
         aliases[id(g)] = {stored_key(protocol, k): k for k in rep.values} if rep is not None else {}
     reported_keys = [c for g in rows_groups for c in aliases[id(g)]]
-    cols = metric_columns(rows_groups, protocol, reported_keys)
+    cols = metric_columns(rows_groups, protocol, reported_keys, table=registry.protocols)
     out: list[str] = []
     if not cols:
         rows = [[escape(g.model), escape(g.source), stat_text(g.stat(protocol, "__any__"))] for g in rows_groups]
@@ -172,23 +191,27 @@ def _undefined_lines(groups: Sequence[RunGroup], protocol: str) -> list[str]:
 
 def _at_a_glance(sigs: Mapping[str, Significance], alpha: float = 0.05) -> list[str]:
     rows = []
+    only_rsum = all(s.field == "rsum" for s in sigs.values())
     for protocol, sig in sigs.items():
         if sig.best is None:
             continue
-        best = sig.best.stat(protocol, "rsum")
+        best = sig.best.stat(protocol, sig.field)
         tied = [g.label for i, g in enumerate(sig.rows) if (p := sig.p.get(i)) is not None and p >= alpha]
         worse = [g.label for i, g in enumerate(sig.rows) if (p := sig.p.get(i)) is not None and p < alpha]
-        untested = [g.label + ("" if _finite_rsum(g, protocol) else " (rsum not finite)")
+        untested = [g.label + ("" if _finite(g, protocol, sig.field) else f" ({sig.field} not finite)")
                     for i, g in enumerate(sig.rows) if g is not sig.best and sig.p.get(i) is None]
-        rows.append([f"`{protocol}`", f"{escape(sig.best.label)}: {stat_text(best, 1)}",
+        rows.append([f"`{protocol}`", f"{escape(sig.best.label)}: {stat_text(best, 1)}"
+                     + ("" if only_rsum else f" ({escape(column_name(sig.field))})"),
                      "; ".join(map(escape, tied)) or MISSING, "; ".join(map(escape, worse)) or MISSING,
                      "; ".join(map(escape, untested)) or MISSING])
     if not rows:
         return []
     return ["## At a glance", "",
-            f"The best row by rsum per recall protocol, and the rows whose rsum differs from it significantly "
-            f"(paired bootstrap p < {alpha}) or not. Details in each protocol's section.", ""] + table(
-        ["protocol", "best (rsum)", f"not significantly different (p ≥ {alpha})", f"significantly lower (p < {alpha})",
+            f"The best row of each protocol with a paired test, by the headline the test averages (rsum for the "
+            f"recall protocols), and the rows whose headline differs from it significantly (paired bootstrap "
+            f"p < {alpha}) or not. Details in each protocol's section.", ""] + table(
+        ["protocol", "best (rsum)" if only_rsum else "best (headline)",
+         f"not significantly different (p ≥ {alpha})", f"significantly lower (p < {alpha})",
          "not tested (no stored matrix)"], rows, ["l"] * 5) + [""]
 
 
@@ -321,15 +344,16 @@ def dataset_report(registry: Registry, dataset: str, groups: Sequence[RunGroup],
     listed = list(ds.protocols) if ds is not None else []
     seen = [p for g in groups for r in g.runs for p in (r.metrics.get("protocols") or {})]
     protocols = list(dict.fromkeys(listed + seen))
-    sigs = {p: significance(groups, p) for p in protocols if p in RECALL_PROTOCOLS}
+    table_of = registry.protocols
+    sigs = {p: significance(groups, table_of[p]) for p in protocols if p in table_of and table_of[p].paired}
     out += _at_a_glance(sigs)
     for protocol in protocols:
-        out += [f"## {protocol_title(protocol)} (`{protocol}`)", ""]
+        out += [f"## {protocol_title(protocol, table_of)} (`{protocol}`)", ""]
         if not any(g.has_protocol(protocol) for g in groups):
             out += [f"No result has computed `{protocol}` yet.", ""]
             continue
         if protocol in sigs:
-            out += _recall_section(registry, groups, protocol, sigs[protocol])
+            out += _paired_section(registry, table_of[protocol], sigs[protocol])
         else:
             out += _generic_section(registry, groups, protocol)
         missing = [g for g in groups if not g.has_protocol(protocol)]

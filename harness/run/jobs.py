@@ -379,7 +379,8 @@ class _Runner:
         cfg = job.config
         ds = ctx.registry.dataset(job.dataset)
         spec = SplitSpec(ctx.data_root, str(cfg.split), job.dataset, test_split=cfg.split == ds.split,
-                         protocols=ds.protocols, layout=data_layout(ctx.registry, job.method, job.dataset))
+                         protocols=ds.protocols, layout=data_layout(ctx.registry, job.method, job.dataset),
+                         table=ctx.registry.protocols)
         s = ctx.settings
         settings = EvalSettings(batch_size=s.encode_batch, precision=cfg.precision or "fp32",
                                 image_tile=s.image_tile, caption_tile=s.caption_tile,

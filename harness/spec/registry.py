@@ -18,7 +18,8 @@ import yaml
 
 from harness.core.errors import ItrbenchError
 from harness.core.paths import HARNESS_DIR
-from harness.eval.protocols import PROTOCOLS
+from harness.eval.protocols import PROTOCOLS, Protocol
+from harness.spec import protocol_plugins
 
 if TYPE_CHECKING:
     from harness.api.adapter import Adapter
@@ -190,6 +191,7 @@ class Registry:
     methods: Mapping[str, Method]
     datasets: Mapping[str, Dataset]
     reported: tuple[Reported, ...]
+    protocols: Mapping[str, Protocol] = field(default_factory=lambda: dict(PROTOCOLS))  # built-ins + plugged in
 
     def method(self, name: str) -> Method:
         if name not in self.methods:
@@ -362,19 +364,24 @@ def _baseline(raw: Any, where: str) -> bool:
 
 def parse_registry(raw: Mapping[str, Any], source: str = "registry.yaml") -> Registry:
     """Build and cross-validate a Registry from the parsed YAML document."""
+    table, extensions = _plugged_protocols(raw, source)
     datasets = {}
     for name, d in (_req(raw, "datasets", source) or {}).items():
         where = f"{source}: datasets.{name}"
+        if protocol_plugins.is_extension(d):
+            extensions.append((where, name, d))
+            continue
         protocols = tuple(_req(d, "protocols", where))
         for p in protocols:
-            if p not in PROTOCOLS:
-                raise unknown_name("protocol", p, PROTOCOLS, where=where)
+            if p not in table:
+                raise unknown_name("protocol", p, table, where=where)
         datasets[name] = Dataset(name=name, description=d.get("description", ""), split=_req(d, "split", where),
                                  protocols=protocols, images=d.get("images"),
                                  captions_per_image=int(d.get("captions_per_image", 5)),
                                  layout=d.get("layout", "precomp"),
                                  validation_split=d.get("validation_split", "dev"),
                                  feature_dim=d.get("feature_dim", 2048))
+    datasets = _extend_datasets(datasets, extensions, table)
     methods = {}
     for name, m in (_req(raw, "methods", source) or {}).items():
         where = f"{source}: methods.{name}"
@@ -408,8 +415,8 @@ def parse_registry(raw: Mapping[str, Any], source: str = "registry.yaml") -> Reg
             raise unknown_name("variant", rep.variant, methods[rep.method].variants, where=where)
         if rep.dataset not in datasets:
             raise unknown_name("dataset", rep.dataset, datasets, where=where)
-        if rep.protocol not in PROTOCOLS:
-            raise unknown_name("protocol", rep.protocol, PROTOCOLS, where=where)
+        if rep.protocol not in table:
+            raise unknown_name("protocol", rep.protocol, table, where=where)
         declared = datasets[rep.dataset].protocols
         if rep.protocol not in declared:
             owners = [n for n, d in datasets.items() if rep.protocol in d.protocols]
@@ -423,7 +430,39 @@ def parse_registry(raw: Mapping[str, Any], source: str = "registry.yaml") -> Reg
             if allowed and val not in allowed:
                 raise unknown_name(f"{key}", str(val), [str(a) for a in allowed], where=where)
         reported.append(rep)
-    return Registry(methods=methods, datasets=datasets, reported=tuple(reported))
+    return Registry(methods=methods, datasets=datasets, reported=tuple(reported), protocols=table)
+
+
+EXTENSIONS = "_dataset_extensions"  # merged documents: (where, dataset, {add_protocols: [...]}) of every file
+
+
+def _plugged_protocols(raw: Mapping[str, Any], source: str) -> tuple[dict[str, Protocol], list[tuple]]:
+    """The protocol table (built-ins, entry points, `protocols:` sections) and the dataset extensions merged so far."""
+    try:
+        return protocol_plugins.protocol_table(raw.get("protocols"), source), list(raw.get(EXTENSIONS) or [])
+    except protocol_plugins.ProtocolPluginError as exc:
+        raise RegistryError(str(exc)) from None
+
+
+def _extend_datasets(datasets: dict[str, Dataset], extensions: Sequence[tuple], table: Mapping[str, Protocol],
+                     ) -> dict[str, Dataset]:
+    """Datasets with the protocols `datasets.<name>: {add_protocols: [...]}` entries add (in file order)."""
+    import dataclasses
+
+    for where, name, body in extensions:
+        try:
+            names = protocol_plugins.extension_names(body, where)
+        except protocol_plugins.ProtocolPluginError as exc:
+            raise RegistryError(str(exc)) from None
+        if name not in datasets:
+            raise unknown_name("dataset", name, datasets, where=f"{where} (add_protocols extends a dataset defined "
+                               "in another registry file)")
+        for p in names:
+            if p not in table:
+                raise unknown_name("protocol", p, table, where=f"{where}.add_protocols")
+        ds = datasets[name]
+        datasets[name] = dataclasses.replace(ds, protocols=tuple(dict.fromkeys((*ds.protocols, *names))))
+    return datasets
 
 
 def _read_document(path: Path) -> dict[str, Any]:
@@ -482,7 +521,7 @@ def load_registry_file(path: str | Path) -> Registry:
 def merge_documents(docs: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
     """Merge (source, document) pairs in order: datasets and methods by name (a name defined twice is an error
     naming both files), reported rows appended."""
-    merged: dict[str, Any] = {"datasets": {}, "methods": {}, "reported": []}
+    merged: dict[str, Any] = {"datasets": {}, "methods": {}, "reported": [], "protocols": {}, EXTENSIONS: []}
     origin: dict[tuple[str, str], str] = {}
     for source, doc in docs:
         doc = _flatten_reported(doc or {}, source)
@@ -495,16 +534,24 @@ def merge_documents(docs: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, 
                 if not isinstance(value, Mapping):
                     raise RegistryError(f"{source}: {key}: expected a mapping of name -> definition")
                 for name, body in value.items():
+                    if key == "datasets" and protocol_plugins.is_extension(body):
+                        merged[EXTENSIONS].append((f"{source}: datasets.{name}", name, body))
+                        continue
                     if (key, name) in origin:
                         raise RegistryError(f"{key}.{name} is defined in {origin[key, name]} and again in {source}; "
                                             "rename one of them")
                     origin[key, name] = source
                     merged[key][name] = body
+            elif key == "protocols":  # protocols of one's own (harness/spec/protocol_plugins.py)
+                try:
+                    protocol_plugins.merge_section(merged["protocols"], value, source)
+                except protocol_plugins.ProtocolPluginError as exc:
+                    raise RegistryError(str(exc)) from None
             elif key == "checkpoints":  # amendments of checkpoint entries (sizes, hashes, mirrors): read by fetch
                 continue
             else:
                 raise RegistryError(f"{source}: unknown top-level registry section '{key}'; valid: datasets, "
-                                    "methods, reported, checkpoints")
+                                    "methods, reported, protocols, checkpoints")
     return merged
 
 
@@ -582,7 +629,7 @@ def builtin_documents(plugins: list[tuple[str, Path | dict[str, Any]]] | None = 
 
 
 @lru_cache(maxsize=8)
-def _load_cached(paths: tuple[Path, ...], stamps: tuple[float, ...]) -> Registry:
+def _load_cached(paths: tuple[Path, ...], stamps: tuple[float, ...], plugged: tuple = ()) -> Registry:
     docs = [(str(p), _read_document(p)) for p in paths]
     source = " + ".join(str(p) for p in paths)
     return _parse_checked(lambda: parse_registry(merge_documents(docs), source=source), source)
@@ -607,7 +654,7 @@ def _load(paths: tuple[Path, ...]) -> Registry:
             stamps.append(p.stat().st_mtime_ns)
         except OSError:
             stamps.append(-1)  # _read_document names the missing file
-    return _load_cached(paths, tuple(stamps))
+    return _load_cached(paths, tuple(stamps), protocol_plugins.entry_point_key())
 
 
 def load_members(method: Method, variant: str, checkpoints: Sequence[str | Path], dataset: str | None) -> list[Adapter]:

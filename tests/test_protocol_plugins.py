@@ -155,3 +155,42 @@ def test_a_broken_entry_point_names_itself_and_its_distribution(site):
     with pytest.raises(RegistryError, match="entry point 'top = itrbench_protoplug:NOT_A_PROTOCOL' of "
                                             "itrbench-protoplug: the object is a dict"):
         load_registry()
+
+
+def test_run_and_report_carry_a_plugged_protocol_under_its_name(tmp_path, one_thread):
+    import json
+    import shutil
+
+    from harness.cli.app import main as cli_main
+
+    shutil.copy(ROOT / "examples" / "recall50" / "recall50.py", tmp_path)
+    reg = tmp_path / "mine.yaml"
+    reg.write_text('protocols:\n  recall50: {object: "recall50:RECALL50"}\n'
+                   'datasets:\n  demo: {add_protocols: [recall50]}\n')
+    results = tmp_path / "results"
+    assert cli_main(["run", "--methods", "clip_zeroshot", "--dataset", "demo", "--results", str(results),
+                     "--reports", str(tmp_path / "reports"), "--data-root", str(tmp_path / "data"),
+                     "--registry", str(reg)]) == 0
+    job = results / "demo" / "clip_zeroshot-tiny-zeroshot" / "eval"
+    stored = json.loads((job / "metrics.json").read_text())["protocols"]["recall50"]
+    sims = np.load(job / "sims.npy")
+    owner = np.load(job / "image_of_caption.npy")
+    hits = [np.count_nonzero(np.delete(sims[i], np.flatnonzero(owner == i)) >= sims[i, owner == i].max()) < 50
+            for i in range(sims.shape[0])]
+    assert stored["i2t"]["r50"] == pytest.approx(100 * np.mean(hits))
+    report = (tmp_path / "reports" / "demo.md").read_text()
+    assert "(`recall50`)" in report and "| i2t R@50 | t2i R@50 | rsum50 |" in report
+
+
+def test_metrics_names_unknown_and_embedding_protocols_in_one_line(tmp_path, capsys):
+    from harness.cli.app import main as cli_main
+
+    np.save(tmp_path / "s.npy", np.eye(60).repeat(5, axis=1).astype(np.float32))
+    assert cli_main(["metrics", "--sims", str(tmp_path / "s.npy"), "--protocol", "recal"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown protocol 'recal'" in err and "Did you mean 'recall'?" in err and "--registry" in err
+    assert cli_main(["metrics", "--sims", str(tmp_path / "s.npy"), "--protocol", "sts"]) == 2
+    assert "computed from a model's embeddings" in capsys.readouterr().err
+    reg = write(tmp_path, PLUG)
+    assert cli_main(["metrics", "--sims", str(tmp_path / "s.npy"), "--protocol", "top", "--registry", str(reg)]) == 0
+    assert "1.00" in capsys.readouterr().out

@@ -302,6 +302,9 @@ class _progress:
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     table = _registry(args).protocols
+    if args.protocol in table and not table[args.protocol].uses_matrix:
+        raise ValueError(f"--protocol {args.protocol}: computed from a model's embeddings, not from a matrix; run "
+                         "`evaluate` with the model instead")
     proto = protocol(args.protocol, {n: p for n, p in table.items() if p.uses_matrix})
     json_out = _output_file(args.json, "--json", [args.sims, args.image_of_caption])
     sims = load_matrix(args.sims, mapped=True)

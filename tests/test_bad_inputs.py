@@ -154,7 +154,8 @@ CASES = [
     ("metrics-bootstrap-negative", ["metrics", "--protocol", "recall", "--sims", "{w}/good.npy", "--bootstrap", "-1"],
      "--bootstrap -1"),
     ("metrics-npz-ambiguous", [*METRICS, "--sims", "{w}/two.npz"], "several arrays (a, b)"),
-    ("metrics-unknown-protocol", ["metrics", "--protocol", "coco2k", "--sims", "{w}/good.npy"], "invalid choice"),
+    ("metrics-unknown-protocol", ["metrics", "--protocol", "coco2k", "--sims", "{w}/good.npy"],
+     "unknown protocol 'coco2k'"),
     # import
     ("import-shape", ["import", "--sims", "{w}/good.npy", "--method", "x", "--dataset", "demo",
                       "--captions-per-image", "3", "--results", "{w}/results"], "is not 3 captions per image"),

@@ -133,7 +133,6 @@ class Protocol:
     cli_columns: tuple[str, ...] | None = None  # `metrics` / `evaluate` table columns (None: `columns`)
     paired: PairedTest | None = None  # per-query values of its paired significance test (None: no test)
     uses_matrix: bool = True
-    folds: int | None = None  # recall averaged over equal image folds (COCO 1K): significance resamples within them
     coco_ids: bool = False  # needs the COCO ids of the matrix's rows and columns (from ids files or CUSA's json)
     data_folder: str | None = None  # the evaluation setting naming its extra data folder: giving it asks for it
     statistic: str | None = None  # where the numbers papers report are stored ("sts.stsb" -> "spearman.stsb")
@@ -326,7 +325,7 @@ def _recall_protocol(name: str, title: str, needs: str, applies: Callable[[EvalI
     paired = RSUM_TEST if folds is None else PairedTest(
         "rsum", rsum_per_image_in_folds(folds), "images, each with its caption queries, within each fold")
     return Protocol(name, title, needs, applies, compute, RECALL_HEADLINE, fields=RECALL_FIELDS,
-                    columns=RECALL_HEADLINE, cli_columns=RECALL_CLI, paired=paired, folds=folds)
+                    columns=RECALL_HEADLINE, cli_columns=RECALL_CLI, paired=paired)
 
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (

@@ -207,9 +207,11 @@ def _at_a_glance(sigs: Mapping[str, Significance], alpha: float = 0.05) -> list[
     if not rows:
         return []
     return ["## At a glance", "",
-            f"The best row of each protocol with a paired test, by the headline the test averages (rsum for the "
-            f"recall protocols), and the rows whose headline differs from it significantly (paired bootstrap "
-            f"p < {alpha}) or not. Details in each protocol's section.", ""] + table(
+            (f"The best row by rsum per recall protocol, and the rows whose rsum differs from it significantly "
+             f"(paired bootstrap p < {alpha}) or not. Details in each protocol's section." if only_rsum else
+             f"The best row of each protocol with a paired test, by the headline the test averages (rsum for the "
+             f"recall protocols), and the rows whose headline differs from it significantly (paired bootstrap "
+             f"p < {alpha}) or not. Details in each protocol's section."), ""] + table(
         ["protocol", "best (rsum)" if only_rsum else "best (headline)",
          f"not significantly different (p ≥ {alpha})", f"significantly lower (p < {alpha})",
          "not tested (no stored matrix)"], rows, ["l"] * 5) + [""]

@@ -215,7 +215,8 @@ CASES = [
      "owner_last.npy: image 3 has no caption (the last entry is 2"),
     ("metrics-owner-header-tib", [*METRICS, "--sims", "{w}/good.npy", "--image-of-caption", "{w}/owner_tib.npy"],
      "owner_tib.npy: its header declares shape (1099511627776,)"),
-    ("metrics-unknown-protocol", ["metrics", "--protocol", "coco2k", "--sims", "{w}/good.npy"], "invalid choice"),
+    ("metrics-unknown-protocol", ["metrics", "--protocol", "coco2k", "--sims", "{w}/good.npy"],
+     "unknown protocol 'coco2k'"),
     # import
     ("import-shape", ["import", "--sims", "{w}/good.npy", "--method", "x", "--dataset", "demo",
                       "--captions-per-image", "3", "--results", "{w}/results"],

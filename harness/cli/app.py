@@ -21,7 +21,7 @@ from harness.core.results import fresh_path, write_json
 from harness.data.layouts import LAYOUTS
 from harness.data.matrices import load_matrix, load_owner, owner_path
 from harness.eval.metrics.recall import check_shape
-from harness.eval.protocols import PROTOCOLS, asked_by_folders, compute_protocol, is_defined
+from harness.eval.protocols import PROTOCOLS, asked_by_folders, compute_protocol, is_defined, protocol
 from harness.run.display import error, say, show_protocols
 from harness.spec.campaign import (
     Campaign,
@@ -119,7 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     me = sub.add_parser("metrics", help="metrics of a saved similarity matrix (numpy only; no model)")
     me.add_argument("--sims", required=True, help=".npy, .npz, .h5 or torch tensor file")
-    me.add_argument("--protocol", required=True, choices=tuple(n for n, p in PROTOCOLS.items() if p.uses_matrix))
+    me.add_argument("--protocol", required=True, metavar="NAME",
+                    help="a protocol computed from the matrix: " + ", ".join(n for n, p in PROTOCOLS.items()
+                                                                             if p.uses_matrix)
+                    + ", or one a --registry file plugs in")
     me.add_argument("--image-of-caption", default=None,
                     help="caption -> image index .npy (default: <sims>.image_of_caption.npy beside the matrix if "
                          "present, else 5 captions per image in order)")
@@ -129,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="replace an existing --json file (never an input, the data or a job's file)")
     me.add_argument("--data-root", default=None, help="folder with testall_ids.txt / testall_capids.txt (eccv, cxc)")
     me.add_argument("--bootstrap", type=int, default=1000, help="resamples behind the 95%% intervals (0: none)")
+    _registry_option(me)
 
     im = sub.add_parser("import", help="store a matrix from elsewhere as a result, with every applicable protocol")
     im.add_argument("--sims", required=True, help=".npy, .npz, .h5 or torch tensor file (images x captions)")
@@ -250,18 +254,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     members = [m.to(device) for m in load_members(method, args.variant, args.checkpoint, args.dataset)]
     protocols = () if args.recall_only or ds is None else ds.protocols
     if not args.recall_only:  # asked for by name: run them whatever the dataset declares
-        protocols = (*protocols, *asked_by_folders(settings))
+        protocols = (*protocols, *asked_by_folders(settings, registry.protocols))
     from harness.run.plan import data_layout  # torch-backed modules: imported by the commands that run models
 
     layout = data_layout(registry, method.name, ds.name) if ds else "precomp"
     spec = SplitSpec(data_root, split, ds.name if ds else None, test_split=ds is not None and split == ds.split,
-                     protocols=protocols, layout=layout)
+                     protocols=protocols, layout=layout, table=registry.protocols)
     output = MatrixOutput.beside(sims_out, args.cache_dir)
     with _progress() as hooks:
         result = evaluate_models(members, spec, settings, output, hooks)
     say(f"wrote {output.matrix} ({result.sims.shape[0]} x {result.sims.shape[1]}, {result.sims.dtype}) and "
         f"{output.owner}")
-    show_protocols(result.metrics, f"{args.method}/{args.variant} on {args.dataset or ''} {split}")
+    show_protocols(result.metrics, f"{args.method}/{args.variant} on {args.dataset or ''} {split}",
+                   registry.protocols)
     if json_out is not None:
         write_json(json_out, {"metrics": result.metrics, "efficiency": result.efficiency,
                               "shape": list(result.sims.shape), "matrix": str(output.matrix)})
@@ -304,6 +309,11 @@ class _progress:
 # ---- metrics / import ----------------------------------------------------------------------------------------
 
 def cmd_metrics(args: argparse.Namespace) -> int:
+    table = _registry(args).protocols
+    if args.protocol in table and not table[args.protocol].uses_matrix:
+        raise ValueError(f"--protocol {args.protocol}: computed from a model's embeddings, not from a matrix; run "
+                         "`evaluate` with the model instead")
+    proto = protocol(args.protocol, {n: p for n, p in table.items() if p.uses_matrix})
     mapping = Path(args.image_of_caption) if args.image_of_caption else owner_path(Path(args.sims))
     json_out = guard_output(args.json, "--json", reads=[args.sims, mapping, *(getattr(args, "registry", None) or [])],
                             data_folders=[args.data_root], overwrite=args.overwrite)
@@ -317,8 +327,9 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         raise ValueError(f"--data-root {ids}: no such folder")
     if args.bootstrap < 0:
         raise ValueError(f"--bootstrap {args.bootstrap}: expected 0 or a positive number of resamples")
-    out = compute_protocol(args.protocol, sims, owner, bootstrap=args.bootstrap, ids_dir=ids, matrix_name=args.sims)
-    show_protocols({args.protocol: out}, str(args.sims))
+    out = compute_protocol(proto.name, sims, owner, bootstrap=args.bootstrap, ids_dir=ids, matrix_name=args.sims,
+                           table=table)
+    show_protocols({proto.name: out}, str(args.sims), table)
     if json_out is not None:
         write_json(json_out, out)
         say(f"wrote {json_out}")
@@ -337,7 +348,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                            reported=Path(args.reported) if args.reported else None, label=args.label,
                            force=args.force)
     say(f"stored {result.folder}")
-    show_protocols(result.metrics, f"{args.method} (imported) on {args.dataset}")
+    show_protocols(result.metrics, f"{args.method} (imported) on {args.dataset}", registry.protocols)
     return _exit_status(result.metrics)
 
 

@@ -96,7 +96,7 @@ def import_matrix(registry: Registry, *, sims: Path, method: str, dataset: str, 
                              "imported_at": time.strftime("%Y-%m-%d %H:%M:%S"),
                              "reported": str(reported.resolve()) if reported else None}}
     spec = SplitSpec(data_root or Path("."), split, ds.name, test_split=split == ds.split, protocols=ds.protocols,
-                     layout=layout)
+                     layout=layout, table=registry.protocols)
     try:
         lock = job_lock(store.job_dir(job), True)
         lock.__enter__()

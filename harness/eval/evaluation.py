@@ -12,7 +12,7 @@ Nothing after step 3 can lose the scored matrix.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from harness.eval.metrics.coco_captions import coco_ids_of_columns
 from harness.eval.metrics.ids import CocoTestIds
 from harness.eval.metrics.image_retrieval import image_retrieval_protocol
 from harness.eval.precision import check_precision
-from harness.eval.protocols import BOOTSTRAP, PROTOCOLS, EvalInputs, run_protocols, wanted
+from harness.eval.protocols import BOOTSTRAP, PROTOCOLS, EvalInputs, Protocol, run_protocols, wanted
 from harness.eval.scoring import (
     DEFAULT_TILES,
     CacheError,
@@ -63,6 +63,7 @@ class SplitSpec:
     test_split: bool = False  # the dataset's declared test split (paper protocols apply only there)
     protocols: tuple[str, ...] = ()
     layout: str = "precomp"  # how the split is stored: a row of harness.data.layouts.LAYOUTS
+    table: Mapping[str, Protocol] | None = None  # the registry's protocol table (None: the built-ins)
 
 
 @dataclass(frozen=True)
@@ -358,7 +359,7 @@ def protocol_inputs(sims: np.ndarray, owner: np.ndarray, spec: SplitSpec, settin
         method, scoring, n_members = members[0].method, members[0].scoring, len(members)
     coco_ids = coco_columns = None
     if LAYOUTS[spec.layout].caption_ids and spec.test_split and spec.dataset == "coco" and \
-            any(PROTOCOLS[p].coco_ids for p in spec.protocols if p in PROTOCOLS):
+            any(table[p].coco_ids for p in spec.protocols if p in (table := spec.table or PROTOCOLS)):
         found = json_coco_ids(spec, owner)
         if not isinstance(found, str):
             coco_ids, coco_columns = found
@@ -401,8 +402,8 @@ def evaluate_models(members: Sequence[Adapter], spec: SplitSpec, settings: EvalS
     device = str(members[0].device)
     eff = effs[0] if len(effs) == 1 else combine_efficiency(effs)
     metrics = run_protocols(protocol_inputs(sims, owner, spec, settings, members, images, captions),
-                            wanted(spec.protocols),
-                            on_protocol=lambda name: hooks.progress("metrics", 0, 1, name))
+                            wanted(spec.protocols, spec.table),
+                            on_protocol=lambda name: hooks.progress("metrics", 0, 1, name), table=spec.table)
     wall = time.perf_counter() - t_start
     peak, kind = peak_memory(device)
     eff.update(eval_wall_seconds=wall, peak_memory_mb=peak, peak_memory_kind=kind, device=device, processes=1,
@@ -419,8 +420,8 @@ def evaluate_matrix(sims: np.ndarray, owner: np.ndarray, spec: SplitSpec, settin
     hooks = hooks or Hooks()
     save_matrix(sims, owner, output or MatrixOutput())
     metrics = run_protocols(protocol_inputs(sims, owner, spec, settings, None, method=method, scoring=scoring,
-                                            n_members=members), wanted(spec.protocols),
-                            on_protocol=lambda name: hooks.progress("metrics", 0, 1, name))
+                                            n_members=members), wanted(spec.protocols, spec.table),
+                            on_protocol=lambda name: hooks.progress("metrics", 0, 1, name), table=spec.table)
     return Evaluation(sims, owner, metrics, dict(efficiency or {}))
 
 

@@ -1,13 +1,16 @@
-"""The table of evaluation protocols: what each needs, whether it applies, how it is computed, what it headlines.
+"""The table of evaluation protocols: what each needs, whether it applies, how it is computed, what it yields.
 
-Every protocol is one `Protocol` entry in `PROTOCOLS`. An evaluation hands the table one `EvalInputs` (the
-matrix, the caption-to-image mapping, where the evaluation came from, and lazy access to the model's
-uni-modal embeddings); `run_protocols` asks each wanted protocol whether it applies and records either its
-result or `{"defined": false, "reason": ...}`. A protocol that does not apply never fails an evaluation.
+Every protocol is one `Protocol` object. Besides its needs and computation it declares its result: the
+fields (metric paths) it stores with their direction (`Field`), its headline fields, the columns tables show
+(the `metrics` command and the reports derive their layout from them), and the per-query values behind its
+paired significance test (`PairedTest`, or None: no paired test). Nothing renders by a protocol's kind.
 
-Datasets in the registry name their protocols from this table; `recall` (full-split recall of whatever
-matrix was scored) applies to every evaluation and always runs. Adding a protocol is one entry here, its
-compute function and a test (docs/extending.md).
+The built-in protocols are `PROTOCOLS`; a registry adds its own (`harness.spec.protocol_plugins`) and passes
+the whole table down. An evaluation hands the table one `EvalInputs` (the matrix, the caption-to-image
+mapping, where the evaluation came from, and lazy access to the model's uni-modal embeddings);
+`run_protocols` asks each wanted protocol whether it applies and records either its result or
+`{"defined": false, "reason": ...}`. A protocol that does not apply never fails an evaluation. `recall`
+(full-split recall of whatever matrix was scored) applies to every evaluation and always runs.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 from harness.eval.metrics.ids import N_CAPTIONS as COCO5K_CAPTIONS
 from harness.eval.metrics.ids import N_IMAGES as COCO5K_IMAGES
 from harness.eval.metrics.ids import CocoTestIds, IdError
+from harness.eval.metrics.per_query import rsum_per_image, rsum_per_image_in_folds
 from harness.eval.metrics.recall import (
     MatrixError,
     check_shape,
@@ -98,22 +102,86 @@ class EvalInputs:
 
 
 @dataclass(frozen=True)
+class Field:
+    """One number a protocol's result stores: its metric path ("i2t.r1", "rsum") and its direction."""
+
+    path: str
+    higher_is_better: bool = True
+
+
+PerQueryValues = Callable[[np.ndarray, np.ndarray], "tuple[np.ndarray, np.ndarray | None]"]
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """The per-query values behind a protocol's paired significance test.
+
+    `values(sims, image_of_caption)` gives (one value per resampled unit, strata or None) whose mean is the
+    stored value of `field`; two rows are compared by resampling the same units (within strata)."""
+
+    field: str
+    values: PerQueryValues
+    unit: str = "images, each with its caption queries"  # what is resampled, in words (report footnotes)
+
+
+@dataclass(frozen=True)
 class Protocol:
     """One evaluation protocol: its needs (in words), the rule that decides whether it applies, the
-    computation, and the metric paths its reports headline."""
+    computation, and its declared result (fields, headline, columns, paired test)."""
 
     name: str
     title: str
     needs: str
     applies: Callable[[EvalInputs], str | None]  # None when it applies, else the reason it is not defined
     compute: Callable[[EvalInputs], dict[str, Any]]
-    headline: tuple[str, ...]
-    family: str  # recall | eccv | cxc | sts | image_retrieval: how reports and the CLI lay it out
+    headline: tuple[str, ...]  # the fields summaries headline
+    fields: tuple[Field, ...] = ()  # the numbers it stores (empty: open-ended, whatever the result holds)
+    columns: tuple[str, ...] | None = None  # report columns (None: every number the stored results hold)
+    cli_columns: tuple[str, ...] | None = None  # `metrics` / `evaluate` table columns (None: `columns`)
+    paired: PairedTest | None = None  # per-query values of its paired significance test (None: no test)
     uses_matrix: bool = True
-    folds: int | None = None  # recall averaged over equal image folds (COCO 1K): significance resamples within them
     coco_ids: bool = False  # needs the COCO ids of the matrix's rows and columns (from ids files or CUSA's json)
     data_folder: str | None = None  # the evaluation setting naming its extra data folder: giving it asks for it
     statistic: str | None = None  # where the numbers papers report are stored ("sts.stsb" -> "spearman.stsb")
+
+    @property
+    def table_columns(self) -> tuple[str, ...] | None:
+        """The columns the command-line table shows (None: a summary of whatever the result holds)."""
+        return self.cli_columns if self.cli_columns is not None else self.columns
+
+    def field(self, path: str) -> Field | None:
+        return next((f for f in self.fields if f.path == path), None)
+
+    def higher_is_better(self, path: str) -> bool:
+        f = self.field(path)
+        return True if f is None else f.higher_is_better
+
+
+def declaration_problem(proto: Any) -> str | None:
+    """Why `proto` is not a usable Protocol declaration (None when it is)."""
+    if not isinstance(proto, Protocol):
+        return f"is a {type(proto).__name__}, not a harness.eval.protocols.Protocol"
+    if not proto.name or not isinstance(proto.name, str) or not proto.name.replace("_", "").isalnum():
+        return f"has name {proto.name!r}; a protocol name is letters, digits and underscores"
+    if not callable(proto.applies) or not callable(proto.compute):
+        return "needs callables `applies(inputs)` and `compute(inputs)`"
+    paths = [f.path for f in proto.fields]
+    if not paths:
+        return None if proto.columns is None and proto.paired is None else \
+            "declares columns or a paired test but no fields; list its fields (Field(path, higher_is_better))"
+    if len(set(paths)) != len(paths):
+        return f"declares a field twice ({', '.join(paths)})"
+    for what, names in (("headline", proto.headline), ("columns", proto.columns or ()),
+                        ("cli_columns", proto.cli_columns or ())):
+        unknown = [n for n in names if n not in paths]
+        if unknown:
+            return f"{what} {', '.join(unknown)} not among its fields ({', '.join(paths)})"
+    if proto.paired is not None:
+        if not isinstance(proto.paired, PairedTest) or not callable(proto.paired.values):
+            return "paired must be a PairedTest(field, values) with a callable values(sims, image_of_caption)"
+        if proto.paired.field not in paths:
+            return f"paired test field {proto.paired.field!r} not among its fields ({', '.join(paths)})"
+    return None
 
 
 # ---- applicability rules ------------------------------------------------------------------------------------
@@ -252,31 +320,45 @@ def _image_retrieval(inp: EvalInputs) -> dict[str, Any]:
 
 
 RECALL_HEADLINE = ("i2t.r1", "i2t.r5", "i2t.r10", "t2i.r1", "t2i.r5", "t2i.r10", "rsum")
+RECALL_FIELDS = (*(Field(f"{d}.r{k}") for d in ("i2t", "t2i") for k in (1, 5, 10)), Field("rsum"),
+                 *(Field(f"{d}.{m}", higher_is_better=False) for d in ("i2t", "t2i") for m in ("medr", "meanr")))
+RECALL_CLI = ("i2t.r1", "i2t.r5", "i2t.r10", "i2t.medr", "i2t.meanr",
+              "t2i.r1", "t2i.r5", "t2i.r10", "t2i.medr", "t2i.meanr", "rsum")
+RSUM_TEST = PairedTest("rsum", rsum_per_image)
+
+
+def _recall_protocol(name: str, title: str, needs: str, applies: Callable[[EvalInputs], str | None],
+                     compute: Callable[[EvalInputs], dict[str, Any]], folds: int | None = None) -> Protocol:
+    paired = RSUM_TEST if folds is None else PairedTest(
+        "rsum", rsum_per_image_in_folds(folds), "images, each with its caption queries, within each fold")
+    return Protocol(name, title, needs, applies, compute, RECALL_HEADLINE, fields=RECALL_FIELDS,
+                    columns=RECALL_HEADLINE, cli_columns=RECALL_CLI, paired=paired)
+
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
-    Protocol("recall", "recall over the full matrix", "any images x captions matrix with its caption-to-image mapping",
-             lambda inp: None, _full, RECALL_HEADLINE, "recall"),
-    Protocol("coco1k", "COCO 1K (mean of 5 folds)",
-             "the COCO 5K test matrix (5000 images, 5 captions each, image order): 5 folds of 1000 images",
-             _applies_coco1k, _coco1k, RECALL_HEADLINE, "recall", folds=COCO1K_FOLDS),
-    Protocol("coco5k", "COCO 5K", "the COCO 5K test split: 5000 images and their captions",
-             _applies_full(COCO5K_IMAGES, COCO5K_CAPTIONS, "COCO 5K"), _full, RECALL_HEADLINE, "recall"),
-    Protocol("f30k1k", "Flickr30K 1K", "the Flickr30K test split: 1000 images and their captions",
-             _applies_full(F30K_IMAGES, 5 * F30K_IMAGES, "Flickr30K 1K"), _full, RECALL_HEADLINE, "recall"),
+    _recall_protocol("recall", "recall over the full matrix",
+                     "any images x captions matrix with its caption-to-image mapping", lambda inp: None, _full),
+    _recall_protocol("coco1k", "COCO 1K (mean of 5 folds)",
+                     "the COCO 5K test matrix (5000 images, 5 captions each, image order): 5 folds of 1000 images",
+                     _applies_coco1k, _coco1k, folds=COCO1K_FOLDS),
+    _recall_protocol("coco5k", "COCO 5K", "the COCO 5K test split: 5000 images and their captions",
+                     _applies_full(COCO5K_IMAGES, COCO5K_CAPTIONS, "COCO 5K"), _full),
+    _recall_protocol("f30k1k", "Flickr30K 1K", "the Flickr30K test split: 1000 images and their captions",
+                     _applies_full(F30K_IMAGES, 5 * F30K_IMAGES, "Flickr30K 1K"), _full),
     Protocol("eccv", "ECCV Caption", "the COCO 5K test matrix with COCO ids of its rows and columns "
              "(testall_ids.txt / testall_capids.txt, or the eccv_caption package order)",
              _applies_coco_ids("ECCV Caption"), _eccv,
              ("i2t.eccv_map_at_r", "i2t.eccv_rprecision", "i2t.eccv_r1", "t2i.eccv_map_at_r",
-              "t2i.eccv_rprecision", "t2i.eccv_r1"), "eccv", coco_ids=True),
+              "t2i.eccv_rprecision", "t2i.eccv_r1"), coco_ids=True),
     Protocol("cxc", "CxC (Crisscrossed Captions)",
              "the COCO 5K test matrix with COCO ids (i2t / t2i); t2t / i2i also need the model's uni-modal text "
              "and image embeddings", _applies_coco_ids("CxC"), _cxc,
-             ("i2t.cxc_r1", "t2i.cxc_r1", "t2t.cxc_r1", "i2i.cxc_r1"), "cxc", coco_ids=True),
+             ("i2t.cxc_r1", "t2i.cxc_r1", "t2t.cxc_r1", "i2i.cxc_r1"), coco_ids=True),
     Protocol("sts", "STS (SentEval)", "one model with a uni-modal text space and the SentEval folder (--sts-root)",
-             _applies_sts, _sts, ("avg",), "sts", uses_matrix=False, data_folder="sts_root", statistic="spearman"),
+             _applies_sts, _sts, ("avg",), uses_matrix=False, data_folder="sts_root", statistic="spearman"),
     Protocol("image_retrieval", "image-to-image retrieval (R@1)",
              "one pixel model with a uni-modal image head and the CUB / SOP / In-shop / iNaturalist folder "
-             "(--image-retrieval-root)", _applies_image_retrieval, _image_retrieval, ("avg",), "image_retrieval",
+             "(--image-retrieval-root)", _applies_image_retrieval, _image_retrieval, ("avg",),
              uses_matrix=False, data_folder="image_retrieval_root", statistic="r1"),
 )}
 ALWAYS = ("recall",)
@@ -284,32 +366,36 @@ ALWAYS = ("recall",)
 HEADLINE_PREFERENCE = ("coco5k", "f30k1k", "coco1k", "recall")
 
 
-def protocol(name: str) -> Protocol:
-    """The protocol `name`; an unknown name is an error that suggests the nearest one."""
-    if name not in PROTOCOLS:
-        near = difflib.get_close_matches(name, PROTOCOLS, n=1, cutoff=0.5)
+Table = Mapping[str, Protocol]
+
+
+def protocol(name: str, table: Table | None = None) -> Protocol:
+    """The protocol `name` of `table` (default: the built-ins); an unknown name is an error that suggests the
+    nearest one."""
+    table = PROTOCOLS if table is None else table
+    if name not in table:
+        near = difflib.get_close_matches(name, table, n=1, cutoff=0.5)
         hint = f" Did you mean '{near[0]}'?" if near else ""
-        raise MatrixError(f"unknown protocol '{name}'; valid: {', '.join(PROTOCOLS)}.{hint}")
-    return PROTOCOLS[name]
+        raise MatrixError(f"unknown protocol '{name}'; valid: {', '.join(table)}.{hint} A protocol of your own "
+                          "comes from a registry file's `protocols:` section (--registry FILE)")
+    return table[name]
 
 
-def names_of_family(family: str) -> tuple[str, ...]:
-    return tuple(n for n, p in PROTOCOLS.items() if p.family == family)
-
-
-def asked_by_folders(settings: Any) -> tuple[str, ...]:
+def asked_by_folders(settings: Any, table: Table | None = None) -> tuple[str, ...]:
     """Protocols asked for by giving their data folder (`--sts-root`, ...): `data_folder` fields set on `settings`."""
-    return tuple(n for n, p in PROTOCOLS.items() if p.data_folder and getattr(settings, p.data_folder, None))
+    table = PROTOCOLS if table is None else table
+    return tuple(n for n, p in table.items() if p.data_folder and getattr(settings, p.data_folder, None))
 
 
-def wanted(declared: Iterable[str]) -> list[str]:
+def wanted(declared: Iterable[str], table: Table | None = None) -> list[str]:
     """The protocols an evaluation runs: `recall` first, then the dataset's declared ones in table order."""
+    table = PROTOCOLS if table is None else table
     names = set(declared) | set(ALWAYS)
-    return [n for n in PROTOCOLS if n in names]
+    return [n for n in table if n in names] + sorted(names - set(table))  # unknown names: errors when run
 
 
 def run_protocols(inputs: EvalInputs, names: Iterable[str],
-                  on_protocol: Callable[[str], None] | None = None) -> dict[str, Any]:
+                  on_protocol: Callable[[str], None] | None = None, table: Table | None = None) -> dict[str, Any]:
     """{name: result or not_defined(reason)} for every protocol in `names` (unknown names are errors).
 
     Data problems met while computing (a malformed ids file, a missing SentEval file) are recorded as "not
@@ -317,7 +403,7 @@ def run_protocols(inputs: EvalInputs, names: Iterable[str],
     """
     out: dict[str, Any] = {}
     for name in names:
-        proto = protocol(name)
+        proto = protocol(name, table)
         reason = proto.applies(inputs)
         if reason is not None:
             out[name] = not_defined(reason)
@@ -333,6 +419,7 @@ def run_protocols(inputs: EvalInputs, names: Iterable[str],
 
 def compute_protocol(name: str, sims: np.ndarray, image_of_caption: np.ndarray | None = None, *,
                      captions_per_image: int = 5, bootstrap: int = BOOTSTRAP, matrix_name: str = "similarity matrix",
+                     table: Table | None = None,
                      **inputs: Any) -> dict[str, Any]:
     """One protocol of a stored matrix (the `metrics` command; tests). A protocol that does not apply is a
     MatrixError with the reason. The matrix is taken to be of a dataset's test split. `matrix_name` (the
@@ -344,7 +431,7 @@ def compute_protocol(name: str, sims: np.ndarray, image_of_caption: np.ndarray |
     owner = (np.arange(sims.shape[1]) // captions_per_image) if image_of_caption is None \
         else owners(*sims.shape, image_of_caption=image_of_caption, name=matrix_name)
     inp = EvalInputs(sims=sims, image_of_caption=owner, test_split=True, bootstrap=bootstrap, **inputs)
-    proto = protocol(name)
+    proto = protocol(name, table)
     reason = proto.applies(inp)
     if reason is not None:
         raise MatrixError(f"{name} is not defined for this matrix: {reason}")

@@ -6,12 +6,10 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from harness.eval.protocols import PROTOCOLS, names_of_family
+from harness.eval.protocols import PROTOCOLS, RECALL_HEADLINE, Protocol
 from harness.report.runs import RunGroup, Undefined, get_path, not_defined
 
-RECALL_COLUMNS = ("i2t.r1", "i2t.r5", "i2t.r10", "t2i.r1", "t2i.r5", "t2i.r10", "rsum")
-RECALL_PROTOCOLS = names_of_family("recall")
-PROTOCOL_TITLES = {name: p.title for name, p in PROTOCOLS.items()}
+RECALL_COLUMNS = RECALL_HEADLINE
 # bookkeeping entries of a protocol's metrics, never shown as metric columns
 SKIP_KEYS = frozenset({"protocol", "ties", "tie_optimistic", "tie_affected_queries", "queries", "folds", "ci", "ci95",
                        "bootstrap", "defined", "available", "reason", "shape", "ids", "warning", "source", "resamples",
@@ -19,8 +17,14 @@ SKIP_KEYS = frozenset({"protocol", "ties", "tie_optimistic", "tie_affected_queri
 MAX_COLUMNS = 10  # wider tables are split by their first key segment (direction)
 
 
-def protocol_title(protocol: str) -> str:
-    return PROTOCOL_TITLES.get(protocol, protocol)
+def declared(protocol: str, table: Mapping[str, Protocol] | None = None) -> Protocol | None:
+    """The declaration of `protocol` in `table` (the registry's; default the built-ins), None if unknown."""
+    return (PROTOCOLS if table is None else table).get(protocol)
+
+
+def protocol_title(protocol: str, table: Mapping[str, Protocol] | None = None) -> str:
+    proto = declared(protocol, table)
+    return proto.title if proto is not None else protocol
 
 
 SPECIAL_NAMES = {"rsum_printed": "printed rsum"}  # the official 5-fold summary's "rsum" line (6 x mean i2t)
@@ -71,10 +75,13 @@ def ordered(keys: Iterable[str]) -> list[str]:
     return head + [k for k in seen if k not in head]
 
 
-def metric_columns(groups: Sequence[RunGroup], protocol: str, reported_keys: Iterable[str] = ()) -> list[str]:
-    """Columns for a protocol table: the fixed recall columns, or every metric any run (or report) has."""
-    if protocol in RECALL_PROTOCOLS:
-        return list(RECALL_COLUMNS)
+def metric_columns(groups: Sequence[RunGroup], protocol: str, reported_keys: Iterable[str] = (),
+                   table: Mapping[str, Protocol] | None = None) -> list[str]:
+    """Columns for a protocol table: the ones the protocol declares, or (none declared) every metric any run
+    (or reported row) has."""
+    proto = declared(protocol, table)
+    if proto is not None and proto.columns is not None:
+        return list(proto.columns)
     keys: list[str] = []
     for g in groups:
         for run in g.runs:

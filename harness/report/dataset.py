@@ -12,9 +12,8 @@ import numpy as np
 from harness.core.results import JobResult
 from harness.data.demo import SPLITS, chance_rsum
 from harness.eval.metrics.recall import MatrixError
-from harness.eval.protocols import HEADLINE_PREFERENCE
+from harness.eval.protocols import HEADLINE_PREFERENCE, Protocol
 from harness.report.columns import (
-    RECALL_PROTOCOLS,
     column_name,
     metric_columns,
     protocol_title,
@@ -43,7 +42,8 @@ from harness.spec.registry import Registry
 
 @dataclass
 class Significance:
-    """Paired bootstrap of every row against the best row of one recall protocol."""
+    """Paired bootstrap of every row against the best row of one protocol, on the headline its declared
+    paired test averages (`Protocol.paired.field`, rsum for the recall protocols)."""
 
     rows: list[RunGroup]
     protocol: str
@@ -51,12 +51,13 @@ class Significance:
     p: dict[int, float | None]  # row index -> p-value (None: no stored matrix / different shapes)
     note: str = ""
     problems: dict[int, str] = field(default_factory=dict)  # row index -> why its stored matrix is unusable
+    field: str = "rsum"  # the headline the paired test averages (declared after `problems`: it shadows field())
 
     def text(self, i: int) -> str:
         if i in self.problems:
             return f"not tested: {self.problems[i]}"
-        if not _finite_rsum(self.rows[i], self.protocol):
-            return NOT_RANKED
+        if not _finite(self.rows[i], self.protocol, self.field):
+            return NOT_RANKED.replace("rsum", self.field)
         if self.best is None:
             return MISSING
         if self.rows[i] is self.best:
@@ -67,22 +68,26 @@ class Significance:
 NOT_RANKED = "not ranked: rsum is not finite"
 
 
-def _finite_rsum(g: RunGroup, protocol: str) -> bool:
-    s = g.stat(protocol, "rsum")
+def _finite(g: RunGroup, protocol: str, key: str = "rsum") -> bool:
+    s = g.stat(protocol, key)
     return not isinstance(s, Stat) or math.isfinite(s.mean)
 
 
-def significance(groups: Sequence[RunGroup], protocol: str, bad: dict[Path, str] | None = None) -> Significance:
-    """Rows in registry order, those whose rsum is NaN / inf last (never the best, marked not ranked).
+def significance(groups: Sequence[RunGroup], proto: Protocol, bad: dict[Path, str] | None = None) -> Significance:
+    """Rows in registry order, those whose headline is NaN / inf last (never the best, marked not ranked).
+    `proto` declares the paired test (`proto.paired`, not None).
 
     A row whose stored matrix is unusable (unreadable, truncated, not 2-D, NaN / inf; moved aside with a
     warning) or does not fit the protocol is not tested, with the reason naming its job folder; `bad` (run
     folder -> problem) carries what was set aside from one protocol's section to the next."""
+    test, protocol = proto.paired, proto.name
+    assert test is not None
+    key = test.field
     bad = {} if bad is None else bad
-    rows = sorted((g for g in groups if g.has_protocol(protocol)), key=lambda g: not _finite_rsum(g, protocol))
-    best = _best(rows, protocol)
+    rows = sorted((g for g in groups if g.has_protocol(protocol)), key=lambda g: not _finite(g, protocol, key))
+    best = _best(rows, protocol, key, proto.higher_is_better(key))
     if best is None or len(rows) < 2:
-        return Significance(rows, protocol, best, {})
+        return Significance(rows, protocol, best, {}, field=key)
     problems: dict[int, str] = {}
 
     def values(i: int, g: RunGroup) -> tuple[np.ndarray, np.ndarray | None] | None:
@@ -91,30 +96,33 @@ def significance(groups: Sequence[RunGroup], protocol: str, bad: dict[Path, str]
             problems[i] = known[0]
             return None
         try:
-            return group_values(g.runs, protocol)
+            return group_values(g.runs, test)
         except StoredMatrixError as exc:
             bad.update({r.path: str(exc) for r in g.runs if str(exc).startswith(f"{r.path}:")})
             problems[i] = str(exc)
         except MatrixError as exc:  # a readable matrix that does not fit the protocol: kept, named
             problems[i] = f"{', '.join(str(r.path) for r in g.runs)}: {exc}"
+        except (ValueError, OSError) as exc:  # a stored matrix the declared per-query values cannot read
+            problems[i] = f"{', '.join(str(r.path) for r in g.runs)}: the per-query values could not be computed " \
+                          f"({exc})"
         return None
 
     ref = values(rows.index(best), best)
     if ref is None:
         why = problems.get(rows.index(best), "the best row has no stored similarity matrix")
-        return Significance(rows, protocol, best, {}, why, problems)
+        return Significance(rows, protocol, best, {}, why, problems, field=key)
     p: dict[int, float | None] = {}
     for i, g in enumerate(rows):
-        if g is best or not _finite_rsum(g, protocol):
+        if g is best or not _finite(g, protocol, key):
             continue
         mine = values(i, g)
         p[i] = None if mine is None or mine[0].shape != ref[0].shape else paired_p(mine[0], ref[0], ref[1])
-    return Significance(rows, protocol, best, p, problems=problems)
+    return Significance(rows, protocol, best, p, problems=problems, field=key)
 
 
-def _best(groups: Sequence[RunGroup], protocol: str) -> RunGroup | None:
-    scored = [(s.mean, i) for i, g in enumerate(groups)
-              if isinstance(s := g.stat(protocol, "rsum"), Stat) and math.isfinite(s.mean)]
+def _best(groups: Sequence[RunGroup], protocol: str, key: str = "rsum", higher: bool = True) -> RunGroup | None:
+    scored = [(s.mean if higher else -s.mean, i) for i, g in enumerate(groups)
+              if isinstance(s := g.stat(protocol, key), Stat) and math.isfinite(s.mean)]
     return groups[max(scored, key=lambda t: (t[0], -t[1]))[1]] if scored else None
 
 
@@ -134,28 +142,38 @@ def _ties(g: RunGroup, protocol: str) -> str:
     return text + (f" (+{max(gains):.1f})" if gains and max(gains) > 0 else "")
 
 
-def _recall_section(registry: Registry, groups: Sequence[RunGroup], protocol: str, sig: Significance) -> list[str]:
+def _paired_section(registry: Registry, proto: Protocol, sig: Significance) -> list[str]:
+    """A protocol with a declared paired test: its declared columns, the interval of the tested headline, the
+    p-value of each row against the best, the tie-affected queries (where the results count them)."""
+    protocol, key = proto.name, sig.field
+    assert proto.paired is not None
     rows_groups = sig.rows
-    cols = metric_columns(rows_groups, protocol)
+    cols = metric_columns(rows_groups, protocol, table=registry.protocols)
+    if key not in cols:
+        cols.append(key)
     best = sig.best
     reps = [matching_reported(registry, g, protocol) for g in rows_groups]
     stats = [{c: g.stat(protocol, c) for c in cols} for g in rows_groups]
     decimals = {c: decimals_for([s.mean for st in stats if isinstance(s := st[c], Stat)]) for c in cols}
+    ties = [_ties(g, protocol) for g in rows_groups]
+    show_ties = any(t != MISSING for t in ties)
+    name = column_name(key)
     rows = []
     for i, (g, rep, st) in enumerate(zip(rows_groups, reps, stats)):
         cells = [compare_reported(st[c], rep, c, decimals[c])[0] for c in cols]
-        rsum = st["rsum"]
-        ci = interval_text(rsum.interval, 1) + (" ±2σ" if rsum.n > 1 else "") if isinstance(rsum, Stat) \
-            and rsum.interval else MISSING
+        head = st[key]
+        ci = interval_text(head.interval, 1) + (" ±2σ" if head.n > 1 else "") if isinstance(head, Stat) \
+            and head.interval else MISSING
         where = escape(f"{rep.table or rep.source}") if rep else MISSING
-        rows.append([escape(g.model), escape(g.source), *cells, ci, sig.text(i), _ties(g, protocol), where])
-    header = ["model", "reproduced by", *[column_name(c) for c in cols], "rsum interval", "p vs best (rsum)",
-              "tie-affected queries (rsum gain)", "reported in"]
-    out = table(header, rows, ["l", "l"] + ["r"] * (len(cols) + 3) + ["l"]) + [""]
+        rows.append([escape(g.model), escape(g.source), *cells, ci, sig.text(i), *([ties[i]] if show_ties else []),
+                     where])
+    header = ["model", "reproduced by", *[column_name(c) for c in cols], f"{name} interval", f"p vs best ({name})",
+              *(["tie-affected queries (rsum gain)"] if show_ties else []), "reported in"]
+    out = table(header, rows, ["l", "l"] + ["r"] * (len(cols) + 2 + show_ties) + ["l"]) + [""]
     if best is not None and len(rows_groups) > 1:
-        out += [f"*p vs best*: two-sided paired bootstrap ({RESAMPLES} resamples of the images, each with its "
-                f"caption queries{', within each fold' if protocol == 'coco1k' else ''}) of the per-query rsum "
-                f"contributions against the best row, **{escape(best.label)}**, computed from the stored "
+        out += [f"*p vs best*: two-sided paired bootstrap ({RESAMPLES} resamples of the {proto.paired.unit}) of "
+                f"the per-query {escape(name)} contributions against the best row, **{escape(best.label)}**, "
+                "computed from the stored "
                 "similarity matrices (runs of a retrained row are averaged per query; the test covers query "
                 "sampling, not seed variance)." + (f" No p-values: {sig.note}." if sig.note else ""), ""]
     return out
@@ -170,7 +188,7 @@ def _generic_section(registry: Registry, groups: Sequence[RunGroup], protocol: s
         rep = reps[id(g)]
         aliases[id(g)] = {stored_key(protocol, k): k for k in rep.values} if rep is not None else {}
     reported_keys = [c for g in rows_groups for c in aliases[id(g)]]
-    cols = metric_columns(rows_groups, protocol, reported_keys)
+    cols = metric_columns(rows_groups, protocol, reported_keys, table=registry.protocols)
     out: list[str] = []
     if not cols:
         rows = [[escape(g.model), escape(g.source), stat_text(g.stat(protocol, "__any__"))] for g in rows_groups]
@@ -202,23 +220,29 @@ def _undefined_lines(groups: Sequence[RunGroup], protocol: str) -> list[str]:
 
 def _at_a_glance(sigs: Mapping[str, Significance], alpha: float = 0.05) -> list[str]:
     rows = []
+    only_rsum = all(s.field == "rsum" for s in sigs.values())
     for protocol, sig in sigs.items():
         if sig.best is None:
             continue
-        best = sig.best.stat(protocol, "rsum")
+        best = sig.best.stat(protocol, sig.field)
         tied = [g.label for i, g in enumerate(sig.rows) if (p := sig.p.get(i)) is not None and p >= alpha]
         worse = [g.label for i, g in enumerate(sig.rows) if (p := sig.p.get(i)) is not None and p < alpha]
-        untested = [g.label + ("" if _finite_rsum(g, protocol) else " (rsum not finite)")
+        untested = [g.label + ("" if _finite(g, protocol, sig.field) else f" ({sig.field} not finite)")
                     for i, g in enumerate(sig.rows) if g is not sig.best and sig.p.get(i) is None]
-        rows.append([f"`{protocol}`", f"{escape(sig.best.label)}: {stat_text(best, 1)}",
+        rows.append([f"`{protocol}`", f"{escape(sig.best.label)}: {stat_text(best, 1)}"
+                     + ("" if only_rsum else f" ({escape(column_name(sig.field))})"),
                      "; ".join(map(escape, tied)) or MISSING, "; ".join(map(escape, worse)) or MISSING,
                      "; ".join(map(escape, untested)) or MISSING])
     if not rows:
         return []
     return ["## At a glance", "",
-            f"The best row by rsum per recall protocol, and the rows whose rsum differs from it significantly "
-            f"(paired bootstrap p < {alpha}) or not. Details in each protocol's section.", ""] + table(
-        ["protocol", "best (rsum)", f"not significantly different (p ≥ {alpha})", f"significantly lower (p < {alpha})",
+            (f"The best row by rsum per recall protocol, and the rows whose rsum differs from it significantly "
+             f"(paired bootstrap p < {alpha}) or not. Details in each protocol's section." if only_rsum else
+             f"The best row of each protocol with a paired test, by the headline the test averages (rsum for the "
+             f"recall protocols), and the rows whose headline differs from it significantly (paired bootstrap "
+             f"p < {alpha}) or not. Details in each protocol's section."), ""] + table(
+        ["protocol", "best (rsum)" if only_rsum else "best (headline)",
+         f"not significantly different (p ≥ {alpha})", f"significantly lower (p < {alpha})",
          "not tested (no stored matrix)"], rows, ["l"] * 5) + [""]
 
 
@@ -352,15 +376,16 @@ def dataset_report(registry: Registry, dataset: str, groups: Sequence[RunGroup],
     seen = [p for g in groups for r in g.runs for p in (r.metrics.get("protocols") or {})]
     protocols = list(dict.fromkeys(listed + seen))
     bad: dict[Path, str] = {}  # run folders whose stored matrix was set aside, shared by the protocols
-    sigs = {p: significance(groups, p, bad) for p in protocols if p in RECALL_PROTOCOLS}
+    table_of = registry.protocols
+    sigs = {p: significance(groups, table_of[p], bad) for p in protocols if p in table_of and table_of[p].paired}
     out += _at_a_glance(sigs)
     for protocol in protocols:
-        out += [f"## {protocol_title(protocol)} (`{protocol}`)", ""]
+        out += [f"## {protocol_title(protocol, table_of)} (`{protocol}`)", ""]
         if not any(g.has_protocol(protocol) for g in groups):
             out += [f"No result has computed `{protocol}` yet.", ""]
             continue
         if protocol in sigs:
-            out += _recall_section(registry, groups, protocol, sigs[protocol])
+            out += _paired_section(registry, table_of[protocol], sigs[protocol])
         else:
             out += _generic_section(registry, groups, protocol)
         missing = [g for g in groups if not g.has_protocol(protocol)]

@@ -96,7 +96,7 @@ def _reported_table(registry: Registry, key: tuple[str, str, str], entries: list
     main = [k for k in keys if fold_key(k) is None]
     folds = [k for k in keys if fold_key(k) is not None]
     sources = ", ".join(dict.fromkeys(rep.source for rep in entries))
-    out = [f"**{protocol_title(protocol)}** (`{protocol}`; reported in {escape(sources)})", ""]
+    out = [f"**{protocol_title(protocol, registry.protocols)}** (`{protocol}`; reported in {escape(sources)})", ""]
     lines: list[tuple[Reported, RunGroup | None]] = []
     for rep in entries:
         matched = [g for g in groups if g.matches(rep, registry)]
@@ -175,14 +175,14 @@ def _other_runs(groups: Sequence[RunGroup], registry: Registry) -> list[str]:
                        and not matching_rows(registry, g, protocol)]
         if not rows_groups:
             continue
-        cols = metric_columns(rows_groups, protocol)
+        cols = metric_columns(rows_groups, protocol, table=registry.protocols)
         for part, pcols in split_columns(cols, protocol):
             stats = [[g.stat(protocol, c) for c in pcols] for g in rows_groups]
             decimals = [decimals_for([row[i].mean for row in stats if isinstance(row[i], Stat)])
                         for i in range(len(pcols))]
             rows = [[escape(g.model), escape(g.source), *[stat_text(s, d) for s, d in zip(row, decimals)]]
                     for g, row in zip(rows_groups, stats)]
-            head = f"### {dataset}, {protocol_title(protocol)}" + (f" ({part})" if part else "")
+            head = f"### {dataset}, {protocol_title(protocol, registry.protocols)}" + (f" ({part})" if part else "")
             out += [head, "", f"See [{dataset}.md]({dataset}.md) for efficiency and significance.", ""]
             out += table(["run (settings)", "reproduced by", *[column_name(c) for c in pcols]], rows,
                          ["l", "l"] + ["r"] * len(pcols)) + [""]

@@ -1,10 +1,10 @@
-"""Paired significance of rsum differences, from the stored similarity matrices.
+"""Paired significance of a protocol's headline differences, from the stored similarity matrices.
 
-rsum = mean over images of i2t hits + mean over captions of t2i hits (hits summed over R@1/5/10, x100).
-Every image has the same number of captions, so rsum is also the mean over images of
-`v_i = i2t hits of image i + mean t2i hits of image i's captions`. Resampling images (each with its caption
-queries) and comparing two methods' `v` on the same resamples is the paired bootstrap over queries; COCO 1K
-resamples inside each fold. Ranks are the tie-pessimistic ones of the headline numbers.
+What is compared is what the protocol declares (`Protocol.paired`, a `PairedTest`): one value per resampled
+unit (for recall: per image, its i2t hits plus its captions' share of the t2i hits, whose mean is rsum;
+`harness.eval.metrics.per_query`), computed from each run's stored matrix and caption-to-image mapping.
+Resampling the same units for two rows (within strata, e.g. the COCO 1K folds) is the paired bootstrap over
+queries. A protocol without a declared test has no p-values; one protocol never borrows another's.
 """
 
 from __future__ import annotations
@@ -19,10 +19,8 @@ from harness.core.errors import CorruptFileWarning, ItrbenchError
 from harness.core.results import JobResult, move_aside
 from harness.data.matrices import OWNER, MatrixFileError, load_matrix, load_owner
 from harness.eval.metrics.bootstrap import paired_bootstrap_p
-from harness.eval.metrics.recall import RECALL_KS, check_matrix, count_ranks, fold_slices, uniform_captions
-from harness.eval.protocols import PROTOCOLS, names_of_family
+from harness.eval.protocols import PROTOCOLS, PairedTest
 
-RECALL_PROTOCOLS = names_of_family("recall")
 RESAMPLES = 1000
 SIMS_FILES = ("sims.npy", "sims.h5")
 
@@ -82,39 +80,18 @@ def stored_matrix(result_dir: Path) -> tuple[np.ndarray, np.ndarray | None] | No
         raise _set_aside(result_dir, owner_file, _problem(exc, owner_file)) from None
 
 
-def _block_values(block: np.ndarray, captions_per_image: int, owner: np.ndarray | None = None) -> np.ndarray:
-    i2t, t2i = count_ranks(block, captions_per_image, image_of_caption=owner)
-    a = sum((i2t.pessimistic < k).astype(np.float64) for k in RECALL_KS) * 100.0
-    b = sum((t2i.pessimistic < k).astype(np.float64) for k in RECALL_KS) * 100.0
-    if owner is None:
-        return a + b.reshape(-1, captions_per_image).mean(axis=1)
-    # uneven captions per image: each image carries its captions' share of the caption mean, so that the
-    # mean of v over images is still exactly the rsum
-    return a + np.bincount(owner, weights=b, minlength=len(a)) * (len(a) / len(b))
-
-
 def per_image_rsum(sims: np.ndarray, protocol: str, captions_per_image: int = 5,
                    owner: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """(v, strata): per-image rsum contributions whose mean is the protocol's rsum; strata = COCO 1K folds.
-    `owner` (caption -> image) allows any number of captions per image (not for the COCO 1K folds)."""
-    if protocol not in RECALL_PROTOCOLS:
-        raise ValueError(f"per-image rsum is defined for {', '.join(RECALL_PROTOCOLS)}, not '{protocol}'")
-    if owner is not None and uniform_captions(owner, sims.shape[0]) == captions_per_image:
-        owner = None
-    folds = PROTOCOLS[protocol].folds
-    if folds:
-        parts, strata = [], []
-        for k, (rows, cols) in enumerate(fold_slices(sims.shape[0], folds, captions_per_image)):
-            block = check_matrix(np.asarray(sims[rows, cols]), captions_per_image, name=f"fold {k}")
-            parts.append(_block_values(block, captions_per_image))
-            strata.append(np.full(len(parts[-1]), k))
-        return np.concatenate(parts), np.concatenate(strata)
-    sims = check_matrix(np.asarray(sims), captions_per_image, image_of_caption=owner)
-    return _block_values(sims, captions_per_image, owner), None
+    """(v, strata) of a built-in protocol's paired test: per-image rsum contributions whose mean is its rsum."""
+    test = PROTOCOLS[protocol].paired if protocol in PROTOCOLS else None
+    if test is None:
+        raise ValueError(f"protocol '{protocol}' declares no paired test")
+    owner = np.arange(sims.shape[1]) // captions_per_image if owner is None else np.asarray(owner)
+    return test.values(sims, owner)
 
 
-def group_values(runs: Sequence[JobResult], protocol: str) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """Per-image rsum contributions averaged over a row's runs; None when a run has no stored matrix. A run
+def group_values(runs: Sequence[JobResult], test: PairedTest) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """The test's per-unit values averaged over a row's runs; None when a run has no stored matrix. A run
     whose stored matrix is unusable raises StoredMatrixError (the file moved aside); one whose matrix does not
     fit the protocol (shape) a MatrixError."""
     total, strata = None, None
@@ -123,7 +100,7 @@ def group_values(runs: Sequence[JobResult], protocol: str) -> tuple[np.ndarray, 
         if stored is None:
             return None
         sims, owner = stored
-        v, strata = per_image_rsum(sims, protocol, owner=owner)
+        v, strata = test.values(sims, owner)
         if total is not None and total.shape != v.shape:
             return None
         total = v if total is None else total + v

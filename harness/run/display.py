@@ -1,17 +1,17 @@
 """Terminal output: one console, escaped messages (paths and errors may hold rich markup characters), and the
-tables `evaluate` / `metrics` print for each protocol family."""
+tables `evaluate` / `metrics` print, laid out by each protocol's declared columns."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from harness.eval.protocols import PROTOCOLS, is_defined
+from harness.eval.protocols import PROTOCOLS, Protocol, is_defined
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # logs and CI: do not squeeze job names
 errors = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -32,18 +32,46 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
-def recall_table(metrics: Mapping[str, Any], title: str) -> Table:
+DIRECTIONS = {"i2t": "image->text", "t2i": "text->image", "t2t": "text->text", "i2i": "image->image"}
+
+
+def _metric_label(metric: str) -> str:
+    return f"R@{metric[1:]}" if metric.startswith("r") and metric[1:].isdigit() else metric
+
+
+def _layout(columns: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(row keys, metric columns) of a declared column list: 'i2t.r1' is row i2t, column r1; 'rsum' a row."""
+    rows: list[str] = []
+    metrics: list[str] = []
+    for c in columns:
+        row, _, metric = c.partition(".")
+        rows.append(row) if row not in rows else None
+        if metric and metric not in metrics:
+            metrics.append(metric)
+    return rows, metrics
+
+
+def declared_table(metrics: Mapping[str, Any], columns: Sequence[str], title: str) -> Table:
+    """One table for protocols sharing the declared `columns`: a row per direction (its metrics as columns),
+    a row per single number (rsum), and the tie-affected queries where a result counts them."""
+    rows, cols = _layout(columns)
+    ties = any(isinstance(m.get(r), Mapping) and "tie_affected_queries" in m[r] for m in metrics.values() for r in rows)
     table = Table(title=escape(title))
-    for col in ("protocol", "direction", "R@1", "R@5", "R@10", "medr", "meanr", "tie-affected"):
+    for col in ("protocol", "direction", *map(_metric_label, cols), *(("tie-affected",) if ties else ())):
         table.add_column(col, justify="right" if col not in ("protocol", "direction") else "left")
+    wanted = set(columns)
     for name, m in metrics.items():
-        if not isinstance(m, Mapping) or "r1" not in (m.get("i2t") or {}):
-            continue
-        for d, label in (("i2t", "image->text"), ("t2i", "text->image")):
-            x = m[d]
-            table.add_row(escape(name), label, _fmt(x["r1"]), _fmt(x["r5"]), _fmt(x["r10"]), _fmt(x["medr"], 1),
-                          _fmt(x["meanr"], 1), str(x.get("tie_affected_queries", "")))
-        table.add_row(escape(name), "rsum", _fmt(m["rsum"]), "", "", "", "", "", end_section=True)
+        for i, row in enumerate(rows):
+            block = m.get(row)
+            end = i == len(rows) - 1
+            if isinstance(block, Mapping):
+                cells = [_fmt(block[c], 1 if c in ("medr", "meanr") else 2) if f"{row}.{c}" in wanted and c in block
+                         else "" for c in cols]
+                extra = [str(block.get("tie_affected_queries", ""))] if ties else []
+                table.add_row(escape(name), DIRECTIONS.get(row, row), *cells, *extra, end_section=end)
+            elif row in wanted:
+                table.add_row(escape(name), row, _fmt(block) if block is not None else "",
+                              *[""] * (len(cols) - 1 + ties), end_section=end)
     return table
 
 
@@ -74,14 +102,20 @@ def protocol_summary(result: Mapping[str, Any], title: str) -> Table:
     return table
 
 
-def show_protocols(metrics: Mapping[str, Any], title: str) -> None:
-    """Every protocol of an evaluation: recall tables, the other families' summaries, "not defined" lines."""
-    recall = {n: m for n, m in metrics.items() if is_defined(m) and n in PROTOCOLS
-              and PROTOCOLS[n].family == "recall"}
-    if recall:
-        console.print(recall_table(recall, title))
+def show_protocols(metrics: Mapping[str, Any], title: str, table: Mapping[str, Protocol] | None = None) -> None:
+    """Every protocol of an evaluation: a table of each declared column layout (`Protocol.table_columns`),
+    summaries of the results that declare none, "not defined" lines. `table`: the registry's protocols."""
+    table = PROTOCOLS if table is None else table
+    by_layout: dict[tuple[str, ...], dict[str, Any]] = {}
+    for name, m in metrics.items():
+        cols = table[name].table_columns if name in table else None
+        if is_defined(m) and cols:
+            by_layout.setdefault(tuple(cols), {})[name] = m
+    for cols, group in by_layout.items():
+        console.print(declared_table(group, cols, title))
+    shown = {n for group in by_layout.values() for n in group}
     for name, result in metrics.items():
         if not is_defined(result):
             say(f"{name}: not defined: {result.get('reason', '')}", "yellow")
-        elif name not in recall:
-            console.print(protocol_summary(result, PROTOCOLS[name].title if name in PROTOCOLS else name))
+        elif name not in shown:
+            console.print(protocol_summary(result, table[name].title if name in table else name))

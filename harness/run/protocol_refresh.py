@@ -65,7 +65,8 @@ def eval_spec(job: Job, registry: Registry, data_root: Path, settings: Any) -> t
     cfg = job.config
     ds = registry.dataset(job.dataset)
     spec = SplitSpec(data_root, str(cfg.split), job.dataset, test_split=cfg.split == ds.split,
-                     protocols=ds.protocols, layout=data_layout(registry, job.method, job.dataset))
+                     protocols=ds.protocols, layout=data_layout(registry, job.method, job.dataset),
+                     table=registry.protocols)
     s = settings
     return spec, EvalSettings(batch_size=s.encode_batch, precision=cfg.precision or "fp32",
                               image_tile=s.image_tile, caption_tile=s.caption_tile,

@@ -16,7 +16,8 @@ import yaml
 
 from harness.core.paths import HARNESS_DIR
 from harness.data.layouts import DataShape
-from harness.eval.protocols import PROTOCOLS
+from harness.eval.protocols import PROTOCOLS, Protocol
+from harness.spec import protocol_plugins
 from harness.spec.errors import RegistryError, nearest, unknown_name
 from harness.spec.schema import TOP_SECTIONS, check_document
 from harness.spec.yaml_lines import LineDict, load_yaml, location
@@ -181,6 +182,7 @@ class Registry:
     methods: Mapping[str, Method]
     datasets: Mapping[str, Dataset]
     reported: tuple[Reported, ...]
+    protocols: Mapping[str, Protocol] = field(default_factory=lambda: dict(PROTOCOLS))  # built-ins + plugged in
 
     def method(self, name: str) -> Method:
         if name not in self.methods:
@@ -346,15 +348,19 @@ def parse_registry(raw: Mapping[str, Any], source: str = "registry.yaml") -> Reg
         raise RegistryError(f"{source}: a registry is a mapping with datasets / methods / reported sections, "
                             f"found {type(raw).__name__}")
     raw = _flatten_reported(raw, source)
-    check_document(raw, source)
+    check_document({k: v for k, v in raw.items() if k != EXTENSIONS}, source)
+    table, extensions = _plugged_protocols(raw, source)
     datasets = {}
     section = _req(raw, "datasets", source) or {}
     for name, d in section.items():
         where = f"{location(section, name, source)}: datasets.{name}"
+        if protocol_plugins.is_extension(d):
+            extensions.append((where, name, d))
+            continue
         protocols = tuple(_req(d, "protocols", where))
         for p in protocols:
-            if p not in PROTOCOLS:
-                raise unknown_name("protocol", p, PROTOCOLS, where=where)
+            if p not in table:
+                raise unknown_name("protocol", p, table, where=where)
         split = _req(d, "split", where)
         datasets[name] = Dataset(name=name, description=d.get("description", ""), split=split,
                                  protocols=protocols, images=_split_images(d.get("images"), split),
@@ -362,6 +368,7 @@ def parse_registry(raw: Mapping[str, Any], source: str = "registry.yaml") -> Reg
                                  layout=d.get("layout", "precomp"),
                                  validation_split=d.get("validation_split", "dev"),
                                  feature_dim=d.get("feature_dim", 2048))
+    datasets = _extend_datasets(datasets, extensions, table)
     methods = {}
     section = _req(raw, "methods", source) or {}
     for name, m in section.items():
@@ -396,8 +403,8 @@ def parse_registry(raw: Mapping[str, Any], source: str = "registry.yaml") -> Reg
             raise unknown_name("variant", rep.variant, methods[rep.method].variants, where=where)
         if rep.dataset not in datasets:
             raise unknown_name("dataset", rep.dataset, datasets, where=where)
-        if rep.protocol not in PROTOCOLS:
-            raise unknown_name("protocol", rep.protocol, PROTOCOLS, where=where)
+        if rep.protocol not in table:
+            raise unknown_name("protocol", rep.protocol, table, where=where)
         declared = datasets[rep.dataset].protocols
         if rep.protocol not in declared:
             owners = [n for n, d in datasets.items() if rep.protocol in d.protocols]
@@ -411,7 +418,39 @@ def parse_registry(raw: Mapping[str, Any], source: str = "registry.yaml") -> Reg
             if allowed and val not in allowed:
                 raise unknown_name(f"{key}", str(val), [str(a) for a in allowed], where=where)
         reported.append(rep)
-    return Registry(methods=methods, datasets=datasets, reported=tuple(reported))
+    return Registry(methods=methods, datasets=datasets, reported=tuple(reported), protocols=table)
+
+
+EXTENSIONS = "_dataset_extensions"  # merged documents: (where, dataset, {add_protocols: [...]}) of every file
+
+
+def _plugged_protocols(raw: Mapping[str, Any], source: str) -> tuple[dict[str, Protocol], list[tuple]]:
+    """The protocol table (built-ins, entry points, `protocols:` sections) and the dataset extensions merged so far."""
+    try:
+        return protocol_plugins.protocol_table(raw.get("protocols"), source), list(raw.get(EXTENSIONS) or [])
+    except protocol_plugins.ProtocolPluginError as exc:
+        raise RegistryError(str(exc)) from None
+
+
+def _extend_datasets(datasets: dict[str, Dataset], extensions: Sequence[tuple], table: Mapping[str, Protocol],
+                     ) -> dict[str, Dataset]:
+    """Datasets with the protocols `datasets.<name>: {add_protocols: [...]}` entries add (in file order)."""
+    import dataclasses
+
+    for where, name, body in extensions:
+        try:
+            names = protocol_plugins.extension_names(body, where)
+        except protocol_plugins.ProtocolPluginError as exc:
+            raise RegistryError(str(exc)) from None
+        if name not in datasets:
+            raise unknown_name("dataset", name, datasets, where=f"{where} (add_protocols extends a dataset defined "
+                               "in another registry file)")
+        for p in names:
+            if p not in table:
+                raise unknown_name("protocol", p, table, where=f"{where}.add_protocols")
+        ds = datasets[name]
+        datasets[name] = dataclasses.replace(ds, protocols=tuple(dict.fromkeys((*ds.protocols, *names))))
+    return datasets
 
 
 def _split_images(raw: Any, test_split: str) -> dict[str, int]:
@@ -492,7 +531,8 @@ def load_registry_file(path: str | Path) -> Registry:
 def merge_documents(docs: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
     """Merge (source, document) pairs in order: datasets and methods by name (a name defined twice is an error
     naming both files), reported rows appended."""
-    merged: dict[str, Any] = {"datasets": LineDict(), "methods": LineDict(), "reported": []}
+    merged: dict[str, Any] = {"datasets": LineDict(), "methods": LineDict(), "reported": [], "protocols": {},
+                              EXTENSIONS: []}
     origin: dict[tuple[str, str], str] = {}
     for source, doc in docs:
         if doc is not None and not isinstance(doc, Mapping):
@@ -504,11 +544,19 @@ def merge_documents(docs: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, 
                 merged["reported"].extend(value)
             elif key in SECTIONS_READ_ELSEWHERE or (key in TOP_SECTIONS and value is None):
                 continue
+            elif key == "protocols":  # protocols of one's own (harness/spec/protocol_plugins.py)
+                try:
+                    protocol_plugins.merge_section(merged["protocols"], value, source)
+                except protocol_plugins.ProtocolPluginError as exc:
+                    raise RegistryError(str(exc)) from None
             elif key in TOP_SECTIONS:  # sections of named entries (datasets, methods, ...) merge by name
                 if not isinstance(value, Mapping):
                     raise RegistryError(f"{location(doc, key, source)}: {key}: expected a mapping of name -> "
                                         f"definition, found {value!r}")
                 for name, body in value.items():
+                    if key == "datasets" and protocol_plugins.is_extension(body):
+                        merged[EXTENSIONS].append((f"{source}: datasets.{name}", name, body))
+                        continue
                     if (key, name) in origin:
                         raise RegistryError(f"{key}.{name} is defined in {origin[key, name]} and again in "
                                             f"{location(value, name, source)}; rename one of them")
@@ -599,7 +647,7 @@ def builtin_documents(plugins: list[tuple[str, Path | dict[str, Any]]] | None = 
 
 
 @lru_cache(maxsize=8)
-def _load_cached(paths: tuple[Path, ...], stamps: tuple[float, ...]) -> Registry:
+def _load_cached(paths: tuple[Path, ...], stamps: tuple[float, ...], plugged: tuple = ()) -> Registry:
     docs = [(str(p), _read_document(p)) for p in paths]
     source = " + ".join(str(p) for p in paths)
     return _parse_checked(lambda: parse_registry(merge_documents(docs), source=source), source)
@@ -624,7 +672,7 @@ def _load(paths: tuple[Path, ...]) -> Registry:
             stamps.append(p.stat().st_mtime_ns)
         except OSError:
             stamps.append(-1)  # _read_document names the missing file
-    return _load_cached(paths, tuple(stamps))
+    return _load_cached(paths, tuple(stamps), protocol_plugins.entry_point_key())
 
 
 def load_members(method: Method, variant: str, checkpoints: Sequence[str | Path], dataset: str | None) -> list[Adapter]:

@@ -140,7 +140,10 @@ TOP_SECTIONS: dict[str, Key] = {
     "methods": Key(mapping),
     "reported": Key(lambda v: None if v is None or isinstance(v, list) else f"expected a list of rows, found {v!r}"),
     "checkpoints": Key(mapping),  # amendments of checkpoint entries (sizes, hashes, mirrors): read by fetch
+    "protocols": Key(mapping),  # protocols of one's own: name -> {object: "module:Obj"} (spec/protocol_plugins.py)
 }
+
+EXTENSION_KEYS: dict[str, Key] = {"add_protocols": Key(names, required=True)}  # datasets.<name> of another file
 
 DATASET_KEYS: dict[str, Key] = {  # keys of datasets.<name> (e.g. add_protocols goes here)
     "description": Key(text),
@@ -255,6 +258,9 @@ def check_document(doc: Mapping[str, Any], source: str) -> None:
     check_mapping(doc, TOP_SECTIONS, source, "registry")
     datasets = doc.get("datasets") or {}
     for name, body in _entries(datasets):
+        if isinstance(body, Mapping) and set(body) == {"add_protocols"}:  # extends a dataset of another file
+            check_mapping(body, EXTENSION_KEYS, source, f"datasets.{name}", parent=datasets, name=name)
+            continue
         check_mapping(body, DATASET_KEYS, source, f"datasets.{name}", parent=datasets, name=name)
     methods = doc.get("methods") or {}
     for name, body in _entries(methods):

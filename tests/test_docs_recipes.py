@@ -2,7 +2,7 @@
 
 A recipe starts at a line `<!-- recipe: NAME -->` and takes the fenced blocks after it, up to the next recipe or
 heading of the same or higher level: a block whose info string names a file (```` ```yaml file=my.yaml ````) is
-written there; a ```` ```bash ```` block runs in `bash -euo pipefail` with `itrbench` on PATH and ITRBENCH_HOME set
+written there; a ```` ```bash ```` block runs in `bash -euo pipefail` with ITRBENCH set
 to this checkout (a user's clone); other blocks are illustration. Nothing in the project is edited: the test
 checks the checkout is byte-identical afterwards.
 """
@@ -72,7 +72,7 @@ def test_the_doc_has_its_recipes():
 @pytest.mark.parametrize("recipe", ALL, ids=[r.name for r in ALL])
 def test_recipe_runs_from_a_temporary_folder(recipe, tmp_path):
     before = _tree_digest(ROOT / "harness") + _tree_digest(ROOT / "methods") + _tree_digest(ROOT / "examples")
-    env = {**os.environ, "ITRBENCH_HOME": str(ROOT), "PYTHONHASHSEED": "0",
+    env = {**os.environ, "ITRBENCH": str(ROOT), "PYTHONHASHSEED": "0",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env.pop("PYTHONPATH", None) if str(ROOT) not in env.get("PYTHONPATH", "") else None

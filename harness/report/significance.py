@@ -100,6 +100,8 @@ def group_values(runs: Sequence[JobResult], test: PairedTest) -> tuple[np.ndarra
         if stored is None:
             return None
         sims, owner = stored
+        if owner is None:  # no mapping stored beside the matrix: 5 captions per image, in order
+            owner = np.arange(sims.shape[1]) // 5
         v, strata = test.values(sims, owner)
         if total is not None and total.shape != v.shape:
             return None

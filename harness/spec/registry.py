@@ -348,7 +348,7 @@ def parse_registry(raw: Mapping[str, Any], source: str = "registry.yaml") -> Reg
         raise RegistryError(f"{source}: a registry is a mapping with datasets / methods / reported sections, "
                             f"found {type(raw).__name__}")
     raw = _flatten_reported(raw, source)
-    check_document({k: v for k, v in raw.items() if k != EXTENSIONS}, source)
+    check_document(raw, source, internal=(EXTENSIONS,))
     table, extensions = _plugged_protocols(raw, source)
     datasets = {}
     section = _req(raw, "datasets", source) or {}

@@ -253,9 +253,10 @@ def _check_recipes(owner: Mapping[str, Any], source: str, path: str) -> None:
             raise fail(section, name, source, f"{path}.recipes.{name}", problem)
 
 
-def check_document(doc: Mapping[str, Any], source: str) -> None:
-    """Every section of a merged registry document against the tables above (RegistryError at the first problem)."""
-    check_mapping(doc, TOP_SECTIONS, source, "registry")
+def check_document(doc: Mapping[str, Any], source: str, internal: tuple[str, ...] = ()) -> None:
+    """Every section of a merged registry document against the tables above (RegistryError at the first problem);
+    `internal` names keys the merge itself adds (not the user's)."""
+    check_mapping(doc, {**TOP_SECTIONS, **{k: Key(lambda v: None) for k in internal}}, source, "registry")
     datasets = doc.get("datasets") or {}
     for name, body in _entries(datasets):
         if isinstance(body, Mapping) and set(body) == {"add_protocols"}:  # extends a dataset of another file

@@ -82,8 +82,8 @@ def _zoom_centre(x: Array, factor: float) -> Array:
     ch, cw = max(1, int(round(h / factor))), max(1, int(round(w / factor)))
     top, left = (h - ch) // 2, (w - cw) // 2
     crop = x[top:top + ch, left:left + cw]
-    planes = [np.asarray(Image.fromarray(np.ascontiguousarray(crop[..., k], dtype=np.float32)).resize((w, h), Image.BILINEAR))
-              for k in range(3)]
+    planes = [np.asarray(Image.fromarray(np.ascontiguousarray(crop[..., k], dtype=np.float32))
+                         .resize((w, h), Image.BILINEAR)) for k in range(3)]
     return np.stack(planes, axis=-1)
 
 

@@ -185,7 +185,7 @@ def _load_wordnet() -> Callable[[str], tuple[str, ...]] | None:
     except (LookupError, OSError, ImportError):
         return None
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def synonyms(word: str) -> tuple[str, ...]:
         names = {lemma.name().replace("_", " ") for s in wordnet.synsets(word.lower()) for lemma in s.lemmas()}
         return tuple(sorted(n for n in names if n.lower() != word.lower()))

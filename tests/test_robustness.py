@@ -107,3 +107,41 @@ def test_bad_perturb_value_fails_before_loading(lab, capsys):
     code = main(["evaluate", "--registry", str(reg), "--method", "stub", "--variant", "a", "--checkpoint", str(ck),
                  "--data-root", str(tmp / "data"), "--dataset", "f30k", "--perturb", "zoomblur"])
     assert code == 2 and "did you mean zoom_blur" in capsys.readouterr().err
+
+
+def _run(tmp, reg, *extra) -> int:
+    return main(["run", "--registry", str(reg), "--methods", "stub", "--dataset", "mine", "--stage", "evaluate",
+                 "--data-root", str(tmp / "data"), "--checkpoint-dir", str(tmp / "checkpoints"),
+                 "--results", str(tmp / "results"), "--reports", str(tmp / "reports"), *extra])
+
+
+def test_run_perturb_adds_a_robustness_job_and_a_report_section(lab):
+    from harness.run.plan import build_plan
+    from harness.run.robust_plan import add_robustness_jobs
+    from harness.spec.registry import load_registry
+
+    tmp, reg, _ = lab
+    write_split(tmp / "data" / "mine" / "precomp", "test", 30)
+    write_checkpoint(tmp / "checkpoints" / "stub" / "a" / "mine" / "stub.pth")
+    assert _run(tmp, reg, "--perturb", "keyboard@5,word_delete@2,gaussian_noise") == 0
+    folder = tmp / "results" / "mine" / "stub-a-official"
+    robust = json.loads((folder / "robust" / "metrics.json").read_text())
+    assert robust["stage"] == "robust" and set(robust["protocols"]) == {"recall"}
+    assert list(robust["robustness"]["perturbations"]) == ["keyboard@5", "word_delete@2", "gaussian_noise@3"]
+    clean = json.loads((folder / "eval" / "metrics.json").read_text())["protocols"]["recall"]["rsum"]
+    assert robust["robustness"]["clean"]["rsum"] == pytest.approx(clean)  # the same model, the same clean matrix
+    text = (tmp / "reports" / "mine.md").read_text()
+    assert "## Robustness" in text and "`keyboard@5`" in text and PRECOMPUTED in text
+    assert (tmp / "reports" / "plots" / "mine-robustness.png").is_file()
+    assert text.count("stub/a") >= 1 and "| stub/a (official, perturbation seed 0)" in text
+
+    registry = load_registry(str(reg))
+    def keys(spec: str, seed: int) -> dict[str, str]:
+        plan = build_plan(registry, ["stub"], "mine", stage="evaluate", checkpoint_dir=tmp / "checkpoints",
+                          data_root=tmp / "data")
+        add_robustness_jobs(plan, spec, seed)
+        return {j.name: j.key for j in plan.jobs}
+    base = keys("keyboard@5", 0)
+    assert base["mine/stub-a-official/robust"] != keys("keyboard@5", 1)["mine/stub-a-official/robust"]
+    assert base["mine/stub-a-official/robust"] != keys("keyboard@4", 0)["mine/stub-a-official/robust"]
+    assert base["mine/stub-a-official/eval"] == keys("ocr@1", 3)["mine/stub-a-official/eval"]  # clean job untouched

@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--image-retrieval-root", default=None,
                      help="CUB/SOP/In-shop/iNaturalist folder: adds image retrieval where the dataset declares it")
 
+    _perturb_options(run)
+
     ev = sub.add_parser("evaluate", help="evaluate official (or any) checkpoints on a data split")
     ev.add_argument("--method", required=True)
     ev.add_argument("--variant", required=True)
@@ -421,7 +423,13 @@ def campaign_from_args(args: argparse.Namespace) -> Any:
         force=(args.force,) if args.force else (), dry_run=args.dry_run, gpus=args.gpus,
         checkpoint_minutes=args.checkpoint_minutes or None, checkpoint_steps=args.checkpoint_steps,
         tiles=parse_tiles(args.tiles), sts_root=existing_path(args.sts_root, "--sts-root"),
-        image_retrieval_root=existing_path(args.image_retrieval_root, "--image-retrieval-root"))
+        image_retrieval_root=existing_path(args.image_retrieval_root, "--image-retrieval-root"),
+        **_campaign_perturb(args))
+
+
+def _campaign_perturb(args: argparse.Namespace) -> dict[str, Any]:
+    request = _robustness_request(args)
+    return {} if request is None else {"perturb": request.spec, "perturb_seed": request.seed}
 
 
 def cmd_run(args: argparse.Namespace) -> int:

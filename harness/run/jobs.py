@@ -33,6 +33,7 @@ protocols recomputed from its stored matrix, or is evaluated again in place when
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -67,6 +68,8 @@ from harness.eval.evaluation import (
     mean_matrix,
     peak_memory,
 )
+from harness.eval.perturb.spec import parse_perturb
+from harness.eval.robustness import RobustnessRequest
 from harness.run import distributed
 from harness.run.plan import Job
 from harness.run.protocol_refresh import RECOMPUTE, eval_spec, recompute_protocols, refresh_action
@@ -440,9 +443,16 @@ class _Runner:
                                                                dataset=job.dataset).to(ctx.device)
             else:
                 adapter = self.load_trained(str(cfg.train_job))
-            result = evaluate_models([adapter], spec, settings, output, self.hooks())
-        out = {"stage": "evaluate", "protocols": result.metrics, "efficiency": result.efficiency,
+            request = None
+            if cfg.robustness:  # a robustness job: recall of the clean matrix, then the perturbations
+                spec = dataclasses.replace(spec, protocols=())
+                request = RobustnessRequest(parse_perturb(str(cfg.robustness["spec"])),
+                                            int(cfg.robustness.get("seed", 0)))
+            result = evaluate_models([adapter], spec, settings, output, self.hooks(), request)
+        out = {"stage": job.stage, "protocols": result.metrics, "efficiency": result.efficiency,
                "shape": list(result.sims.shape), "protocol_code": job.protocols}
+        if result.robustness is not None:
+            out["robustness"] = result.robustness
         if cfg.source == "official" and cfg.members is None:
             epoch = checkpoint_epoch(str(cfg.checkpoint))
             if epoch is not None:  # which of a paper's per-epoch log rows this checkpoint can fill

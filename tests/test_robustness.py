@@ -126,10 +126,11 @@ def test_run_perturb_adds_a_robustness_job_and_a_report_section(lab):
     assert _run(tmp, reg, "--perturb", "keyboard@5,word_delete@2,gaussian_noise") == 0
     folder = tmp / "results" / "mine" / "stub-a-official"
     robust = json.loads((folder / "robust" / "metrics.json").read_text())
-    assert robust["stage"] == "robust" and set(robust["protocols"]) == {"recall"}
+    assert robust["stage"] == "robust" and robust["clean_matrix"] == "stored"  # its evaluation's matrix, reused
     assert list(robust["robustness"]["perturbations"]) == ["keyboard@5", "word_delete@2", "gaussian_noise@3"]
     clean = json.loads((folder / "eval" / "metrics.json").read_text())["protocols"]["recall"]["rsum"]
     assert robust["robustness"]["clean"]["rsum"] == pytest.approx(clean)  # the same model, the same clean matrix
+    assert not (folder / "robust" / "sims.npy").exists()
     text = (tmp / "reports" / "mine.md").read_text()
     assert "## Robustness" in text and "`keyboard@5`" in text and PRECOMPUTED in text
     assert (tmp / "reports" / "plots" / "mine-robustness.png").is_file()
@@ -145,3 +146,5 @@ def test_run_perturb_adds_a_robustness_job_and_a_report_section(lab):
     assert base["mine/stub-a-official/robust"] != keys("keyboard@5", 1)["mine/stub-a-official/robust"]
     assert base["mine/stub-a-official/robust"] != keys("keyboard@4", 0)["mine/stub-a-official/robust"]
     assert base["mine/stub-a-official/eval"] == keys("ocr@1", 3)["mine/stub-a-official/eval"]  # clean job untouched
+    assert _run(tmp, reg, "--perturb", "keyboard@5,word_delete@2,gaussian_noise") == 0  # cached: same numbers
+    assert json.loads((folder / "robust" / "metrics.json").read_text()) == robust

@@ -48,3 +48,18 @@ def test_corrupted_views_are_the_same_twice(tmp_path):
     views = [CorruptedImages(split.image_paths[:3], to_tensor, "shot_noise", 4, 0, load_image) for _ in range(2)]
     assert torch.equal(views[0][0:3], views[1][0:3])
     assert not torch.equal(views[0][0:1], to_tensor(load_image(split.image_paths[0]))[None])
+
+
+def test_demo_run_with_perturb_shows_a_robustness_section(tmp_path, one_thread):
+    rc = cli_main(["run", "--methods", "clip_zeroshot", "--dataset", "demo", "--results", str(tmp_path / "results"),
+                   "--reports", str(tmp_path / "reports"), "--data-root", str(tmp_path / "data"),
+                   "--perturb", "keyboard@2,pixelate@4"])
+    assert rc == 0
+    folder = tmp_path / "results" / "demo" / "clip_zeroshot-tiny-zeroshot"
+    record = json.loads((folder / "robust" / "metrics.json").read_text())["robustness"]
+    assert set(record["summary"]) == {"text", "image", "all"}
+    report = (tmp_path / "reports" / "demo.md").read_text()
+    section = report.split("## Robustness", 1)[1].split("\n## ", 1)[0]
+    assert "`keyboard@2`" in section and "`pixelate@4`" in section and "clip_zeroshot/tiny (zeroshot" in section
+    assert (tmp_path / "reports" / "plots" / "demo-robustness.png").is_file()
+    assert report.count("| clip_zeroshot/tiny") >= 1

@@ -430,6 +430,33 @@ def evaluate_models(members: Sequence[Adapter], spec: SplitSpec, settings: EvalS
     return Evaluation(sims, owner, metrics, eff, robust)
 
 
+def evaluate_robustness(adapter: Adapter, spec: SplitSpec, settings: EvalSettings, request: RobustnessRequest,
+                        clean_sims: np.ndarray | None = None, clean_owner: np.ndarray | None = None,
+                        hooks: Hooks | None = None) -> dict[str, Any]:
+    """A robustness pass of one model on a split: each side encoded once (the clean encodings), the clean
+    matrix taken from the model's evaluation when given and of this split (else scored here), then every
+    perturbation re-encodes only its side. The record says which clean matrix it compared with."""
+    hooks = hooks or Hooks()
+    check_precision(settings.precision, adapter.device)
+    images, captions, owner = split_data(adapter, spec)
+    batch, precision = settings.batch_size, settings.precision
+    img = encode_images(adapter, images, batch_size=batch, precision=precision)
+    txt = encode_texts(adapter, captions, batch_size=batch, precision=precision)
+    default = DEFAULT_TILES[adapter.scoring]
+    tiles = (settings.image_tile or default[0], settings.caption_tile or default[1])
+    reused = clean_sims is not None and tuple(clean_sims.shape) == (len(images), len(captions)) and \
+        (clean_owner is None or np.array_equal(clean_owner, owner))
+    if reused:
+        sims = np.asarray(clean_sims, dtype=np.float32)
+    else:
+        hooks.log("robustness: no stored clean matrix of this split; scoring it")
+        sims = score_blocks(adapter, img, txt, image_tile=tiles[0], caption_tile=tiles[1], precision=precision)
+    record = robustness_pass(adapter, images, captions, owner, clean_images=img, clean_texts=txt, clean_sims=sims,
+                             request=request, batch_size=batch, precision=precision, tiles=tiles,
+                             progress=hooks.progress)
+    return {**record, "clean_matrix": "stored" if reused else "scored"}
+
+
 def evaluate_matrix(sims: np.ndarray, owner: np.ndarray, spec: SplitSpec, settings: EvalSettings,
                     output: MatrixOutput | None = None, *, method: str = "the matrix", scoring: str = "embedding",
                     members: int = 1, efficiency: dict[str, Any] | None = None,

@@ -51,6 +51,7 @@ def robustness_plot(runs: Sequence[tuple[str, dict[str, Any]]], keys: Sequence[s
         ax.barh(ys, xs, height=height, label=label)
     ax.set_yticks([i + 0.4 - height / 2 for i in range(len(keys))], labels=list(keys), fontsize=7)
     ax.invert_yaxis()
+    ax.axvline(0.0, color="0.3", lw=0.8)
     ax.set_xlabel("relative rsum drop from clean (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)

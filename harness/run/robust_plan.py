@@ -1,9 +1,10 @@
 """`run --perturb`: one robustness job beside each single-model evaluation of a plan.
 
-A robustness job (`<run>/robust`, stage `robust`) evaluates the same model as its evaluation (`<run>/eval`):
-it depends on the same training job (or on nothing: an official checkpoint or a zero-shot model), and its
-identity is the evaluation's config plus the perturbation spec and seed, with the code of the perturbations
-and of the pass beside the evaluation's matrix code. Ensembles get none (a pass measures one model).
+A robustness job (`<run>/robust`, stage `robust`) loads the same model as its evaluation (`<run>/eval`) and
+depends on the same training job (if any) and on that evaluation, whose stored matrix is its clean matrix
+(nothing is scored twice; each side is encoded once for the pass to reuse). Its identity is the evaluation's
+config plus the perturbation spec and seed, the evaluation's key, and the code of the perturbations and of the
+pass beside the evaluation's matrix code. Ensembles get none (a pass measures one model).
 """
 
 from __future__ import annotations
@@ -30,13 +31,15 @@ def add_robustness_jobs(plan: Plan, spec: str, seed: int) -> list[Job]:
     for job in list(plan.jobs):
         if job.stage != "evaluate" or job.config.members is not None or not job.name.endswith("/eval"):
             continue
-        config = job.config.replace(stage=ROBUST, robustness={"spec": spec, "seed": int(seed)})
+        config = job.config.replace(stage=ROBUST, robustness={"spec": spec, "seed": int(seed), "evaluation": job.name})
+        depends = (*job.depends, job.name)
         hashed = {k: v for k, v in config.as_dict().items() if k not in UNHASHED}
-        hashed.update({f"key_of_{d}": by_name[d].key for d in job.depends})
+        hashed.update({f"key_of_{d}": by_name[d].key for d in depends})
         job_code = _digest({"matrix": job.identity.get("code", ""), "robustness": code})
         data = str(job.identity.get("data", ""))
         robust = replace(job, name=job.name[: -len("/eval")] + "/" + ROBUST, stage=ROBUST, config=config,
-                         key=job_key(hashed, data, job_code), identity=identity(hashed, data, job_code), protocols="")
+                         depends=depends, key=job_key(hashed, data, job_code),
+                         identity=identity(hashed, data, job_code), protocols="")
         if robust.name not in by_name:
             plan.jobs.append(robust)
             added.append(robust)

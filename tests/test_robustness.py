@@ -148,3 +148,30 @@ def test_run_perturb_adds_a_robustness_job_and_a_report_section(lab):
     assert base["mine/stub-a-official/eval"] == keys("ocr@1", 3)["mine/stub-a-official/eval"]  # clean job untouched
     assert _run(tmp, reg, "--perturb", "keyboard@5,word_delete@2,gaussian_noise") == 0  # cached: same numbers
     assert json.loads((folder / "robust" / "metrics.json").read_text()) == robust
+
+
+def test_evaluate_perturb_text_on_an_official_esa_checkpoint(tmp_path, one_thread):
+    import torch
+
+    from methods.esa import ESAAdapter
+
+    options = dict(embed_size=32, img_dim=48, word_dim=8)
+    torch.manual_seed(0)
+    ck = tmp_path / "model_best.pth"
+    torch.save(ESAAdapter.build("bigru", "coco", options).official_checkpoint(epoch=2), ck)
+    folder = tmp_path / "data" / "coco" / "precomp"
+    folder.mkdir(parents=True)
+    captions = (HERE.parent / "harness" / "assets" / "coco5k" / "testall_caps.txt").read_text().splitlines()[:60]
+    (folder / "test_caps.txt").write_text("\n".join(captions) + "\n")
+    np.save(folder / "test_ims.npy", np.random.default_rng(0).standard_normal((12, 4, 48)).astype(np.float32))
+    records = []
+    for out in ("a", "b"):
+        code = main(["evaluate", "--method", "esa", "--variant", "bigru", "--checkpoint", str(ck), "--dataset", "coco",
+                     "--split", "test", "--data-root", str(tmp_path / "data"), "--recall-only", "--perturb", "text",
+                     "--save-sims", str(tmp_path / out / "sims.npy"), "--json", str(tmp_path / out / "m.json")])
+        assert code == 0
+        records.append(json.loads((tmp_path / out / "m.json").read_text())["robustness"])
+    assert records[0] == records[1]
+    done = {k: r for k, r in records[0]["perturbations"].items() if r.get("defined", True)}
+    assert len(done) >= 10 and {r["level"] for r in done.values()} == {"character", "word", "sentence"}
+    assert len({r["rsum"] for r in done.values()} | {records[0]["clean"]["rsum"]}) > 1  # the text side changed

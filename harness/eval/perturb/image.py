@@ -1,14 +1,15 @@
 """ImageNet-C image corruptions at severities 1-5 (Hendrycks & Dietterich, ICLR 2019), written with numpy,
 scipy and PIL, deterministic from a seed.
 
-The `imagecorruptions` package (1.1.2, the last release) does not run on this stack: it calls
-`skimage.filters.gaussian(multichannel=...)` (removed in scikit-image 0.19), imports
-`scipy.ndimage.interpolation` (removed in SciPy 1.14) and `pkg_resources`. So the corruptions that need
+The `imagecorruptions` package (1.1.2, the last release) does not run on this stack: it imports
+`pkg_resources` (gone from setuptools 81+), calls `skimage.filters.gaussian(multichannel=...)` (a keyword
+current scikit-image no longer takes) and needs opencv and scikit-image besides. So the corruptions that need
 only array arithmetic, a blur or a re-encoding are written here with ImageNet-C's severity constants:
 
 - noise: `gaussian_noise`, `shot_noise`, `impulse_noise`, `speckle_noise`;
 - blur: `gaussian_blur`, `defocus_blur`, `zoom_blur` (the corruption Qiu et al. found hurts most);
-- digital / weather-free photometric: `brightness`, `contrast`, `saturate`, `jpeg_compression`, `pixelate`.
+- weather: `brightness`; digital: `contrast`, `saturate`, `jpeg_compression`, `pixelate`
+  (`speckle_noise`, `gaussian_blur` and `saturate` are among ImageNet-C's extra corruptions).
 
 Not provided (they need ImageMagick, frost photographs or elastic warps): motion_blur, glass_blur, snow,
 frost, fog, spatter, elastic_transform. The constants are ImageNet-C's, stated for 224-pixel images; here they
@@ -143,8 +144,10 @@ IMAGE_CORRUPTIONS: dict[str, Callable[[Array, int, np.random.Generator], Array]]
     "zoom_blur": _zoom_blur, "brightness": _brightness, "contrast": _contrast, "saturate": _saturate,
     "jpeg_compression": _jpeg_compression, "pixelate": _pixelate,
 }
-IMAGE_LEVELS = {name: ("noise" if "noise" in name else "blur" if "blur" in name else "digital")
-                for name in IMAGE_CORRUPTIONS}
+# ImageNet-C's categories (speckle_noise, gaussian_blur and saturate are its four "extra" corruptions' three)
+IMAGE_LEVELS = {"gaussian_noise": "noise", "shot_noise": "noise", "impulse_noise": "noise", "speckle_noise": "noise",
+                "gaussian_blur": "blur", "defocus_blur": "blur", "zoom_blur": "blur", "brightness": "weather",
+                "contrast": "digital", "saturate": "digital", "jpeg_compression": "digital", "pixelate": "digital"}
 
 
 def corrupt(image: Image.Image, name: str, severity: int, rng: np.random.Generator) -> Image.Image:

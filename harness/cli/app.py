@@ -48,6 +48,13 @@ def _registry_option(p: argparse.ArgumentParser) -> None:
                         "repeatable")
 
 
+def _perturb_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--perturb", default=None, metavar="text|image|all|NAME[@SEVERITY],...",
+                   help="also a robustness pass: recall after perturbing captions or images (severity 1-5, default "
+                        "3; @all: 1-5), its drop from clean and a summary (docs/robustness.md)")
+    p.add_argument("--perturb-seed", type=int, default=0, help="seed of the perturbations (default 0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="itrbench", description="Image-text retrieval reproducibility harness")
     sub = p.add_subparsers(dest="command")
@@ -89,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--image-retrieval-root", default=None,
                      help="CUB/SOP/In-shop/iNaturalist folder: adds image retrieval where the dataset declares it")
 
+    _perturb_options(run)
+
     ev = sub.add_parser("evaluate", help="evaluate official (or any) checkpoints on a data split")
     ev.add_argument("--method", required=True)
     ev.add_argument("--variant", required=True)
@@ -115,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CUB/SOP/In-shop/iNaturalist folder (check-data --dataset image_retrieval): also evaluate "
                          "image retrieval R@1 with the uni-modal image head")
     ev.add_argument("--recall-only", action="store_true", help="full-split recall only (skip the dataset's protocols)")
+    _perturb_options(ev)
     _registry_option(ev)
 
     me = sub.add_parser("metrics", help="metrics of a saved similarity matrix (numpy only; no model)")
@@ -233,6 +243,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         existing_path(ck, "--checkpoint", kind="file")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}: expected a positive integer")
+    robustness = _robustness_request(args)
     reads = [*args.checkpoint, *(getattr(args, "registry", None) or [])]
     folders = [data_root, args.sts_root, args.image_retrieval_root]
     json_out = guard_output(args.json, "--json", reads=reads, data_folders=folders, overwrite=args.overwrite)
@@ -262,16 +273,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                      protocols=protocols, layout=layout, table=registry.protocols)
     output = MatrixOutput.beside(sims_out, args.cache_dir)
     with _progress() as hooks:
-        result = evaluate_models(members, spec, settings, output, hooks)
+        result = evaluate_models(members, spec, settings, output, hooks, robustness)
     say(f"wrote {output.matrix} ({result.sims.shape[0]} x {result.sims.shape[1]}, {result.sims.dtype}) and "
         f"{output.owner}")
     show_protocols(result.metrics, f"{args.method}/{args.variant} on {args.dataset or ''} {split}",
                    registry.protocols)
+    if result.robustness is not None:
+        from harness.run.robust_display import show_robustness
+
+        show_robustness(result.robustness, f"{args.method}/{args.variant}")
     if json_out is not None:
+        extra = {"robustness": result.robustness} if result.robustness is not None else {}
         write_json(json_out, {"metrics": result.metrics, "efficiency": result.efficiency,
-                              "shape": list(result.sims.shape), "matrix": str(output.matrix)})
+                              "shape": list(result.sims.shape), "matrix": str(output.matrix), **extra})
         say(f"wrote {json_out}")
     return _exit_status(result.metrics)
+
+
+def _robustness_request(args: argparse.Namespace) -> Any:
+    """The parsed --perturb / --perturb-seed (None without --perturb); bad values fail before any model loads."""
+    if not getattr(args, "perturb", None):
+        return None
+    from harness.eval.perturb.spec import parse_perturb
+    from harness.eval.robustness import RobustnessRequest
+
+    if args.perturb_seed < 0:
+        raise ValueError(f"--perturb-seed {args.perturb_seed}: expected 0 or a positive integer")
+    return RobustnessRequest(parse_perturb(args.perturb), args.perturb_seed)
 
 
 def _exit_status(metrics: dict[str, Any]) -> int:
@@ -414,7 +442,13 @@ def campaign_from_args(args: argparse.Namespace) -> Any:
         force=(args.force,) if args.force else (), dry_run=args.dry_run, gpus=args.gpus,
         checkpoint_minutes=args.checkpoint_minutes or None, checkpoint_steps=args.checkpoint_steps,
         tiles=parse_tiles(args.tiles), sts_root=existing_path(args.sts_root, "--sts-root"),
-        image_retrieval_root=existing_path(args.image_retrieval_root, "--image-retrieval-root"))
+        image_retrieval_root=existing_path(args.image_retrieval_root, "--image-retrieval-root"),
+        **_campaign_perturb(args))
+
+
+def _campaign_perturb(args: argparse.Namespace) -> dict[str, Any]:
+    request = _robustness_request(args)
+    return {} if request is None else {"perturb": request.spec, "perturb_seed": request.seed}
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ CORE = ("stage", "method", "variant", "dataset")  # the fields every job config 
 
 @dataclass(frozen=True)
 class JobConfig:
-    stage: str  # train | evaluate
+    stage: str  # train | evaluate | robust
     method: str
     variant: str
     dataset: str
@@ -32,6 +32,7 @@ class JobConfig:
     precision: str | None = None  # non-fp32 evaluations
     setting: Mapping[str, Any] | None = None  # report labels (e.g. precision)
     provenance: Mapping[str, Any] | None = None  # imported matrices: where the matrix came from
+    robustness: Mapping[str, Any] | None = None  # robustness jobs: {spec: canonical --perturb, seed}
 
     @property
     def is_ensemble(self) -> bool:

@@ -38,6 +38,7 @@ from harness.eval.metrics.ids import CocoTestIds
 from harness.eval.metrics.image_retrieval import image_retrieval_protocol
 from harness.eval.precision import check_precision
 from harness.eval.protocols import BOOTSTRAP, PROTOCOLS, EvalInputs, Protocol, run_protocols, wanted
+from harness.eval.robustness import RobustnessRequest, ensemble_robustness, robustness_pass
 from harness.eval.scoring import (
     DEFAULT_TILES,
     CacheError,
@@ -116,6 +117,7 @@ class Evaluation:
     image_of_caption: np.ndarray
     metrics: dict[str, Any]
     efficiency: dict[str, Any] = field(default_factory=dict)
+    robustness: dict[str, Any] | None = None  # the robustness pass's record, when one was asked for
 
 
 # ---- data ------------------------------------------------------------------------------------------------
@@ -157,8 +159,10 @@ def cached_tiles(cache: Path, tiles: tuple[int, int]) -> int:
 
 
 def score_model(adapter: Adapter, images: Any, captions: Sequence[str], settings: EvalSettings,
-                cache: Path | None = None, hooks: Hooks | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """Encode once, score tile by tile into `cache` (resumable), with timings."""
+                cache: Path | None = None, hooks: Hooks | None = None,
+                keep: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Encode once, score tile by tile into `cache` (resumable), with timings. `keep`, when given, receives
+    the encodings ("images", "texts") for a robustness pass to reuse."""
     hooks = hooks or Hooks()
     precision = settings.precision
     check_precision(precision, adapter.device)
@@ -178,6 +182,8 @@ def score_model(adapter: Adapter, images: Any, captions: Sequence[str], settings
     txt = encode_texts(adapter, captions, batch_size=settings.batch_size, on_batch=counter("captions", n_cap),
                        precision=precision)
     t2 = time.perf_counter()
+    if keep is not None:
+        keep.update(images=img, texts=txt)
     default = DEFAULT_TILES[adapter.scoring]
     tiles = (settings.image_tile or default[0], settings.caption_tile or default[1])
     total = len(tile_grid(n_img, n_cap, *tiles))
@@ -384,16 +390,19 @@ def json_coco_ids(spec: SplitSpec, owner: np.ndarray) -> tuple[CocoTestIds, np.n
 
 
 def evaluate_models(members: Sequence[Adapter], spec: SplitSpec, settings: EvalSettings,
-                    output: MatrixOutput | None = None, hooks: Hooks | None = None) -> Evaluation:
-    """Score one model (or average an ensemble's models) on a split, save the matrix, run the protocols."""
+                    output: MatrixOutput | None = None, hooks: Hooks | None = None,
+                    robustness: RobustnessRequest | None = None) -> Evaluation:
+    """Score one model (or average an ensemble's models) on a split, save the matrix, run the protocols,
+    and with `robustness` a robustness pass reusing the clean encodings (harness.eval.robustness)."""
     hooks = hooks or Hooks()
     output = output or MatrixOutput()
     t_start = time.perf_counter()
     images, captions, owner = split_data(members[0], spec)
     matrices, effs = [], []
+    keep: dict[str, Any] | None = {} if robustness is not None and len(members) == 1 else None
     for k, adapter in enumerate(members):
         cache = output.cache_dir / f"tiles_{k}.h5" if output.cache_dir else None
-        sims_k, eff_k = score_model(adapter, images, captions, settings, cache, hooks)
+        sims_k, eff_k = score_model(adapter, images, captions, settings, cache, hooks, keep)
         matrices.append(sims_k)
         effs.append(eff_k)
     sims = matrices[0] if len(matrices) == 1 else mean_matrix(matrices)
@@ -404,11 +413,50 @@ def evaluate_models(members: Sequence[Adapter], spec: SplitSpec, settings: EvalS
     metrics = run_protocols(protocol_inputs(sims, owner, spec, settings, members, images, captions),
                             wanted(spec.protocols, spec.table),
                             on_protocol=lambda name: hooks.progress("metrics", 0, 1, name), table=spec.table)
+    robust = None
+    if robustness is not None:
+        t_robust = time.perf_counter()
+        if keep is None:
+            robust = ensemble_robustness(robustness, len(members))
+        else:
+            robust = robustness_pass(
+                members[0], images, captions, owner, clean_images=keep["images"], clean_texts=keep["texts"],
+                clean_sims=sims, request=robustness, batch_size=settings.batch_size, precision=settings.precision,
+                tiles=(settings.image_tile or DEFAULT_TILES[members[0].scoring][0],
+                       settings.caption_tile or DEFAULT_TILES[members[0].scoring][1]), progress=hooks.progress)
+        eff["robustness_seconds"] = time.perf_counter() - t_robust
     wall = time.perf_counter() - t_start
     peak, kind = peak_memory(device)
     eff.update(eval_wall_seconds=wall, peak_memory_mb=peak, peak_memory_kind=kind, device=device, processes=1,
                gpu_hours=wall / 3600.0 if device.startswith("cuda") else 0.0, precision=settings.precision)
-    return Evaluation(sims, owner, metrics, eff)
+    return Evaluation(sims, owner, metrics, eff, robust)
+
+
+def evaluate_robustness(adapter: Adapter, spec: SplitSpec, settings: EvalSettings, request: RobustnessRequest,
+                        clean_sims: np.ndarray | None = None, clean_owner: np.ndarray | None = None,
+                        hooks: Hooks | None = None) -> dict[str, Any]:
+    """A robustness pass of one model on a split: each side encoded once (the clean encodings), the clean
+    matrix taken from the model's evaluation when given and of this split (else scored here), then every
+    perturbation re-encodes only its side. The record says which clean matrix it compared with."""
+    hooks = hooks or Hooks()
+    check_precision(settings.precision, adapter.device)
+    images, captions, owner = split_data(adapter, spec)
+    batch, precision = settings.batch_size, settings.precision
+    img = encode_images(adapter, images, batch_size=batch, precision=precision)
+    txt = encode_texts(adapter, captions, batch_size=batch, precision=precision)
+    default = DEFAULT_TILES[adapter.scoring]
+    tiles = (settings.image_tile or default[0], settings.caption_tile or default[1])
+    reused = clean_sims is not None and tuple(clean_sims.shape) == (len(images), len(captions)) and \
+        (clean_owner is None or np.array_equal(clean_owner, owner))
+    if reused:
+        sims = np.asarray(clean_sims, dtype=np.float32)
+    else:
+        hooks.log("robustness: no stored clean matrix of this split; scoring it")
+        sims = score_blocks(adapter, img, txt, image_tile=tiles[0], caption_tile=tiles[1], precision=precision)
+    record = robustness_pass(adapter, images, captions, owner, clean_images=img, clean_texts=txt, clean_sims=sims,
+                             request=request, batch_size=batch, precision=precision, tiles=tiles,
+                             progress=hooks.progress)
+    return {**record, "clean_matrix": "stored" if reused else "scored"}
 
 
 def evaluate_matrix(sims: np.ndarray, owner: np.ndarray, spec: SplitSpec, settings: EvalSettings,

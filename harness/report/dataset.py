@@ -35,6 +35,7 @@ from harness.report.markdown import (
 from harness.report.plots import EffPoint, effectiveness_vs_efficiency
 from harness.report.problems import non_finite_results, problems_section
 from harness.report.protocol_notes import protocol_notes
+from harness.report.robustness import robustness_section
 from harness.report.runs import RETRAINED, RunGroup, Stat, get_path, matching_reported, plain_stat, stored_key
 from harness.report.significance import RESAMPLES, StoredMatrixError, group_values, paired_p
 from harness.spec.registry import Registry
@@ -397,6 +398,9 @@ def dataset_report(registry: Registry, dataset: str, groups: Sequence[RunGroup],
     out += ["## Efficiency", ""] + _efficiency(groups, jobs)
     plot_md, plots = _efficiency_plot(dataset, groups, reports)
     out += plot_md
+    robust_md, robust_plots = robustness_section(dataset, jobs, reports)
+    out += robust_md
+    plots = [*plots, *robust_plots]
     out += ["## Runs", ""] + _runs_table(groups, results_root)
     out += protocol_notes(groups, results_root)
     out += unfinished_jobs(results_root, dataset)

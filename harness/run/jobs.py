@@ -17,8 +17,10 @@ Result layout (read by harness.report): `<results>/<dataset>/<method>-<variant>-
 metrics.json: train `{stage: "train", best_rsum, best_epoch, history: [{epoch, loss, lr, val_rsum}],
 checkpoint, efficiency}`; evaluate `{stage: "evaluate", protocols: {<protocol>: recall metrics},
 shape: [images, captions], efficiency, protocol_code}` (+ `protocols_recomputed: {at, previous_protocol_code, git}`
-when its protocols were recomputed from sims.npy). Efficiency: parameters, peak_memory_mb (+ peak_memory_kind),
-device, processes, gpu_hours; train: train_wall_seconds, steps, step_ms; evaluate: eval_wall_seconds,
+when its protocols were recomputed from sims.npy); robust (`run --perturb`, harness.run.robust_plan)
+`{stage: "robust", robustness: {seed, spec, clean, perturbations, summary, clean_matrix}, efficiency}`.
+Efficiency: parameters, peak_memory_mb (+ peak_memory_kind), device, processes, gpu_hours; train:
+train_wall_seconds, steps, step_ms; evaluate: eval_wall_seconds,
 encode_ms_per_image, encode_ms_per_caption, scoring_seconds (the full matrix; extrapolated from the
 tiles scored when a run resumed, `scoring_seconds_extrapolated: true`).
 
@@ -49,6 +51,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: jobs are not locked
     fcntl = None  # type: ignore[assignment]
 
+import numpy as np
 import torch
 
 from harness.api.adapter import Adapter, parameter_count
@@ -64,9 +67,12 @@ from harness.eval.evaluation import (
     combine_efficiency,
     evaluate_matrix,
     evaluate_models,
+    evaluate_robustness,
     mean_matrix,
     peak_memory,
 )
+from harness.eval.perturb.spec import parse_perturb
+from harness.eval.robustness import RobustnessRequest
 from harness.run import distributed
 from harness.run.plan import Job
 from harness.run.protocol_refresh import RECOMPUTE, eval_spec, recompute_protocols, refresh_action
@@ -440,6 +446,8 @@ class _Runner:
                                                                dataset=job.dataset).to(ctx.device)
             else:
                 adapter = self.load_trained(str(cfg.train_job))
+            if cfg.robustness:  # a robustness job: the clean matrix is its evaluation's, then the perturbations
+                return self.robustness(adapter, spec, settings)
             result = evaluate_models([adapter], spec, settings, output, self.hooks())
         out = {"stage": "evaluate", "protocols": result.metrics, "efficiency": result.efficiency,
                "shape": list(result.sims.shape), "protocol_code": job.protocols}
@@ -448,6 +456,27 @@ class _Runner:
             if epoch is not None:  # which of a paper's per-epoch log rows this checkpoint can fill
                 out["checkpoint_epoch"] = epoch
         return out
+
+    def robustness(self, adapter: Adapter, spec: Any, settings: Any) -> dict[str, Any]:
+        """metrics.json of a robustness job: the pass (harness.eval.robustness) against the clean matrix its
+        evaluation job stored (scored again only when that matrix is absent or of another shape)."""
+        cfg, store = self.job.config, self.ctx.store
+        robust = dict(cfg.robustness or {})
+        request = RobustnessRequest(parse_perturb(str(robust["spec"])), int(robust.get("seed", 0)))
+        clean = clean_owner = None
+        evaluation = robust.get("evaluation")
+        if evaluation and (store.job_dir(evaluation) / "sims.npy").is_file():
+            clean = np.load(store.job_dir(evaluation) / "sims.npy", mmap_mode="r")
+            owner_file = store.job_dir(evaluation) / OWNER
+            clean_owner = np.load(owner_file) if owner_file.is_file() else None
+        t0 = time.perf_counter()
+        record = evaluate_robustness(adapter, spec, settings, request, clean, clean_owner, self.hooks())
+        wall = time.perf_counter() - t0
+        peak, kind = peak_memory(str(adapter.device))
+        return {"stage": self.job.stage, "robustness": record, "clean_matrix": record.get("clean_matrix"),
+                "efficiency": {"robustness_seconds": wall, "device": str(adapter.device), "peak_memory_mb": peak,
+                               "peak_memory_kind": kind, "processes": 1, "parameters": parameter_count(adapter.model),
+                               "gpu_hours": wall / 3600.0 if str(adapter.device).startswith("cuda") else 0.0}}
 
     def hooks(self) -> Hooks:
         kill = _kill_hook("tile")

@@ -32,6 +32,7 @@ from harness.run.executors.base import Executor, Outcome, StopFlag, Task
 from harness.run.jobs import RunSettings, changed_parts, is_cached, lock_holder, reset_job
 from harness.run.plan import Job, Plan, build_plan, data_layout
 from harness.run.protocol_refresh import RECOMPUTE, refresh_action
+from harness.run.robust_plan import add_robustness_jobs
 from harness.run.status import format_seconds, read_status
 from harness.spec.campaign import Campaign
 from harness.spec.checks import check_dataset
@@ -79,6 +80,8 @@ def plan_campaign(campaign: Campaign) -> tuple[Plan, ResultStore, Path]:
                       seeds=campaign.seeds, stage=campaign.stage, checkpoint_dir=campaign.checkpoint_dir,
                       data_root=data_root, gpus=campaign.gpus, precision=campaign.precision,
                       recipe_overrides=campaign.overrides)
+    if campaign.perturb:
+        add_robustness_jobs(plan, campaign.perturb, campaign.perturb_seed)
     return plan, ResultStore(campaign.results), data_root
 
 

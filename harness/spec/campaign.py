@@ -45,6 +45,8 @@ class Campaign:
     tiles: tuple[int, int] | None = None
     sts_root: Path | None = None
     image_retrieval_root: Path | None = None
+    perturb: str | None = None  # canonical --perturb spec: a robustness job beside each single-model evaluation
+    perturb_seed: int = 0
 
 
 # ---- parsing helpers (each raises a one-line ValueError naming the option and the fix) ------------------------

@@ -1,0 +1,1 @@
+"""Seeded, offline perturbations of captions (`text`) and image files (`image`) for robustness passes."""

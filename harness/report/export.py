@@ -3,8 +3,8 @@
 One row per result x protocol x number: the number's key ("i2t.r1"), its direction and metric, the value, the
 stored 95% interval and the tie bounds (tie-pessimistic = the headline value, tie-optimistic beside it), with
 the row's method, variant, dataset, split, source, seed, recipe settings, the job's identity (key), code
-revision and hardware (env.json). Counts (queries, tie-affected queries) and the interval/tie subtrees are
-not numbers of their own.
+revision and hardware (env.json). Counts (queries, tie-affected queries), parameters and the interval / tie
+subtrees are not numbers of their own; median and mean ranks and per-fold numbers are.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from harness.report.site.cells import source_kind
 
 FORMATS = (".csv", ".parquet")
 DIRECTIONS = ("i2t", "t2i", "i2i", "t2t")
+# bookkeeping of a protocol's metrics (intervals, tie bounds, counts, parameters); ranks and folds are numbers
+BOOKKEEPING = SKIP_KEYS - {"medr", "meanr", "folds"}
 COLUMNS = ("dataset", "split", "method", "variant", "model", "source", "source_detail", "seed", "settings",
            "protocol", "key", "direction", "metric", "value", "ci_low", "ci_high", "tie_pessimistic",
            "tie_optimistic", "job", "results_folder", "identity", "conflict", "code_revision", "hardware",
@@ -47,7 +49,7 @@ def number_keys(node: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
         return
     for key, value in items:
         key = str(key)
-        if key in SKIP_KEYS or key.endswith("_queries") or key.startswith("n_") or key in ("defined", "available"):
+        if key in BOOKKEEPING or key.endswith("_queries") or key.startswith("n_"):
             continue
         path = f"{prefix}{key}"
         if isinstance(value, bool):

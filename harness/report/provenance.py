@@ -11,6 +11,8 @@ from typing import Any
 
 
 def _scalar(value: Any) -> str:
+    if value is None:
+        return ""
     if isinstance(value, Mapping):
         return ", ".join(f"{k} {_scalar(v)}" for k, v in value.items() if v not in (None, "", [], {}))
     if isinstance(value, Sequence) and not isinstance(value, str):

@@ -69,7 +69,7 @@ def interval_cell(stat: Stat | Undefined | None, span: tuple[float, float], seed
     lo, hi = stat.interval if stat.interval else (None, None)
     text = esc(f"[{lo:.{decimals}f}, {hi:.{decimals}f}] {stat.basis}") if lo is not None else esc("no interval")
     svg = whisker(lo, hi, stat.mean, span, seeds, reported, flagged)
-    return el("td", svg + " " + el("span", text, class_="source"), data_value=f"{stat.mean:.6g}")
+    return el("td", svg + " " + el("span", text, class_="source"), data_value=f"{stat.mean:.6g}", class_="interval")
 
 
 def stat_span(stats: Sequence[Stat | Undefined | None], extra: Sequence[float | None] = ()) -> tuple[float, float]:

@@ -14,7 +14,7 @@ from harness.report.merge import MergedStore
 from harness.report.paper import row_label, table_groups
 from harness.report.provenance import hardware_text, revision_text
 from harness.report.runs import RunGroup, Stat, job_name, matching_reported, metric_value, stored_key
-from harness.report.site.cells import interval_cell, metric_cell, source_kind, stat_span, verdict
+from harness.report.site.cells import VERDICTS, interval_cell, metric_cell, source_kind, stat_span, verdict
 from harness.report.site.html import el, esc, file_name, filters, link, page, table
 from harness.spec.registry import Registry, Reported
 
@@ -245,14 +245,14 @@ class Site:
                                 "within the reproduced interval (95% bootstrap CI of one run, mean ± 2 std over "
                                 "seeds, allowing half a unit of the last printed digit), outside it, no interval "
                                 "stored, or not reproduced. Per-fold cells are in the markdown report.")))
-        body.append(_plot(self.site, self.reports, f"{name}-reproduced-vs-reported.png",
-                          f"{name}: reproduced vs reported"))
         counts: dict[str, int] = {}
         tables = []
         for i, (key, entries) in enumerate(table_groups(self.registry.reported_for(name))):
             tables += self._reported_table(f"r{i}", key, entries, mine, counts)
-        summary = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) or "no reported number"
+        summary = ", ".join(f"{n} {VERDICTS[kind]}" for kind, n in sorted(counts.items())) or "none"
         body.append(el("p", esc(f"Reported numbers: {summary}."), id="verdicts"))
+        body.append(_plot(self.site, self.reports, f"{name}-reproduced-vs-reported.png",
+                          f"{name}: reproduced vs reported"))
         body += tables or [el("p", "The registry holds no reported number for this paper.")]
         if method.notes:
             body += [el("h2", "Notes"), el("ul", "".join(el("li", esc(n)) for n in method.notes))]

@@ -203,3 +203,19 @@ def test_a_folder_given_twice_or_missing_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.endswith("nowhere: no such results folder (run `run_all.py run` or `import` first)")
     assert len(err.splitlines()) == 1 and not (tmp_path / "rep").exists()
+
+
+def test_one_job_name_with_two_identities_is_never_two_seeds_of_one_row(tmp_path):
+    from harness.report.runs import collect_groups
+
+    a, b = ResultStore(tmp_path / "A"), ResultStore(tmp_path / "B")
+    cfg = {"method": "alpha", "variant": "b", "source": "seed0", "seed": 0}
+    add_eval(a, "alpha-b-seed0", cfg, sims(10, signal=0.6))
+    add_eval(b, "alpha-b-seed0", {**cfg, "key": "toy/alpha-b-seed0/eval@other-code"}, sims(10, signal=0.6))
+    store = MergedStore([a.root, b.root])
+    groups = collect_groups(registry(), store)
+    assert [len(g.runs) for g in groups] == [1, 1] and [g.conflict for g in groups] == ["A", "B"]
+    assert "from A (⚠ conflict" in groups[0].source
+    (note,) = store.notes
+    assert note.text.startswith("toy/alpha-b-seed0/eval: different identities in A/toy/alpha-b-seed0/eval, "
+                                "B/toy/alpha-b-seed0/eval")

@@ -24,16 +24,20 @@ class ResultsFolderError(ItrbenchError):
 
 @dataclass(frozen=True)
 class MergeNote:
-    """What merging did with one identity found in several folders."""
+    """What merging did with one identity (or one job name) found in several folders."""
 
     identity: str
     dataset: str
     kept: tuple[str, ...]  # display paths of the results kept ("A/toy/x/eval")
     dropped: tuple[str, ...]  # older copies with the same numbers
     conflict: bool  # copies with different numbers: every one kept, flagged
+    renamed: bool = False  # one job name with different identities (config, data or code differ)
 
     @property
     def text(self) -> str:
+        if self.renamed:
+            return (f"{self.identity}: different identities in {', '.join(self.kept)} (config, data or code "
+                    "differ); shown as separate rows, flagged as conflicting")
         if self.conflict:
             return (f"{self.identity}: {len(self.kept)} results with different numbers ("
                     f"{', '.join(self.kept)}); all are shown, flagged as conflicting")
@@ -115,7 +119,23 @@ class MergedStore(ResultStore):
             out.append(res)
             self.notes.append(MergeNote(ident, dataset, (shown[order[0]],), tuple(shown[k] for k in order[1:]),
                                         False))
+        self._flag_renamed(out)
         return sorted(out, key=lambda r: (self.roots.index(self.root_of(r)), r.path.as_posix()))
+
+    def _flag_renamed(self, results: list[JobResult]) -> None:
+        """One job name kept from several folders under different identities (another config, data or code):
+        never seeds of one row, so each is flagged with its folder."""
+        by_name: dict[str, list[JobResult]] = {}
+        for res in results:
+            by_name.setdefault(self.name_of(res), []).append(res)
+        for name, copies in by_name.items():
+            folders = {self.root_of(r) for r in copies}
+            if len(folders) < 2 or any(self.conflict_of(r) for r in copies):
+                continue
+            for res in copies:
+                self._conflicts[res.path] = self.label_of(res)
+            self.notes.append(MergeNote(name, str(copies[0].config.get("dataset") or ""),
+                                        tuple(f"{self.label_of(r)}/{name}" for r in copies), (), True, True))
 
     def finished(self) -> list[JobResult]:
         return list(self._merged)

@@ -13,6 +13,7 @@ from harness.spec.registry import Reported
 SOURCES = {OFFICIAL: "official", RETRAINED: "retrained", MEMBER: "retrained", IMPORTED: "imported"}
 VERDICTS = {"within": "reproduced within interval", "outside": "outside the interval",
             "unchecked": "no interval stored", "missing": "not reproduced"}
+SHORT = {"within": "within", "outside": "outside", "unchecked": "no interval", "missing": "not reproduced"}
 
 
 def source_kind(g: RunGroup | None) -> str:
@@ -36,7 +37,9 @@ def verdict(stat: Stat | Undefined | None, rep: Reported | None, key: str) -> st
 
 
 def badge(kind: str | None) -> str:
-    return "" if kind is None else el("span", esc(VERDICTS[kind]), class_=f"badge {kind}", data_verdict=kind)
+    if kind is None:
+        return ""
+    return el("span", esc(SHORT[kind]), class_=f"badge {kind}", data_verdict=kind, title=VERDICTS[kind])
 
 
 def metric_cell(stat: Stat | Undefined | None, rep: Reported | None, key: str, decimals: int,

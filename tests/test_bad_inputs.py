@@ -250,6 +250,8 @@ CASES = [
      "--results {w}/noresults: no such results folder"),
     ("report-unknown-paper", ["report", "--results", "{w}/results", "--reports", "{w}/rep", "--paper", "esaa"],
      "Did you mean 'esa'"),
+    ("report-export-format", ["report", "--results", "{w}/results", "--reports", "{w}/rep", "--export",
+                              "{w}/all.xlsx"], "unknown format '.xlsx'; name a .csv or .parquet file"),
 ]
 
 

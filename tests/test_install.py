@@ -37,6 +37,9 @@ def test_the_wheel_ships_the_registry_and_the_cli_runs_from_another_folder(tmp_p
     shipped = site / "harness" / "registry.yaml"
     assert shipped.is_file() and not shipped.is_symlink()
     assert shipped.read_text() == (ROOT / "registry.yaml").read_text()
+    for asset in ("site.js", "site.css"):  # the leaderboard site's script and stylesheet
+        assert (site / "harness" / "report" / "site" / asset).read_text() == \
+            (ROOT / "harness" / "report" / "site" / asset).read_text()
 
     env = {**os.environ, "PYTHONPATH": str(site)}
 

@@ -323,7 +323,8 @@ def test_unknown_paper_or_dataset_is_an_error(tmp_path):
 
 def test_paper_asked_for_without_results_still_lists_its_tables(tmp_path):
     paths = write_reports(tmp_path / "results", tmp_path / "reports", paper="alpha", registry=registry())
-    assert paths == [tmp_path / "reports" / "alpha.md", tmp_path / "reports" / "index.md"]
+    assert paths == [tmp_path / "reports" / "alpha.md", tmp_path / "reports" / "site" / "index.html",
+                     tmp_path / "reports" / "index.md"]
     text = (tmp_path / "reports" / "alpha.md").read_text()
     assert "No reported number has a reproduced counterpart yet" in text
     assert table_row(section(text, "### Table 1"), "Alpha-A")[2:5] == ["— (50.0)", "— (40.0)", "— (300.0)"]

@@ -169,8 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     cd.add_argument("--splits", default=None, help="comma-separated splits (default: the dataset's test split)")
     _registry_option(cd)
 
-    rp = sub.add_parser("report", help="render reports/*.md from results/")
-    rp.add_argument("--results", default="results")
+    rp = sub.add_parser("report", help="render reports/*.md, the static site reports/site/ and an export from results/")
+    rp.add_argument("--results", action="append", default=None, metavar="DIR",
+                    help="a results folder (default: results); repeat to merge several, e.g. from two clusters")
+    rp.add_argument("--export", default=None, metavar="FILE",
+                    help="also write every stored number as a tidy table: FILE.csv or FILE.parquet")
     rp.add_argument("--reports", default="reports")
     rp.add_argument("--paper", default=None)
     rp.add_argument("--dataset", default=None)
@@ -399,9 +402,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from harness.report import write_reports  # only this command renders reports: the others start faster
 
     registry = _registry(args)
-    if not Path(args.results).is_dir():
-        raise ValueError(f"--results {args.results}: no such results folder (run `run_all.py run` or `import` first)")
-    written = write_reports(args.results, args.reports, paper=args.paper, dataset=args.dataset, registry=registry)
+    folders = args.results or ["results"]
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise ValueError(f"--results {folder}: no such results folder (run `run_all.py run` or `import` first)")
+    written = write_reports(folders, args.reports, paper=args.paper, dataset=args.dataset, registry=registry,
+                            export=args.export)
     for path in written:
         say(f"wrote {path}")
     return 0

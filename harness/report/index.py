@@ -38,13 +38,26 @@ def _environments(results: Sequence[JobResult]) -> list[str]:
     return table(header, rows, ["l"] * (len(header) - 1) + ["r"]) + [""]
 
 
-def index_report(registry: Registry, reports: Path, results: Sequence[JobResult], results_root: Path) -> str:
+def index_report(registry: Registry, reports: Path, results: Sequence[JobResult], results_root: Path,
+                 folders: Sequence[Path] = (), merge_notes: Sequence[str] = ()) -> str:
+    """reports/index.md; `folders` are all the results folders merged (default: `results_root` alone) and
+    `merge_notes` what merging them did (markdown lines)."""
     now = dt.datetime.now(dt.timezone.utc)
-    revision = git_revision(outputs=(reports, results_root))  # the reports being written are not code changes
+    folders = list(folders) or [results_root]
+    revision = git_revision(outputs=(reports, *folders))  # the reports being written are not code changes
+    where = ", ".join(f"`{escape(f)}`" for f in folders)
     out = ["# itrbench reports", "",
-           f"Generated {now:%Y-%m-%d %H:%M} UTC from `{escape(results_root)}` at code revision "
+           f"Generated {now:%Y-%m-%d %H:%M} UTC from {where} at code revision "
            f"{_revision_text(revision)}. Reports read stored results only; no model was run to make them.",
            ""]
+    if (reports / "site" / "index.html").is_file():
+        out += ["Browse, sort and filter every table in the [leaderboard site](site/index.html) (static HTML, opens "
+                "from disk).", ""]
+    if merge_notes:
+        out += ["## Merged results folders", "",
+                "A job found in several folders is one row when its numbers agree (the newest copy is kept); "
+                "copies with different numbers are all shown, flagged as conflicting.", ""]
+        out += [f"- {n}" for n in merge_notes] + [""]
     pages = sorted(p for p in reports.glob("*.md") if p.name != "index.md")
     datasets = [p for p in pages if p.stem in registry.datasets]
     papers = [p for p in pages if p.stem in registry.methods]

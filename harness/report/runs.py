@@ -23,11 +23,13 @@ from harness.core.jobconfig import JobConfig
 from harness.core.results import JobResult, ResultStore
 from harness.eval.protocols import PROTOCOLS
 from harness.report.matching import DEFAULT_PRECISION, PRECISION, fact_keys, resolve_run, row_matches, same
+from harness.report.merge import MergedStore
 from harness.spec.registry import Registry, Reported
 
 OFFICIAL, RETRAINED, IMPORTED = "official", "retrained", "imported"
 MEMBER = "ensemble member"  # the 2nd.. model of an ensemble repeating one variant: never one of the variant's seeds
 MEMBER_SOURCE = re.compile(r"seed\d+-member\d+")
+CONFLICT = "(⚠ conflict: the same job has other numbers in another results folder)"
 CI_KEYS = ("ci", "ci95")  # where a protocol's bootstrap intervals may be stored
 
 
@@ -176,6 +178,7 @@ class RunGroup:
     runs: list[JobResult] = field(default_factory=list)
     baseline: bool = False  # a run of a baseline method (e.g. zero-shot CLIP), shown as such
     facts: frozenset[str] = frozenset()  # settings that are facts about the runs (the checkpoint epoch)
+    conflict: str = ""  # merged folders: the folder of a copy whose identity holds other numbers elsewhere
 
     @property
     def setting_dict(self) -> dict[str, Any]:
@@ -194,6 +197,8 @@ class RunGroup:
         """How the numbers were made: 'official checkpoint', 'retrained, 3 seeds (0, 1, 2)', 'imported: ...'."""
         text = self._source() + "".join(f", {'checkpoint ' if k == 'epoch' else ''}{k} {v}"
                                          for k, v in self.setting if k in self.facts)
+        if self.conflict:
+            text += f", from {self.conflict} {CONFLICT}"
         return f"baseline: {text}" if self.baseline else text
 
     def _source(self) -> str:
@@ -299,6 +304,8 @@ def run_kind(job: JobConfig) -> str:
 
 
 def job_name(store: ResultStore, result: JobResult) -> str:
+    if isinstance(store, MergedStore):
+        return store.name_of(result)
     try:
         return result.path.relative_to(store.root).as_posix()
     except ValueError:
@@ -311,7 +318,7 @@ def _order_key(registry: Registry, g: RunGroup) -> tuple:
     variants = list(registry.methods[g.method].variants) if g.method in registry.methods else []
     v_idx = variants.index(g.variant) if g.variant in variants else len(variants)
     kind_idx = {OFFICIAL: 0, IMPORTED: 1, RETRAINED: 2, MEMBER: 3}.get(g.kind, 4)
-    return (g.dataset, m_idx, g.method, v_idx, g.variant, str(g.setting), kind_idx, g.kind, g.tag)
+    return (g.dataset, m_idx, g.method, v_idx, g.variant, str(g.setting), kind_idx, g.kind, g.tag, g.conflict)
 
 
 def collect_groups(registry: Registry, store: ResultStore, dataset: str | None = None) -> list[RunGroup]:
@@ -338,10 +345,11 @@ def collect_groups(registry: Registry, store: ResultStore, dataset: str | None =
         # never mixed with test-split rows ("test" is also the test split's name in the CUSA/ALBEF json layout)
         if job.split and declared is not None and job.split not in (declared.split, "test"):
             setting = tuple(sorted([*setting, ("split", job.split)], key=lambda kv: str(kv[0])))
-        key = (job.dataset, job.method, job.variant, setting, kind, tag)
+        conflict = store.conflict_of(res) if isinstance(store, MergedStore) else ""
+        key = (job.dataset, job.method, job.variant, setting, kind, tag, conflict)
         group = groups.setdefault(key, RunGroup(job.dataset, job.method, job.variant, setting,
                                                 kind, tag, baseline=bool(getattr(method, "baseline", False)),
-                                                facts=facts))
+                                                facts=facts, conflict=conflict))
         group.runs.append(res)
         facts_of.setdefault(key, []).append({k: v for k, v in resolved.items() if k in facts})
     for key, group in groups.items():

@@ -2,38 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-from harness.core.results import ResultStore, write_text
+from harness.core.results import write_text
 from harness.report.dataset import dataset_report
+from harness.report.export import check_export_path, write_export
 from harness.report.index import index_report
+from harness.report.merge import open_results
 from harness.report.paper import paper_report
 from harness.report.problems import non_finite_results
 from harness.report.runs import collect_groups, job_name
+from harness.report.site import write_site
 from harness.spec.registry import Registry, load_registry
 
 
-def write_reports(results: str | Path, reports: str | Path, paper: str | None = None, dataset: str | None = None,
-                  registry: Registry | None = None) -> list[Path]:
-    """Write reports/<dataset>.md, reports/<paper>.md, their plots and reports/index.md; returns the paths.
+def write_reports(results: str | Path | Sequence[str | Path], reports: str | Path, paper: str | None = None,
+                  dataset: str | None = None, registry: Registry | None = None,
+                  export: str | Path | None = None) -> list[Path]:
+    """Write reports/<dataset>.md, reports/<paper>.md, their plots, the site (reports/site/) and
+    reports/index.md, and the tidy `export` file when given; returns the paths.
 
-    With neither filter every dataset and paper with results is rendered. `dataset` limits the dataset
-    reports to that one (and the paper reports to papers with results on it); `paper` renders that paper's
-    report (even without results) and, unless `dataset` is given too, no dataset report.
+    `results` is one results folder or several (merged: `harness.report.merge`). With neither filter every
+    dataset and paper with results is rendered. `dataset` limits the dataset reports to that one (and the paper
+    reports to papers with results on it); `paper` renders that paper's report (even without results) and,
+    unless `dataset` is given too, no dataset report. The site's pages follow the same filters.
     """
     registry = registry or load_registry()
-    store = ResultStore(results)
     reports = Path(reports)
     if paper is not None:
         registry.method(paper)  # an unknown name is an error listing the valid ones
     if dataset is not None:
         registry.dataset(dataset)
+    store = open_results(results)
+    if export is not None:
+        check_export_path(export)  # a bad name fails before anything is written
     finished = store.finished()
     jobs = {job_name(store, r): r for r in finished}
     groups = collect_groups(registry, store)
     non_finite_results([r for g in groups for r in g.runs])  # a warning line naming each such job
     written: list[Path] = []
+    notes = [n.text for n in store.notes]
 
+    datasets: list[str] = []
     if paper is None or dataset is not None:
         datasets = [dataset] if dataset else sorted({g.dataset for g in groups})
         for ds in datasets:
@@ -47,7 +58,12 @@ def write_reports(results: str | Path, reports: str | Path, paper: str | None = 
     for name in papers:
         text, plots = paper_report(registry, name, groups, reports)
         written += _write(reports / f"{name}.md", text, plots)
-    write_text(reports / "index.md", index_report(registry, reports, finished, store.root))
+    site_papers = [p for p in papers if any(g.method == p for g in groups)]
+    written += write_site(registry, groups, store, reports, notes, [d for d in datasets if any(
+        g.dataset == d for g in groups)], site_papers)
+    if export is not None:
+        written.append(write_export(groups, store, export))
+    write_text(reports / "index.md", index_report(registry, reports, finished, store.root, store.roots, notes))
     return [*written, reports / "index.md"]
 
 

@@ -112,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--image-retrieval-root", default=None,
                     help="CUB/SOP/In-shop/iNaturalist folder (check-data --dataset image_retrieval): also evaluate "
                          "image retrieval R@1 with the uni-modal image head")
+    ev.add_argument("--store-matrix", choices=("auto", "always", "never"), default="auto",
+                    help="keep the dense matrix (auto: below --matrix-limit), or stream tiles into a rank summary "
+                         "(<name>.ranks.npz) that recall / COCO 1K / COCO 5K are computed from")
+    ev.add_argument("--matrix-limit", type=float, default=4.0, metavar="GB",
+                    help="largest matrix --store-matrix auto keeps, in GB (default 4)")
+    ev.add_argument("--processes", type=int, default=1,
+                    help="split the tiles over N processes (torchrun; gloo on CPU, NCCL on GPUs); under a launcher "
+                         "(torchrun, Slurm) its world size is used")
     ev.add_argument("--recall-only", action="store_true", help="full-split recall only (skip the dataset's protocols)")
     _registry_option(ev)
 
@@ -173,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["run", *argv]
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv  # the command line as given (evaluate --processes relaunches it under torchrun)
     if args.command is None:
         parser.print_help()
         return 2
@@ -212,7 +221,19 @@ def _registry(args: argparse.Namespace) -> Any:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from harness.eval.evaluation import EvalSettings, MatrixOutput, SplitSpec, evaluate_models
+    from harness.run import evaluate_processes
     from harness.spec.registry import load_members
+    if not 1 <= args.processes <= 1024:
+        raise ValueError(f"--processes {args.processes}: expected a number of processes between 1 and 1024")
+    if not args.matrix_limit > 0:
+        raise ValueError(f"--matrix-limit {args.matrix_limit}: expected a positive size in GB")
+    if args.processes > 1 and not evaluate_processes.under_launcher():
+        argv = list(args.argv)
+        if not args.save_sims:  # every rank must name the same folder
+            base = Path("results") / "_evaluate" / f"{args.method}-{args.variant}-{args.dataset or 'data'}-" \
+                f"{args.split or 'test'}"
+            argv += ["--save-sims", str(fresh_path(base) / "sims.npy")]
+        return evaluate_processes.relaunch(argv, args.processes, args.device)
     registry = _registry(args)
     method = registry.method(args.method)
     method.variant(args.variant)
@@ -238,11 +259,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:  # each evaluation its own folder: a later checkpoint never replaces an earlier one's matrix
         base = Path("results") / "_evaluate" / f"{args.method}-{args.variant}-{args.dataset or 'data'}-{split}"
         sims_out = fresh_path(base) / "sims.npy"
-    settings = EvalSettings(batch_size=args.batch_size, precision=args.precision,
+    settings = EvalSettings(batch_size=args.batch_size, precision=args.precision, store_matrix=args.store_matrix,
+                            matrix_limit=int(args.matrix_limit * 2**30),
                             sts_root=existing_path(args.sts_root, "--sts-root"),
                             image_retrieval_root=existing_path(args.image_retrieval_root, "--image-retrieval-root"))
     device = check_device(args.device) or "cpu"
     check_precision(args.precision, device)
+    device, main_rank = evaluate_processes.join(device)
     members = [m.to(device) for m in load_members(method, args.variant, args.checkpoint, args.dataset)]
     protocols = () if args.recall_only or ds is None else ds.protocols
     if not args.recall_only:  # asked for by name: run them whatever the dataset declares
@@ -252,14 +275,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     layout = data_layout(registry, method.name, ds.name) if ds else "precomp"
     spec = SplitSpec(data_root, split, ds.name if ds else None, test_split=ds is not None and split == ds.split,
                      protocols=protocols, layout=layout)
-    output = MatrixOutput.beside(sims_out, args.cache_dir)
+    cache_dir = args.cache_dir or (evaluate_processes.shared_cache(sims_out) if evaluate_processes.several() else None)
+    output = MatrixOutput.beside(sims_out, cache_dir)
     with _progress() as hooks:
         result = evaluate_models(members, spec, settings, output, hooks)
-    say(f"wrote {output.matrix} ({result.sims.shape[0]} x {result.sims.shape[1]}, float32) and {output.owner}")
+    if not main_rank:  # its tiles are merged and evaluated by rank 0
+        return 0
+    shape = result.shape
+    if result.sims is None:
+        say(f"streamed {shape[0]} x {shape[1]} without storing the matrix; wrote its rank summary {output.ranks} "
+            f"and {output.owner}")
+    else:
+        say(f"wrote {output.matrix} ({shape[0]} x {shape[1]}, float32) and {output.owner}")
     show_protocols(result.metrics, f"{args.method}/{args.variant} on {args.dataset or ''} {split}")
     if json_out is not None:
-        write_json(json_out, {"metrics": result.metrics, "efficiency": result.efficiency,
-                              "shape": list(result.sims.shape), "matrix": str(output.matrix)})
+        write_json(json_out, {"metrics": result.metrics, "efficiency": result.efficiency, "shape": list(shape),
+                              "matrix": str(output.matrix) if result.sims is not None else None,
+                              "ranks": str(output.ranks) if result.sims is None else None})
         say(f"wrote {json_out}")
     return _exit_status(result.metrics)
 

@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--image-retrieval-root", default=None,
                     help="CUB/SOP/In-shop/iNaturalist folder (check-data --dataset image_retrieval): also evaluate "
                          "image retrieval R@1 with the uni-modal image head")
+    ev.add_argument("--tiles", default=None, metavar="IMAGES,CAPTIONS",
+                    help="scoring tile size (default: per scoring kind); smaller tiles use less memory")
     ev.add_argument("--store-matrix", choices=("auto", "always", "never"), default="auto",
                     help="keep the dense matrix (auto: below --matrix-limit), or stream tiles into a rank summary "
                          "(<name>.ranks.npz) that recall / COCO 1K / COCO 5K are computed from")
@@ -261,6 +263,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         sims_out = fresh_path(base) / "sims.npy"
     settings = EvalSettings(batch_size=args.batch_size, precision=args.precision, store_matrix=args.store_matrix,
                             matrix_limit=int(args.matrix_limit * 2**30),
+                            **dict(zip(("image_tile", "caption_tile"), parse_tiles(args.tiles) or (None, None))),
                             sts_root=existing_path(args.sts_root, "--sts-root"),
                             image_retrieval_root=existing_path(args.image_retrieval_root, "--image-retrieval-root"))
     device = check_device(args.device) or "cpu"

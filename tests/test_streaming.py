@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from stub_method import StubAdapter, write_checkpoint, write_split
 
-sys.path.insert(0, str(Path(__file__).parent))
-from stub_method import StubAdapter, write_checkpoint, write_split  # noqa: E402
-
-from harness.eval.evaluation import EvalSettings, MatrixOutput, SplitSpec, evaluate_models  # noqa: E402
-from harness.eval.metrics.recall import fold_recall, full_recall  # noqa: E402
-from harness.eval.protocols import EvalInputs, run_protocols  # noqa: E402
-from harness.eval.scoring import score_blocks  # noqa: E402
-from harness.eval.streaming import (  # noqa: E402
+from harness.eval.evaluation import EvalSettings, MatrixOutput, SplitSpec, evaluate_models, split_data
+from harness.eval.metrics.recall import fold_recall, full_recall
+from harness.eval.protocols import EvalInputs, run_protocols
+from harness.eval.scoring import DEFAULT_TILES, encode_images, encode_texts, score_blocks, tile_grid
+from harness.eval.streaming import (
     RankSummary,
     SummaryError,
+    iter_tiles,
     keeps_matrix,
     stream_ranks,
     topk_search,
@@ -146,3 +143,39 @@ def test_streamed_protocols_without_ranks_say_why():
     reason = from_summary("eccv", "ECCV Caption", inp)["reason"]
     assert "needs the full similarity matrix" in reason and "--store-matrix always" in reason
     assert "fold counts" in from_summary("coco1k", "COCO 1K", inp)["reason"]
+
+
+@pytest.mark.slow
+def test_rehearsal_20000_by_100000_streamed(tmp_path):
+    """A 20,000-image, 100,000-caption gallery (an 8 GB matrix) with the stub embedding adapter: --store-matrix
+    auto streams it (above the 4 GB limit), writes ranks.npz and no matrix, and the ranks of sampled queries equal
+    their ranks counted on their full rows and columns. Peak RSS is measured by bench/streaming.py."""
+    n = 20000
+    write_split(tmp_path / "data", "test", n, dim=8)
+    adapter = StubAdapter.load_official(write_checkpoint(tmp_path / "stub.pth"))
+    out = MatrixOutput.job(tmp_path / "job")
+    spec = SplitSpec(tmp_path / "data", "test", None, protocols=())
+    result = evaluate_models([adapter], spec, EvalSettings(bootstrap=0), out)
+    assert result.sims is None and result.shape == (n, 5 * n)
+    assert not out.matrix.exists() and out.ranks.is_file()
+    summary = RankSummary.load(out.ranks)
+    images, captions, owner = split_data(adapter, spec)
+    img, txt = encode_images(adapter, images), encode_texts(adapter, captions)
+    grid = tile_grid(n, 5 * n, *DEFAULT_TILES["embedding"])
+    rows = np.concatenate([v for (a, _, _, _), v in iter_tiles(adapter, img, txt, [t for t in grid if t[0] == 0])],
+                          axis=1)  # the first image tile's rows against every caption, scored as the tiles were
+    cols = np.concatenate([v for (_, _, c, _), v in iter_tiles(adapter, img, txt, [t for t in grid if t[2] == 0])],
+                          axis=0)  # the first caption tile's columns against every image
+    rng = np.random.default_rng(0)
+    for i in rng.choice(len(rows), 20, replace=False):  # an image: its best own caption against all captions
+        row, own = rows[i], rows[i, 5 * i:5 * i + 5]
+        assert summary.i2t_gt[i] == np.count_nonzero(row > own.max())
+        assert summary.i2t_ge[i] - summary.i2t_own_ties[i] == np.count_nonzero(row >= own.max()) - \
+            np.count_nonzero(own == own.max())
+        np.testing.assert_array_equal(summary.i2t_top_scores[i], -np.sort(-row)[:10])
+    for j in rng.choice(cols.shape[1], 20, replace=False):  # a caption: its own image against all images
+        col = cols[:, j]
+        assert summary.t2i_gt[j] == np.count_nonzero(col > col[owner[j]])
+        assert summary.t2i_ge[j] == np.count_nonzero(col >= col[owner[j]])
+        np.testing.assert_array_equal(summary.t2i_top_scores[j], -np.sort(-col)[:10])
+    assert result.metrics["recall"]["i2t"]["queries"] == n and result.metrics["recall"]["t2i"]["queries"] == 5 * n

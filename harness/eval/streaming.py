@@ -17,6 +17,7 @@ galleries of any size (FAISS when installed, else blocked torch top-k), the stag
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,86 @@ def _merge_top(scores: torch.Tensor, index: torch.Tensor, new: torch.Tensor, off
     return s, cand_i.gather(1, j)
 
 
+def _merge_top_full(scores: torch.Tensor, index: torch.Tensor, tile: torch.Tensor, offset: int,
+                    queries_on_rows: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_merge_top` for full kept lists (r entries per query) of a tile's rows or columns: only the tile's
+    scores above a query's r-th kept score can enter its list, and after the first tiles they are few, so
+    they are gathered (one comparison pass) instead of a top-k over the whole tile."""
+    r = scores.shape[1]
+    floor = scores[:, r - 1]
+    mask = tile > (floor[:, None] if queries_on_rows else floor[None, :])
+    hit = torch.nonzero(mask)
+    if not len(hit):
+        return scores, index
+    q, g = (hit[:, 0], hit[:, 1]) if queries_on_rows else (hit[:, 1], hit[:, 0])
+    values = tile[hit[:, 0], hit[:, 1]]
+    order = torch.argsort(q, stable=True)
+    q, g, values = q[order], g[order], values[order]
+    per = torch.bincount(q, minlength=scores.shape[0])
+    width = int(per.max())
+    slot = torch.arange(len(q)) - torch.repeat_interleave(torch.cumsum(per, 0) - per, per)
+    cand_s = torch.full((scores.shape[0], width), -torch.inf)
+    cand_i = torch.full((scores.shape[0], width), -1, dtype=torch.int64)
+    cand_s[q, slot], cand_i[q, slot] = values, g + offset
+    both_s, both_i = torch.cat([scores, cand_s], dim=1), torch.cat([index, cand_i], dim=1)
+    s, j = torch.topk(both_s, r, dim=1)
+    return s, both_i.gather(1, j)
+
+
+def _count_tile(values: np.ndarray, row_thr: np.ndarray, col_thr: np.ndarray, counts: dict[str, np.ndarray],
+                a: int, c: int, rf: int, cf: int, folded: bool, rows: int = 16) -> None:
+    """Add one tile's counts: per row, items > and >= its threshold; per column, the same against the column's
+    threshold; with `folded`, also within the row's / column's fold. Rows are compared in small blocks that stay
+    in cache (as `harness.eval.metrics.recall.count_ranks` does), blocks cut at fold boundaries, on threads."""
+    n, w = values.shape
+    cuts = sorted({0, n, *(f * rf - a for f in range(a // rf + 1, (a + n - 1) // rf + 1))})
+    blocks = [(r0, min(r1, r0 + 256)) for r0, r1 in zip(cuts, cuts[1:]) for r0 in range(r0, r1, 256)]
+
+    def work(span: tuple[int, int]) -> tuple[int, dict[str, np.ndarray]]:
+        s0, s1 = span
+        f = (a + s0) // rf
+        f0, f1 = max(0, f * cf - c), min(w, (f + 1) * cf - c)  # this fold's columns within the tile
+        buf = np.empty((rows, w), dtype=bool)
+        view = buf.view(np.uint8)
+        part = {k: np.zeros(w, np.int64) for k in ("gt", "ge", "fgt", "fge")}
+        row_gt, row_ge = np.empty(s1 - s0, np.int64), np.empty(s1 - s0, np.int64)
+        row_fgt, row_fge = np.zeros(s1 - s0, np.int64), np.zeros(s1 - s0, np.int64)
+        for r0 in range(s0, s1, rows):
+            r1 = min(s1, r0 + rows)
+            blk, bb, u, thr = values[r0:r1], buf[:r1 - r0], view[:r1 - r0], row_thr[r0:r1, None]
+            for op, full, fold in ((np.greater, row_gt, row_fgt), (np.greater_equal, row_ge, row_fge)):
+                op(blk, thr, out=bb)
+                full[r0 - s0:r1 - s0] = np.add.reduce(u, axis=1, dtype=np.int64)
+                if folded and f0 < f1:
+                    fold[r0 - s0:r1 - s0] = np.add.reduce(u[:, f0:f1], axis=1, dtype=np.int64)
+            for op, key in ((np.greater, "gt"), (np.greater_equal, "ge")):
+                op(blk, col_thr, out=bb)
+                col = np.add.reduce(u, axis=0, dtype=np.uint8)
+                part[key] += col
+                if folded and f0 < f1:
+                    part["f" + key][f0:f1] += col[f0:f1]
+        part.update(row_gt=row_gt, row_ge=row_ge, row_fgt=row_fgt, row_fge=row_fge)
+        return s0, part
+
+    with ThreadPoolExecutor(_threads()) as pool:
+        parts = list(pool.map(work, blocks))
+    for s0, part in parts:
+        s1 = s0 + len(part["row_gt"])
+        counts["i2t_gt"][a + s0:a + s1] += part["row_gt"]
+        counts["i2t_ge"][a + s0:a + s1] += part["row_ge"]
+        counts["t2i_gt"][c:c + w] += part["gt"]
+        counts["t2i_ge"][c:c + w] += part["ge"]
+        if folded:
+            counts["i2t_fold_gt"][a + s0:a + s1] += part["row_fgt"]
+            counts["i2t_fold_ge"][a + s0:a + s1] += part["row_fge"]
+            counts["t2i_fold_gt"][c:c + w] += part["fgt"]
+            counts["t2i_fold_ge"][c:c + w] += part["fge"]
+
+
+def _threads() -> int:
+    return max(1, min(4, torch.get_num_threads()))
+
+
 def stream_ranks(adapter: Adapter, image_block: Any, text_block: Any, image_of_caption: np.ndarray, *,
                  image_tile: int | None = None, caption_tile: int | None = None, precision: str = "fp32",
                  folds: int = 1, top_r: int = TOP_R, on_tile: Callable[[int, int], None] | None = None) -> RankSummary:
@@ -170,7 +251,8 @@ def stream_ranks(adapter: Adapter, image_block: Any, text_block: Any, image_of_c
     if not (torch.isfinite(best).all() and torch.isfinite(pos).all()):
         raise SummaryError(f"{type(adapter).__name__}: NaN or infinite scores on positive pairs; fix the model/scores "
                            "before evaluating")
-    counts = {k: torch.zeros(n, dtype=torch.int64) for k, n in
+    best_np, pos_np = best.numpy().astype(np.float32), pos.numpy().astype(np.float32)
+    counts_np = {k: np.zeros(n, dtype=np.int64) for k, n in
               (("i2t_gt", n_img), ("i2t_ge", n_img), ("t2i_gt", n_cap), ("t2i_ge", n_cap),
                ("i2t_fold_gt", n_img), ("i2t_fold_ge", n_img), ("t2i_fold_gt", n_cap), ("t2i_fold_ge", n_cap))}
     r_i, r_t = min(top_r, n_cap), min(top_r, n_img)
@@ -183,30 +265,21 @@ def stream_ranks(adapter: Adapter, image_block: Any, text_block: Any, image_of_c
         if not (torch.isfinite(v.max()) and torch.isfinite(v.min())):
             raise SummaryError(f"{type(adapter).__name__}: NaN or infinite scores in the tile of images {a}:{b}, "
                                f"captions {c}:{d}; fix the model/scores before evaluating")
-        above_r, least_r = v > best[a:b, None], v >= best[a:b, None]
-        above_c, least_c = v > pos[None, c:d], v >= pos[None, c:d]
-        counts["i2t_gt"][a:b] += above_r.sum(1)
-        counts["i2t_ge"][a:b] += least_r.sum(1)
-        counts["t2i_gt"][c:d] += above_c.sum(0)
-        counts["t2i_ge"][c:d] += least_c.sum(0)
-        if folds > 1:
-            for f in range(a // rf, (b - 1) // rf + 1):
-                r0, r1 = max(a, f * rf) - a, min(b, (f + 1) * rf) - a
-                c0, c1 = max(c, f * cf) - c, min(d, (f + 1) * cf) - c
-                if c0 >= c1:
-                    continue
-                counts["i2t_fold_gt"][a + r0:a + r1] += above_r[r0:r1, c0:c1].sum(1)
-                counts["i2t_fold_ge"][a + r0:a + r1] += least_r[r0:r1, c0:c1].sum(1)
-                counts["t2i_fold_gt"][c + c0:c + c1] += above_c[r0:r1, c0:c1].sum(0)
-                counts["t2i_fold_ge"][c + c0:c + c1] += least_c[r0:r1, c0:c1].sum(0)
+        _count_tile(values, best_np[a:b], pos_np[c:d], counts_np, a, c, rf, cf, folds > 1)
         width = int(min(r_i, seen[a]))  # tiles are caption-tile major: all rows of a tile have seen as many
-        s, idx = _merge_top(top_s[a:b, :width], top_ix[a:b, :width], v, c, r_i)
+        if width == r_i:
+            s, idx = _merge_top_full(top_s[a:b], top_ix[a:b], v, c, True)
+        else:
+            s, idx = _merge_top(top_s[a:b, :width], top_ix[a:b, :width], v, c, r_i)
         top_s[a:b, :s.shape[1]], top_ix[a:b, :s.shape[1]] = s, idx
         seen[a:b] += d - c
         prev = col_parts.get((c, d))
-        ts, ti = _merge_top(prev[0] if prev else torch.empty((d - c, 0)),
-                            prev[1] if prev else torch.empty((d - c, 0), dtype=torch.int64), v.T, a, r_t)
-        col_parts[(c, d)] = (ts, ti)
+        if prev is not None and prev[0].shape[1] == r_t:
+            col_parts[(c, d)] = _merge_top_full(prev[0], prev[1], v, a, False)
+        else:
+            col_parts[(c, d)] = _merge_top(prev[0] if prev else torch.empty((d - c, 0)),
+                                           prev[1] if prev else torch.empty((d - c, 0), dtype=torch.int64),
+                                           v.T, a, r_t)
         if on_tile:
             on_tile(a, c)
     t_s = torch.cat([col_parts[k][0] for k in sorted(col_parts)]) if col_parts else torch.empty((n_cap, 0))
@@ -214,8 +287,8 @@ def stream_ranks(adapter: Adapter, image_block: Any, text_block: Any, image_of_c
                                                                                                   dtype=torch.int64)
     if folds == 1:
         for k in ("i2t_gt", "i2t_ge", "t2i_gt", "t2i_ge"):
-            counts[k.replace("_", "_fold_", 1)] = counts[k]
-    out = {k: t.numpy() for k, t in counts.items()}
+            counts_np[k.replace("_", "_fold_", 1)] = counts_np[k]
+    out = counts_np
     return RankSummary(image_of_caption=owner, i2t_own_ties=own_ties.numpy(), folds=folds,
                        i2t_top=top_ix.numpy(), i2t_top_scores=top_s.numpy(),
                        t2i_top=t_i.numpy(), t2i_top_scores=t_s.numpy(), **out)

@@ -179,3 +179,27 @@ def test_rehearsal_20000_by_100000_streamed(tmp_path):
         assert summary.t2i_ge[j] == np.count_nonzero(col >= col[owner[j]])
         np.testing.assert_array_equal(summary.t2i_top_scores[j], -np.sort(-col)[:10])
     assert result.metrics["recall"]["i2t"]["queries"] == n and result.metrics["recall"]["t2i"]["queries"] == 5 * n
+
+
+@pytest.mark.parametrize("uneven", [False, True])
+def test_paired_significance_values_from_ranks_equal_the_matrix(tmp_path, uneven):
+    from harness.report.significance import per_image_rsum, per_image_rsum_from_ranks
+
+    n_img = 40
+    owner = np.repeat(np.arange(n_img), [3, 7, 5, 4] * 10) if uneven else np.repeat(np.arange(n_img), 5)
+    adapter = CoarseStub("a", "coco", 8)
+    img, txt = _blocks(n_img, owner, seed=3)
+    dense = score_blocks(adapter, img, txt, image_tile=9, caption_tile=31)
+    stream_ranks(adapter, img, txt, owner, folds=1 if uneven else 5, image_tile=9,
+                 caption_tile=31).save(tmp_path / "ranks.npz")
+    v, strata = per_image_rsum_from_ranks(tmp_path / "ranks.npz", "recall")
+    want, _ = per_image_rsum(dense, "recall", owner=owner)
+    np.testing.assert_array_equal(v, want)
+    assert strata is None
+    if uneven:
+        assert per_image_rsum_from_ranks(tmp_path / "ranks.npz", "coco1k") is None  # no fold counts
+    else:
+        v, strata = per_image_rsum_from_ranks(tmp_path / "ranks.npz", "coco1k")
+        want, want_strata = per_image_rsum(dense, "coco1k")
+        np.testing.assert_array_equal(v, want)
+        np.testing.assert_array_equal(strata, want_strata)

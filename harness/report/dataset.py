@@ -73,7 +73,7 @@ def significance(groups: Sequence[RunGroup], protocol: str) -> Significance:
         return Significance(rows, protocol, best, {})
     ref = group_values(best.runs, protocol)
     if ref is None:
-        return Significance(rows, protocol, best, {}, "the best row has no stored similarity matrix")
+        return Significance(rows, protocol, best, {}, "the best row has no stored similarity matrix or rank summary")
     p: dict[int, float | None] = {}
     for i, g in enumerate(rows):
         if g is best or not _finite_rsum(g, protocol):

@@ -43,8 +43,14 @@ def load_sims(result_dir: Path) -> np.ndarray | None:
 
 def _block_values(block: np.ndarray, captions_per_image: int, owner: np.ndarray | None = None) -> np.ndarray:
     i2t, t2i = count_ranks(block, captions_per_image, image_of_caption=owner)
-    a = sum((i2t.pessimistic < k).astype(np.float64) for k in RECALL_KS) * 100.0
-    b = sum((t2i.pessimistic < k).astype(np.float64) for k in RECALL_KS) * 100.0
+    return _rank_values(i2t.pessimistic, t2i.pessimistic, captions_per_image, owner)
+
+
+def _rank_values(i2t: np.ndarray, t2i: np.ndarray, captions_per_image: int,
+                 owner: np.ndarray | None = None) -> np.ndarray:
+    """Per-image rsum contributions from tie-pessimistic ranks (of a matrix, or of a streamed rank summary)."""
+    a = sum((i2t < k).astype(np.float64) for k in RECALL_KS) * 100.0
+    b = sum((t2i < k).astype(np.float64) for k in RECALL_KS) * 100.0
     if owner is None:
         return a + b.reshape(-1, captions_per_image).mean(axis=1)
     # uneven captions per image: each image carries its captions' share of the caption mean, so that the
@@ -72,13 +78,46 @@ def per_image_rsum(sims: np.ndarray, protocol: str, captions_per_image: int = 5,
     return _block_values(sims, captions_per_image, owner), None
 
 
+def per_image_rsum_from_ranks(path: Path, protocol: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """`per_image_rsum` from a streamed evaluation's rank summary (`ranks.npz`): the same values as from its
+    matrix; None where the summary lacks what the protocol needs (COCO 1K without fold counts)."""
+    from harness.eval.streaming import RankSummary
+
+    if protocol not in RECALL_PROTOCOLS:
+        raise ValueError(f"per-image rsum is defined for {', '.join(RECALL_PROTOCOLS)}, not '{protocol}'")
+    summary = RankSummary.load(path)
+    owner = summary.image_of_caption
+    k = uniform_captions(owner, summary.shape[0])
+    folds = PROTOCOLS[protocol].folds
+    if folds:
+        if summary.folds != folds or k is None:
+            return None
+        (_, i2t), (_, t2i) = summary.ranks(fold=True)
+        return _rank_values(i2t, t2i, k), np.repeat(np.arange(folds), summary.shape[0] // folds)
+    (_, i2t), (_, t2i) = summary.ranks()
+    return _rank_values(i2t, t2i, k or 1, None if k else owner), None
+
+
+RANKS_FILE = "ranks.npz"
+
+
 def group_values(runs: Sequence[JobResult], protocol: str) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """Per-image rsum contributions averaged over a row's runs; None when a run has no stored matrix."""
+    """Per-image rsum contributions averaged over a row's runs (from each run's stored matrix, or its rank
+    summary when the evaluation was streamed); None when a run has neither."""
     total, strata = None, None
     for run in runs:
         sims = load_sims(run.path)
         if sims is None:
-            return None
+            if not (run.path / RANKS_FILE).is_file():
+                return None
+            found = per_image_rsum_from_ranks(run.path / RANKS_FILE, protocol)
+            if found is None:
+                return None
+            v, strata = found
+            total = v if total is None else (total + v if total.shape == v.shape else None)
+            if total is None:
+                return None
+            continue
         owner_file = run.path / "image_of_caption.npy"
         owner = np.load(owner_file) if owner_file.is_file() else None
         v, strata = per_image_rsum(sims, protocol, owner=owner)

@@ -97,3 +97,31 @@ def test_processes_refused_when_out_of_range(lab, capsys):
     tmp, reg, ck = lab
     assert _evaluate(tmp, reg, ck, "bad", "--processes", "0") == 2
     assert "--processes 0" in capsys.readouterr().err
+
+
+def _run(tmp: Path, reg: Path, results: str, *extra: str) -> int:
+    return main(["run", "--registry", str(reg), "--methods", "stub", "--dataset", "mine", "--stage", "evaluate",
+                 "--data-root", str(tmp / "data"), "--checkpoint-dir", str(tmp / "checkpoints"), "--device", "cpu",
+                 "--results", str(tmp / results), "--reports", str(tmp / f"{results}-reports"), "--tiles", "8,40",
+                 *extra])
+
+
+def test_run_splits_evaluation_jobs_over_processes_and_streams(lab):
+    """`run --processes 2` (local executor: torchrun, gloo) gives the inline single-process job's matrix; `run
+    --store-matrix never` keeps ranks.npz instead of sims.npy with the same recall, and the report is written."""
+    tmp, reg, _ = lab
+    write_checkpoint(tmp / "checkpoints" / "stub" / "a" / "mine" / "stub.pth")
+    job = Path("mine") / "stub-a-official" / "eval"
+    assert _run(tmp, reg, "one") == 0
+    assert _run(tmp, reg, "two", "--executor", "local", "--processes", "2") == 0
+    np.testing.assert_array_equal(np.load(tmp / "two" / job / "sims.npy"), np.load(tmp / "one" / job / "sims.npy"))
+    two = json.loads((tmp / "two" / job / "metrics.json").read_text())
+    assert two["efficiency"]["processes"] == 2 and "2 process(es)" in (tmp / "two" / job / "job.log").read_text()
+    assert sorted(p.name for p in (tmp / "two" / job / "work").iterdir()) == ["tiles_0.rank0of2.h5",
+                                                                               "tiles_0.rank1of2.h5"]
+    assert _run(tmp, reg, "streamed", "--store-matrix", "never") == 0
+    streamed = json.loads((tmp / "streamed" / job / "metrics.json").read_text())
+    one = json.loads((tmp / "one" / job / "metrics.json").read_text())
+    assert not (tmp / "streamed" / job / "sims.npy").exists() and (tmp / "streamed" / job / "ranks.npz").is_file()
+    assert streamed["protocols"]["recall"] == one["protocols"]["recall"] and streamed["shape"] == [30, 150]
+    assert (tmp / "streamed-reports" / "mine.md").is_file()

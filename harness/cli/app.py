@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-steps", type=int, default=None, help="also checkpoint every N steps")
     run.add_argument("--tiles", default=None, metavar="IMAGES,CAPTIONS",
                      help="scoring tile size (default: per scoring kind); smaller tiles use less memory")
+    _scale_options(run, "processes per evaluation job, each scoring its share of the tiles (local: torchrun; slurm: "
+                        "tasks of one job); training uses --gpus")
     run.add_argument("--sts-root", default=None, help="SentEval data folder: adds STS where the dataset declares it")
     run.add_argument("--image-retrieval-root", default=None,
                      help="CUB/SOP/In-shop/iNaturalist folder: adds image retrieval where the dataset declares it")
@@ -114,14 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "image retrieval R@1 with the uni-modal image head")
     ev.add_argument("--tiles", default=None, metavar="IMAGES,CAPTIONS",
                     help="scoring tile size (default: per scoring kind); smaller tiles use less memory")
-    ev.add_argument("--store-matrix", choices=("auto", "always", "never"), default="auto",
-                    help="keep the dense matrix (auto: below --matrix-limit), or stream tiles into a rank summary "
-                         "(<name>.ranks.npz) that recall / COCO 1K / COCO 5K are computed from")
-    ev.add_argument("--matrix-limit", type=float, default=4.0, metavar="GB",
-                    help="largest matrix --store-matrix auto keeps, in GB (default 4)")
-    ev.add_argument("--processes", type=int, default=1,
-                    help="split the tiles over N processes (torchrun; gloo on CPU, NCCL on GPUs); under a launcher "
-                         "(torchrun, Slurm) its world size is used")
+    _scale_options(ev, "split the tiles over N processes (torchrun; gloo on CPU, NCCL on GPUs); under a launcher "
+                       "(torchrun, Slurm) its world size is used")
     ev.add_argument("--recall-only", action="store_true", help="full-split recall only (skip the dataset's protocols)")
     _registry_option(ev)
 
@@ -225,10 +221,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from harness.eval.evaluation import EvalSettings, MatrixOutput, SplitSpec, evaluate_models
     from harness.run import evaluate_processes
     from harness.spec.registry import load_members
-    if not 1 <= args.processes <= 1024:
-        raise ValueError(f"--processes {args.processes}: expected a number of processes between 1 and 1024")
-    if not args.matrix_limit > 0:
-        raise ValueError(f"--matrix-limit {args.matrix_limit}: expected a positive size in GB")
+    _processes(args.processes)
     if args.processes > 1 and not evaluate_processes.under_launcher():
         argv = list(args.argv)
         if not args.save_sims:  # every rank must name the same folder
@@ -262,7 +255,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         base = Path("results") / "_evaluate" / f"{args.method}-{args.variant}-{args.dataset or 'data'}-{split}"
         sims_out = fresh_path(base) / "sims.npy"
     settings = EvalSettings(batch_size=args.batch_size, precision=args.precision, store_matrix=args.store_matrix,
-                            matrix_limit=int(args.matrix_limit * 2**30),
+                            matrix_limit=_matrix_limit(args.matrix_limit),
                             **dict(zip(("image_tile", "caption_tile"), parse_tiles(args.tiles) or (None, None))),
                             sts_root=existing_path(args.sts_root, "--sts-root"),
                             image_retrieval_root=existing_path(args.image_retrieval_root, "--image-retrieval-root"))
@@ -429,8 +422,32 @@ def campaign_from_args(args: argparse.Namespace) -> Any:
         overrides=parse_overrides(args.set, registry, methods, ds.name, variants),
         force=(args.force,) if args.force else (), dry_run=args.dry_run, gpus=args.gpus,
         checkpoint_minutes=args.checkpoint_minutes or None, checkpoint_steps=args.checkpoint_steps,
-        tiles=parse_tiles(args.tiles), sts_root=existing_path(args.sts_root, "--sts-root"),
+        tiles=parse_tiles(args.tiles), eval_processes=_processes(args.processes),
+        store_matrix=args.store_matrix, matrix_limit=_matrix_limit(args.matrix_limit),
+        sts_root=existing_path(args.sts_root, "--sts-root"),
         image_retrieval_root=existing_path(args.image_retrieval_root, "--image-retrieval-root"))
+
+
+def _processes(n: int) -> int:
+    if not 1 <= n <= 1024:
+        raise ValueError(f"--processes {n}: expected a number of processes between 1 and 1024")
+    return n
+
+
+def _matrix_limit(gb: float) -> int:
+    if not gb > 0:
+        raise ValueError(f"--matrix-limit {gb}: expected a positive size in GB")
+    return int(gb * 2**30)
+
+
+def _scale_options(p: argparse.ArgumentParser, processes_help: str) -> None:
+    """--store-matrix, --matrix-limit and --processes (evaluate and run)."""
+    p.add_argument("--store-matrix", choices=("auto", "always", "never"), default="auto",
+                   help="keep the dense matrix (auto: below --matrix-limit), or stream tiles into a rank summary "
+                        "(ranks.npz) that recall / COCO 1K / COCO 5K / F30K 1K and paired tests are computed from")
+    p.add_argument("--matrix-limit", type=float, default=4.0, metavar="GB",
+                   help="largest matrix --store-matrix auto keeps, in GB (default 4)")
+    p.add_argument("--processes", type=int, default=1, help=processes_help)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

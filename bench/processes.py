@@ -2,8 +2,9 @@
 
 The same `evaluate` command (tests/stub_method.py, an official-format checkpoint, a SCAN-precomp split) runs
 as one process with OMP_NUM_THREADS=2 (with and without a tile cache: a several-process evaluation always
-writes one per rank, rank 0 merges them) and as `--processes 2` (torchrun, gloo, one thread per rank). The
-stub's `score` is made heavier (`--work`: repeated matmuls per tile, like a cross-attention scorer whose time
+writes one per rank, rank 0 merges them) and as `--processes 2` (torchrun, gloo, one thread per rank); one
+process with one thread is the reference. On a machine shared with other work, two threads in one process can
+lose far more to OpenMP spin-waiting than two processes do. The stub's `score` is made heavier (`--work`: repeated matmuls per tile, like a cross-attention scorer whose time
 is in `score`), so scoring, not start-up, dominates. Matrices are compared bit for bit.
 
     python bench/processes.py [--images 2000] [--work 8] [--tiles 256,1024] [--json out.json]
@@ -73,7 +74,8 @@ def main() -> None:
             return {"wall_seconds": round(wall, 2), "scoring_seconds": round(eff["scoring_seconds"], 2),
                     "processes": eff["processes"], "threads_per_process": threads}
 
-        rows = {"one_process_two_threads": run("one", 2),
+        rows = {"one_process_one_thread": run("single", 1),
+                "one_process_two_threads": run("one", 2),
                 "one_process_two_threads_cached": run("cached", 2, "--cache-dir", str(tmp / "c1")),
                 "two_processes_one_thread": run("two", 1, "--processes", "2", "--cache-dir", str(tmp / "c2"))}
         same = bool(np.array_equal(np.load(tmp / "one" / "sims.npy"), np.load(tmp / "two" / "sims.npy")))

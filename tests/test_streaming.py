@@ -203,3 +203,13 @@ def test_paired_significance_values_from_ranks_equal_the_matrix(tmp_path, uneven
         want, want_strata = per_image_rsum(dense, "coco1k")
         np.testing.assert_array_equal(v, want)
         np.testing.assert_array_equal(strata, want_strata)
+
+
+def test_topk_search_faiss_backend_agrees_with_torch():
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(1)
+    q, g = rng.standard_normal((40, 16)).astype(np.float32), rng.standard_normal((3000, 16)).astype(np.float32)
+    fs, fi = topk_search(q, g, 20, backend="faiss")
+    ts, ti = topk_search(q, g, 20, backend="torch", block=512)
+    np.testing.assert_array_equal(fi, ti)
+    np.testing.assert_allclose(fs, ts, rtol=1e-5, atol=1e-5)

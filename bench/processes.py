@@ -4,8 +4,9 @@ The same `evaluate` command (tests/stub_method.py, an official-format checkpoint
 as one process with OMP_NUM_THREADS=2 (with and without a tile cache: a several-process evaluation always
 writes one per rank, rank 0 merges them) and as `--processes 2` (torchrun, gloo, one thread per rank); one
 process with one thread is the reference. On a machine shared with other work, two threads in one process can
-lose far more to OpenMP spin-waiting than two processes do. The stub's `score` is made heavier (`--work`: repeated matmuls per tile, like a cross-attention scorer whose time
-is in `score`), so scoring, not start-up, dominates. Matrices are compared bit for bit.
+lose far more to OpenMP spin-waiting than two processes do. The stub's `score` is made heavier (`--work`:
+repeated matmuls per tile, like a cross-attention scorer whose time is in `score`), so scoring, not start-up,
+dominates. A rank's `scoring_seconds` is its own share of the tiles. Matrices are compared bit for bit.
 
     python bench/processes.py [--images 2000] [--work 8] [--tiles 256,1024] [--json out.json]
 """

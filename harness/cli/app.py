@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-steps", type=int, default=None, help="also checkpoint every N steps")
     run.add_argument("--tiles", default=None, metavar="IMAGES,CAPTIONS",
                      help="scoring tile size (default: per scoring kind); smaller tiles use less memory")
+    _scale_options(run, "processes per evaluation job, each scoring its share of the tiles (local: torchrun; slurm: "
+                        "tasks of one job); training uses --gpus")
     run.add_argument("--sts-root", default=None, help="SentEval data folder: adds STS where the dataset declares it")
     run.add_argument("--image-retrieval-root", default=None,
                      help="CUB/SOP/In-shop/iNaturalist folder: adds image retrieval where the dataset declares it")
@@ -123,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--image-retrieval-root", default=None,
                     help="CUB/SOP/In-shop/iNaturalist folder (check-data --dataset image_retrieval): also evaluate "
                          "image retrieval R@1 with the uni-modal image head")
+    ev.add_argument("--tiles", default=None, metavar="IMAGES,CAPTIONS",
+                    help="scoring tile size (default: per scoring kind); smaller tiles use less memory")
+    _scale_options(ev, "split the tiles over N processes (torchrun; gloo on CPU, NCCL on GPUs); under a launcher "
+                       "(torchrun, Slurm) its world size is used")
     ev.add_argument("--recall-only", action="store_true", help="full-split recall only (skip the dataset's protocols)")
     _perturb_options(ev)
     _registry_option(ev)
@@ -194,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["run", *argv]
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv  # the command line as given (evaluate --processes relaunches it under torchrun)
     if args.command is None:
         parser.print_help()
         return 2
@@ -233,7 +240,16 @@ def _registry(args: argparse.Namespace) -> Any:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from harness.eval.evaluation import EvalSettings, MatrixOutput, SplitSpec, evaluate_models
+    from harness.run import evaluate_processes
     from harness.spec.registry import load_members
+    _processes(args.processes)
+    if args.processes > 1 and not evaluate_processes.under_launcher():
+        argv = list(args.argv)
+        if not args.save_sims:  # every rank must name the same folder
+            base = Path("results") / "_evaluate" / f"{args.method}-{args.variant}-{args.dataset or 'data'}-" \
+                f"{args.split or 'test'}"
+            argv += ["--save-sims", str(fresh_path(base) / "sims.npy")]
+        return evaluate_processes.relaunch(argv, args.processes, args.device)
     registry = _registry(args)
     method = registry.method(args.method)
     method.variant(args.variant)
@@ -260,11 +276,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:  # each evaluation its own folder: a later checkpoint never replaces an earlier one's matrix
         base = Path("results") / "_evaluate" / f"{args.method}-{args.variant}-{args.dataset or 'data'}-{split}"
         sims_out = fresh_path(base) / "sims.npy"
-    settings = EvalSettings(batch_size=args.batch_size, precision=args.precision,
+    settings = EvalSettings(batch_size=args.batch_size, precision=args.precision, store_matrix=args.store_matrix,
+                            matrix_limit=_matrix_limit(args.matrix_limit),
+                            **dict(zip(("image_tile", "caption_tile"), parse_tiles(args.tiles) or (None, None))),
                             sts_root=existing_path(args.sts_root, "--sts-root"),
                             image_retrieval_root=existing_path(args.image_retrieval_root, "--image-retrieval-root"))
     device = check_device(args.device) or "cpu"
     check_precision(args.precision, device)
+    device, main_rank = evaluate_processes.join(device)
     members = [m.to(device) for m in load_members(method, args.variant, args.checkpoint, args.dataset)]
     protocols = () if args.recall_only or ds is None else ds.protocols
     if not args.recall_only:  # asked for by name: run them whatever the dataset declares
@@ -274,11 +293,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     layout = data_layout(registry, method.name, ds.name) if ds else "precomp"
     spec = SplitSpec(data_root, split, ds.name if ds else None, test_split=ds is not None and split == ds.split,
                      protocols=protocols, layout=layout, table=registry.protocols)
-    output = MatrixOutput.beside(sims_out, args.cache_dir)
+    cache_dir = args.cache_dir or (evaluate_processes.shared_cache(sims_out) if evaluate_processes.several() else None)
+    output = MatrixOutput.beside(sims_out, cache_dir)
     with _progress() as hooks:
         result = evaluate_models(members, spec, settings, output, hooks, robustness)
-    say(f"wrote {output.matrix} ({result.sims.shape[0]} x {result.sims.shape[1]}, {result.sims.dtype}) and "
-        f"{output.owner}")
+    if not main_rank:  # its tiles are merged and evaluated by rank 0
+        return 0
+    shape = result.shape
+    if result.sims is None:
+        say(f"streamed {shape[0]} x {shape[1]} without storing the matrix; wrote its rank summary {output.ranks} "
+            f"and {output.owner}")
+    else:
+        say(f"wrote {output.matrix} ({shape[0]} x {shape[1]}, {result.sims.dtype}) and {output.owner}")
     show_protocols(result.metrics, f"{args.method}/{args.variant} on {args.dataset or ''} {split}",
                    registry.protocols)
     if result.robustness is not None:
@@ -287,8 +313,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         show_robustness(result.robustness, f"{args.method}/{args.variant}")
     if json_out is not None:
         extra = {"robustness": result.robustness} if result.robustness is not None else {}
-        write_json(json_out, {"metrics": result.metrics, "efficiency": result.efficiency,
-                              "shape": list(result.sims.shape), "matrix": str(output.matrix), **extra})
+        write_json(json_out, {"metrics": result.metrics, "efficiency": result.efficiency, "shape": list(shape),
+                              "matrix": str(output.matrix) if result.sims is not None else None,
+                              "ranks": str(output.ranks) if result.sims is None else None, **extra})
         say(f"wrote {json_out}")
     return _exit_status(result.metrics)
 
@@ -447,7 +474,9 @@ def campaign_from_args(args: argparse.Namespace) -> Any:
         overrides=parse_overrides(args.set, registry, methods, ds.name, variants),
         force=(args.force,) if args.force else (), dry_run=args.dry_run, gpus=args.gpus,
         checkpoint_minutes=args.checkpoint_minutes or None, checkpoint_steps=args.checkpoint_steps,
-        tiles=parse_tiles(args.tiles), sts_root=existing_path(args.sts_root, "--sts-root"),
+        tiles=parse_tiles(args.tiles), eval_processes=_processes(args.processes),
+        store_matrix=args.store_matrix, matrix_limit=_matrix_limit(args.matrix_limit),
+        sts_root=existing_path(args.sts_root, "--sts-root"),
         image_retrieval_root=existing_path(args.image_retrieval_root, "--image-retrieval-root"),
         **_campaign_perturb(args))
 
@@ -455,6 +484,28 @@ def campaign_from_args(args: argparse.Namespace) -> Any:
 def _campaign_perturb(args: argparse.Namespace) -> dict[str, Any]:
     request = _robustness_request(args)
     return {} if request is None else {"perturb": request.spec, "perturb_seed": request.seed}
+
+
+def _processes(n: int) -> int:
+    if not 1 <= n <= 1024:
+        raise ValueError(f"--processes {n}: expected a number of processes between 1 and 1024")
+    return n
+
+
+def _matrix_limit(gb: float) -> int:
+    if not gb > 0:
+        raise ValueError(f"--matrix-limit {gb}: expected a positive size in GB")
+    return int(gb * 2**30)
+
+
+def _scale_options(p: argparse.ArgumentParser, processes_help: str) -> None:
+    """--store-matrix, --matrix-limit and --processes (evaluate and run)."""
+    p.add_argument("--store-matrix", choices=("auto", "always", "never"), default="auto",
+                   help="keep the dense matrix (auto: below --matrix-limit), or stream tiles into a rank summary "
+                        "(ranks.npz) that recall / COCO 1K / COCO 5K / F30K 1K and paired tests are computed from")
+    p.add_argument("--matrix-limit", type=float, default=4.0, metavar="GB",
+                   help="largest matrix --store-matrix auto keeps, in GB (default 4)")
+    p.add_argument("--processes", type=int, default=1, help=processes_help)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

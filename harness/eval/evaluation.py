@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from harness.data.image_retrieval import (
 from harness.data.layouts import LAYOUTS
 from harness.data.matrices import OWNER, owner_path
 from harness.data.precomp import candidate_dirs
+from harness.eval import sharding
 from harness.eval.metrics.coco_captions import coco_ids_of_columns
 from harness.eval.metrics.ids import CocoTestIds
 from harness.eval.metrics.image_retrieval import image_retrieval_protocol
@@ -48,6 +49,7 @@ from harness.eval.scoring import (
     score_blocks,
     tile_grid,
 )
+from harness.eval.streaming import MATRIX_LIMIT, SummaryError, keeps_matrix, stream_ranks
 
 
 class EvaluationInterrupted(RuntimeError):
@@ -79,6 +81,8 @@ class EvalSettings:
     sts_root: Path | None = None
     image_retrieval_root: Path | None = None
     bootstrap: int = BOOTSTRAP
+    store_matrix: str = "auto"  # auto | always | never: keep the dense matrix, or stream a rank summary
+    matrix_limit: int = MATRIX_LIMIT  # bytes up to which `auto` keeps the matrix
 
 
 @dataclass(frozen=True)
@@ -88,16 +92,19 @@ class MatrixOutput:
     matrix: Path | None = None
     owner: Path | None = None
     cache_dir: Path | None = None
+    ranks: Path | None = None  # the rank summary of an evaluation that keeps no matrix
 
     @classmethod
     def beside(cls, matrix: str | Path | None, cache_dir: str | Path | None = None) -> MatrixOutput:
-        """`X.npy` with its mapping in `X.image_of_caption.npy` (the CLI's --save-sims)."""
+        """`X.npy` with its mapping in `X.image_of_caption.npy` and a streamed evaluation's rank summary in
+        `X.ranks.npz` (the CLI's --save-sims)."""
         m = Path(matrix) if matrix else None
-        return cls(m, owner_path(m) if m else None, Path(cache_dir) if cache_dir else None)
+        return cls(m, owner_path(m) if m else None, Path(cache_dir) if cache_dir else None,
+                   m.with_name(m.stem + ".ranks.npz") if m else None)
 
     @classmethod
     def job(cls, folder: Path) -> MatrixOutput:
-        return cls(folder / "sims.npy", folder / OWNER, folder / "work")
+        return cls(folder / "sims.npy", folder / OWNER, folder / "work", folder / "ranks.npz")
 
 
 @dataclass
@@ -113,11 +120,16 @@ class Hooks:
 
 @dataclass
 class Evaluation:
-    sims: np.ndarray
+    sims: np.ndarray | None  # None when streamed: `ranks` holds the rank summary instead
     image_of_caption: np.ndarray
     metrics: dict[str, Any]
     efficiency: dict[str, Any] = field(default_factory=dict)
     robustness: dict[str, Any] | None = None  # the robustness pass's record, when one was asked for
+    ranks: Any = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.sims.shape) if self.sims is not None else self.ranks.shape
 
 
 # ---- data ------------------------------------------------------------------------------------------------
@@ -160,9 +172,11 @@ def cached_tiles(cache: Path, tiles: tuple[int, int]) -> int:
 
 def score_model(adapter: Adapter, images: Any, captions: Sequence[str], settings: EvalSettings,
                 cache: Path | None = None, hooks: Hooks | None = None,
-                keep: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                keep: dict[str, Any] | None = None,
+                select: Callable[[int], bool] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Encode once, score tile by tile into `cache` (resumable), with timings. `keep`, when given, receives
-    the encodings ("images", "texts") for a robustness pass to reuse."""
+    the encodings ("images", "texts") for a robustness pass to reuse; `select` keeps the grid's tiles this
+    process scores (harness.eval.sharding); the others are left unset."""
     hooks = hooks or Hooks()
     precision = settings.precision
     check_precision(precision, adapter.device)
@@ -186,7 +200,8 @@ def score_model(adapter: Adapter, images: Any, captions: Sequence[str], settings
         keep.update(images=img, texts=txt)
     default = DEFAULT_TILES[adapter.scoring]
     tiles = (settings.image_tile or default[0], settings.caption_tile or default[1])
-    total = len(tile_grid(n_img, n_cap, *tiles))
+    grid = tile_grid(n_img, n_cap, *tiles)
+    total = len(grid) if select is None else sum(1 for i in range(len(grid)) if select(i))
     reused = cached_tiles(cache, tiles) if cache is not None else 0
     if reused:
         hooks.log(f"resuming scoring: {reused}/{total} tiles already in {cache}")
@@ -202,7 +217,7 @@ def score_model(adapter: Adapter, images: Any, captions: Sequence[str], settings
 
     def run() -> np.ndarray:
         return score_blocks(adapter, img, txt, image_tile=tiles[0], caption_tile=tiles[1], cache=cache,
-                            on_tile=on_tile, precision=precision)
+                            on_tile=on_tile, precision=precision, select=select)
 
     t3 = time.perf_counter()
     try:
@@ -224,6 +239,30 @@ def score_model(adapter: Adapter, images: Any, captions: Sequence[str], settings
         eff["scoring_seconds"] = measured * total / max(1, scored[0])
         eff["scoring_seconds_extrapolated"] = True
         eff["tiles_reused"] = reused
+    return sims, eff
+
+
+def score_shard(adapter: Adapter, images: Any, captions: Sequence[str], settings: EvalSettings,
+                cache: Path | None, hooks: Hooks) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """This rank's tiles scored into its own cache; on rank 0, after every rank is done, the merged matrix
+    (None on the other ranks)."""
+    if cache is None:
+        raise sharding.ShardError("an evaluation over several processes needs a tile cache folder shared by the "
+                                  "ranks (--cache-dir, or a job folder)")
+    me, n = sharding.rank(), sharding.world()
+    own = sharding.rank_cache(cache, me, n)
+    _, eff = score_model(adapter, images, captions, settings, own, hooks, select=sharding.selector(me, n))
+    sharding.barrier()
+    if me != 0:
+        return None, eff
+    import h5py
+
+    with h5py.File(own, "r") as f:
+        fingerprint = str(f.attrs["fingerprint"])
+    tiles = tuple(eff["tile_size"])
+    grid = tile_grid(len(images), len(captions), *tiles)
+    sims = sharding.merge_tiles(cache, n, grid, (len(images), len(captions)), tiles, fingerprint)
+    eff["processes"] = n
     return sims, eff
 
 
@@ -398,11 +437,18 @@ def evaluate_models(members: Sequence[Adapter], spec: SplitSpec, settings: EvalS
     output = output or MatrixOutput()
     t_start = time.perf_counter()
     images, captions, owner = split_data(members[0], spec)
+    if not keeps_matrix(settings.store_matrix, len(images), len(captions), settings.matrix_limit):
+        return _evaluate_streamed(members, spec, settings, output, hooks, (images, captions, owner), t_start)
     matrices, effs = [], []
     keep: dict[str, Any] | None = {} if robustness is not None and len(members) == 1 else None
     for k, adapter in enumerate(members):
         cache = output.cache_dir / f"tiles_{k}.h5" if output.cache_dir else None
-        sims_k, eff_k = score_model(adapter, images, captions, settings, cache, hooks, keep)
+        if sharding.world() > 1:
+            sims_k, eff_k = score_shard(adapter, images, captions, settings, cache, hooks)
+            if sims_k is None:  # not rank 0: its tiles are in its own cache; rank 0 merges and evaluates
+                return Evaluation(None, owner, {}, eff_k)
+        else:
+            sims_k, eff_k = score_model(adapter, images, captions, settings, cache, hooks, keep)
         matrices.append(sims_k)
         effs.append(eff_k)
     sims = matrices[0] if len(matrices) == 1 else mean_matrix(matrices)
@@ -427,7 +473,8 @@ def evaluate_models(members: Sequence[Adapter], spec: SplitSpec, settings: EvalS
         eff["robustness_seconds"] = time.perf_counter() - t_robust
     wall = time.perf_counter() - t_start
     peak, kind = peak_memory(device)
-    eff.update(eval_wall_seconds=wall, peak_memory_mb=peak, peak_memory_kind=kind, device=device, processes=1,
+    eff.update(eval_wall_seconds=wall, peak_memory_mb=peak, peak_memory_kind=kind, device=device,
+               processes=sharding.world(),
                gpu_hours=wall / 3600.0 if device.startswith("cuda") else 0.0, precision=settings.precision)
     return Evaluation(sims, owner, metrics, eff, robust)
 
@@ -457,6 +504,56 @@ def evaluate_robustness(adapter: Adapter, spec: SplitSpec, settings: EvalSetting
                              request=request, batch_size=batch, precision=precision, tiles=tiles,
                              progress=hooks.progress)
     return {**record, "clean_matrix": "stored" if reused else "scored"}
+
+
+def _evaluate_streamed(members: Sequence[Adapter], spec: SplitSpec, settings: EvalSettings, output: MatrixOutput,
+                       hooks: Hooks, data: tuple[Any, list[str], np.ndarray], t_start: float) -> Evaluation:
+    """One model's evaluation without its matrix: tiles streamed into a rank summary, saved, then the protocols."""
+    images, captions, owner = data
+    if len(members) != 1:
+        raise SummaryError(f"--store-matrix {settings.store_matrix}: an ensemble of {len(members)} models averages "
+                           "their matrices, which a streamed evaluation does not hold; use --store-matrix always")
+    if sharding.world() > 1:
+        raise SummaryError("--processes with a streamed evaluation (--store-matrix never) is not supported yet; "
+                           "use one process or --store-matrix always")
+    adapter = members[0]
+    check_precision(settings.precision, adapter.device)
+    t0 = time.perf_counter()
+    img = encode_images(adapter, images, batch_size=settings.batch_size, precision=settings.precision)
+    t1 = time.perf_counter()
+    txt = encode_texts(adapter, captions, batch_size=settings.batch_size, precision=settings.precision)
+    t2 = time.perf_counter()
+    folds = 5 if "coco1k" in spec.protocols and len(images) % 5 == 0 and len(captions) % 5 == 0 else 1
+    n_tiles = [0]
+
+    def on_tile(a: int, c: int) -> None:
+        n_tiles[0] += 1
+        hooks.progress("scoring", n_tiles[0], n_tiles[0], f"tiles {n_tiles[0]}")
+        hooks.on_tile()
+
+    summary = stream_ranks(adapter, img, txt, owner, image_tile=settings.image_tile,
+                           caption_tile=settings.caption_tile, precision=settings.precision, folds=folds,
+                           on_tile=on_tile)
+    scoring_seconds = time.perf_counter() - t2
+    del img, txt
+    if output.ranks is not None:
+        summary.save(output.ranks)
+    if output.owner is not None:
+        save_npy(output.owner, np.asarray(owner, dtype=np.int64))
+    inputs = protocol_inputs(None, owner, spec, settings, members, images, captions)  # type: ignore[arg-type]
+    inputs = replace(inputs, ranks=summary)
+    metrics = run_protocols(inputs, wanted(spec.protocols), on_protocol=lambda name: hooks.progress("metrics", 0, 1,
+                                                                                                    name))
+    wall = time.perf_counter() - t_start
+    device = str(adapter.device)
+    peak, kind = peak_memory(device)
+    eff = {"variant": adapter.variant, "parameters": parameter_count(adapter.model),
+           "encode_ms_per_image": 1000 * (t1 - t0) / max(1, len(images)),
+           "encode_ms_per_caption": 1000 * (t2 - t1) / max(1, len(captions)), "scoring_seconds": scoring_seconds,
+           "tiles": n_tiles[0], "precision": settings.precision, "matrix": "streamed (rank summary)",
+           "eval_wall_seconds": wall, "peak_memory_mb": peak, "peak_memory_kind": kind, "device": device,
+           "processes": 1, "gpu_hours": wall / 3600.0 if device.startswith("cuda") else 0.0}
+    return Evaluation(None, owner, metrics, eff, ranks=summary)
 
 
 def evaluate_matrix(sims: np.ndarray, owner: np.ndarray, spec: SplitSpec, settings: EvalSettings,

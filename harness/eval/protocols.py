@@ -61,7 +61,7 @@ class EvalInputs:
     that need them, at most once each.
     """
 
-    sims: np.ndarray
+    sims: np.ndarray | None  # None: a streamed evaluation (see `ranks`)
     image_of_caption: np.ndarray
     dataset: str | None = None
     split: str = "test"
@@ -80,10 +80,13 @@ class EvalInputs:
     sts_root: Path | None = None
     image_retrieval_root: Path | None = None
     bootstrap: int = BOOTSTRAP
+    ranks: Any = None  # a streamed evaluation's RankSummary (harness.eval.streaming) when `sims` is None
     _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:
+        if self.sims is None and self.ranks is not None:
+            return self.ranks.shape
         return int(self.sims.shape[0]), int(self.sims.shape[1])
 
     @property
@@ -411,6 +414,11 @@ def run_protocols(inputs: EvalInputs, names: Iterable[str],
         if on_protocol is not None:
             on_protocol(name)
         try:
+            if inputs.sims is None and proto.uses_matrix:
+                from harness.eval.summary_metrics import from_summary
+
+                out[name] = from_summary(name, proto.title, inputs)
+                continue
             out[name] = proto.compute(inputs)
         except (ValueError, OSError) as exc:  # the readers' and metrics' own errors name the file
             out[name] = not_defined(f"{proto.title} could not be computed: {exc}")

@@ -296,9 +296,11 @@ def block_fingerprint(*blocks: Any) -> str:
 
 def score_blocks(adapter: Adapter, image_block: Any, text_block: Any, *, image_tile: int | None = None,
                  caption_tile: int | None = None, cache: str | Path | None = None, progress: bool = False,
-                 on_tile: Callable[[int, int], None] | None = None, precision: str = "fp32") -> np.ndarray:
+                 on_tile: Callable[[int, int], None] | None = None, precision: str = "fp32",
+                 select: Callable[[int], bool] | None = None) -> np.ndarray:
     """The (N_img, N_cap) float32 matrix of `adapter.score` over all tiles (resuming from `cache`), each tile
-    scored under autocast to `precision`."""
+    scored under autocast to `precision`. `select(i)` False skips the i-th tile of the grid (left unset: another
+    process scores it, harness.eval.sharding)."""
     n_img, n_cap = len(image_block), len(text_block)
     default = DEFAULT_TILES[adapter.scoring]
     tiles = (image_tile or default[0], caption_tile or default[1])
@@ -310,7 +312,9 @@ def score_blocks(adapter: Adapter, image_block: Any, text_block: Any, *, image_t
     try:
         with eval_mode(adapter, precision), bar as (advance,):
             txt_range, txt = None, None
-            for a, b, c, d in grid:
+            for index, (a, b, c, d) in enumerate(grid):
+                if select is not None and not select(index):
+                    continue
                 if store is not None and store.done(a, c):
                     out[a:b, c:d] = store.read(a, b, c, d)
                     advance(0, skipped=True)

@@ -110,7 +110,7 @@ def significance(groups: Sequence[RunGroup], proto: Protocol, bad: dict[Path, st
 
     ref = values(rows.index(best), best)
     if ref is None:
-        why = problems.get(rows.index(best), "the best row has no stored similarity matrix")
+        why = problems.get(rows.index(best), "the best row has no stored similarity matrix or rank summary")
         return Significance(rows, protocol, best, {}, why, problems, field=key)
     p: dict[int, float | None] = {}
     for i, g in enumerate(rows):

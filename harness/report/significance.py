@@ -19,6 +19,8 @@ from harness.core.errors import CorruptFileWarning, ItrbenchError
 from harness.core.results import JobResult, move_aside
 from harness.data.matrices import OWNER, MatrixFileError, load_matrix, load_owner
 from harness.eval.metrics.bootstrap import paired_bootstrap_p
+from harness.eval.metrics.per_query import rsum_per_image
+from harness.eval.metrics.recall import RECALL_KS, uniform_captions
 from harness.eval.protocols import PROTOCOLS, PairedTest
 
 RESAMPLES = 1000
@@ -80,6 +82,19 @@ def stored_matrix(result_dir: Path) -> tuple[np.ndarray, np.ndarray | None] | No
         raise _set_aside(result_dir, owner_file, _problem(exc, owner_file)) from None
 
 
+def _rank_values(i2t: np.ndarray, t2i: np.ndarray, captions_per_image: int,
+                 owner: np.ndarray | None = None) -> np.ndarray:
+    """Per-image rsum contributions from tie-pessimistic ranks of a streamed rank summary (the values
+    `harness.eval.metrics.per_query` computes from a matrix)."""
+    a = sum((i2t < k).astype(np.float64) for k in RECALL_KS) * 100.0
+    b = sum((t2i < k).astype(np.float64) for k in RECALL_KS) * 100.0
+    if owner is None:
+        return a + b.reshape(-1, captions_per_image).mean(axis=1)
+    # uneven captions per image: each image carries its captions' share of the caption mean, so that the
+    # mean of v over images is still exactly the rsum
+    return a + np.bincount(owner, weights=b, minlength=len(a)) * (len(a) / len(b))
+
+
 def per_image_rsum(sims: np.ndarray, protocol: str, captions_per_image: int = 5,
                    owner: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """(v, strata) of a built-in protocol's paired test: per-image rsum contributions whose mean is its rsum."""
@@ -90,15 +105,48 @@ def per_image_rsum(sims: np.ndarray, protocol: str, captions_per_image: int = 5,
     return test.values(sims, owner)
 
 
+def per_image_rsum_from_ranks(path: Path, test: PairedTest) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """A recall protocol's paired-test values from a streamed evaluation's rank summary (`ranks.npz`): the same
+    values as from its matrix; None where the summary cannot give them (another test, COCO 1K without folds)."""
+    from harness.eval.streaming import RankSummary
+
+    folds = getattr(test.values, "folds", None)
+    if test.values is not rsum_per_image and folds is None:
+        return None
+    summary = RankSummary.load(path)
+    owner = summary.image_of_caption
+    k = uniform_captions(owner, summary.shape[0])
+    if folds:
+        if summary.folds != folds or k is None:
+            return None
+        (_, i2t), (_, t2i) = summary.ranks(fold=True)
+        return _rank_values(i2t, t2i, k), np.repeat(np.arange(folds), summary.shape[0] // folds)
+    (_, i2t), (_, t2i) = summary.ranks()
+    return _rank_values(i2t, t2i, k or 1, None if k else owner), None
+
+
+RANKS_FILE = "ranks.npz"
+
+
 def group_values(runs: Sequence[JobResult], test: PairedTest) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """The test's per-unit values averaged over a row's runs; None when a run has no stored matrix. A run
-    whose stored matrix is unusable raises StoredMatrixError (the file moved aside); one whose matrix does not
-    fit the protocol (shape) a MatrixError."""
+    """The test's per-unit values averaged over a row's runs (from each run's stored matrix, or its rank
+    summary when the evaluation was streamed); None when a run has neither. A run whose stored matrix is
+    unusable raises StoredMatrixError (the file moved aside); one whose matrix does not fit the protocol
+    (shape) a MatrixError."""
     total, strata = None, None
     for run in runs:
         stored = stored_matrix(run.path)  # a StoredMatrixError names the run whose matrix was set aside
         if stored is None:
-            return None
+            if not (run.path / RANKS_FILE).is_file():
+                return None
+            found = per_image_rsum_from_ranks(run.path / RANKS_FILE, test)
+            if found is None:
+                return None
+            v, strata = found
+            total = v if total is None else (total + v if total.shape == v.shape else None)
+            if total is None:
+                return None
+            continue
         sims, owner = stored
         if owner is None:  # no mapping stored beside the matrix: 5 captions per image, in order
             owner = np.arange(sims.shape[1]) // 5

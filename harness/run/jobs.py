@@ -73,6 +73,7 @@ from harness.eval.evaluation import (
 )
 from harness.eval.perturb.spec import parse_perturb
 from harness.eval.robustness import RobustnessRequest
+from harness.eval.streaming import MATRIX_LIMIT, SummaryError
 from harness.run import distributed
 from harness.run.plan import Job
 from harness.run.protocol_refresh import RECOMPUTE, eval_spec, recompute_protocols, refresh_action
@@ -112,6 +113,9 @@ class RunSettings:
     image_retrieval_root: str | None = None  # CUB/SOP/In-shop/iNaturalist (image retrieval; COCO models)
     caption_tile: int | None = None
     encode_batch: int = 128
+    eval_processes: int = 1  # processes per evaluation (--processes; harness.eval.sharding)
+    store_matrix: str = "auto"  # auto | always | never (harness.eval.streaming)
+    matrix_limit: int = MATRIX_LIMIT  # bytes up to which `auto` keeps an evaluation's matrix
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -431,6 +435,11 @@ class _Runner:
             store = ctx.store
             members = list(cfg.members)
             self.progress("averaging", 0, len(members), f"averaging {len(members)} member matrices")
+            streamed = [m for m in members if not (store.job_dir(m) / "sims.npy").is_file()
+                        and (store.job_dir(m) / "ranks.npz").is_file()]
+            if streamed:
+                raise SummaryError(f"ensemble {job.name}: member {streamed[0]} was streamed (ranks.npz, no sims.npy); "
+                                   "an ensemble averages its members' matrices: re-run them with --store-matrix always")
             sims = mean_matrix([load_matrix(store.job_dir(m) / "sims.npy") for m in members])
             owner = load_owner(store.job_dir(members[0]) / OWNER, sims.shape[1], sims.shape[0])
             eff = combine_efficiency([store.load(m).metrics.get("efficiency", {}) for m in members])
@@ -450,7 +459,10 @@ class _Runner:
                 return self.robustness(adapter, spec, settings)
             result = evaluate_models([adapter], spec, settings, output, self.hooks())
         out = {"stage": "evaluate", "protocols": result.metrics, "efficiency": result.efficiency,
-               "shape": list(result.sims.shape), "protocol_code": job.protocols}
+               "shape": list(result.shape) if result.sims is not None or result.ranks is not None else None,
+               "protocol_code": job.protocols}
+        if result.sims is None and result.ranks is not None:
+            out["matrix"] = "streamed: ranks.npz holds the rank summary, no sims.npy (--store-matrix)"
         if cfg.source == "official" and cfg.members is None:
             epoch = checkpoint_epoch(str(cfg.checkpoint))
             if epoch is not None:  # which of a paper's per-epoch log rows this checkpoint can fill

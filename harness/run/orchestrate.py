@@ -149,7 +149,10 @@ class Scheduler:
         self.started = time.time()
 
     def task(self, job: Job) -> Task:
-        return Task(job, self.settings, processes=job.gpus if job.stage == "train" else 1)
+        if job.stage == "train":
+            return Task(job, self.settings, processes=job.gpus)
+        scored = job.config.members is None  # an ensemble averages stored matrices: nothing to split
+        return Task(job, self.settings, processes=self.settings.eval_processes if scored else 1)
 
     def run(self) -> dict[str, str]:
         """Run every job that is not cached; returns {job: reason} for failed, skipped and stopped jobs."""
@@ -312,7 +315,8 @@ def run_campaign(campaign: Campaign) -> int:
                            registry=[str(f) for f in campaign.registry_files],
                            device=campaign.device, checkpoint_minutes=campaign.checkpoint_minutes,
                            checkpoint_steps=campaign.checkpoint_steps, image_tile=image_tile,
-                           caption_tile=caption_tile,
+                           caption_tile=caption_tile, eval_processes=campaign.eval_processes,
+                           store_matrix=campaign.store_matrix, matrix_limit=campaign.matrix_limit,
                            sts_root=str(campaign.sts_root) if campaign.sts_root else None,
                            image_retrieval_root=str(campaign.image_retrieval_root)
                            if campaign.image_retrieval_root else None)

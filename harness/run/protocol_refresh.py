@@ -70,6 +70,8 @@ def eval_spec(job: Job, registry: Registry, data_root: Path, settings: Any) -> t
     s = settings
     return spec, EvalSettings(batch_size=s.encode_batch, precision=cfg.precision or "fp32",
                               image_tile=s.image_tile, caption_tile=s.caption_tile,
+                              store_matrix=getattr(s, "store_matrix", "auto"),
+                              matrix_limit=getattr(s, "matrix_limit", 4 << 30),
                               sts_root=Path(s.sts_root) if s.sts_root else None,
                               image_retrieval_root=Path(s.image_retrieval_root) if s.image_retrieval_root else None)
 

@@ -43,6 +43,9 @@ class Campaign:
     checkpoint_minutes: float | None = 15.0
     checkpoint_steps: int | None = None
     tiles: tuple[int, int] | None = None
+    eval_processes: int = 1  # processes per evaluation job (--processes)
+    store_matrix: str = "auto"  # --store-matrix
+    matrix_limit: int = 4 << 30  # --matrix-limit, in bytes
     sts_root: Path | None = None
     image_retrieval_root: Path | None = None
     perturb: str | None = None  # canonical --perturb spec: a robustness job beside each single-model evaluation

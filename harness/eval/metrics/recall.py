@@ -217,11 +217,17 @@ def full_recall(sims: np.ndarray, captions_per_image: int = 5, image_of_caption:
     `bootstrap` > 0 adds 95% intervals over queries ("ci")."""
     sims = check_matrix(sims, captions_per_image, image_of_caption=image_of_caption, finite=False)
     i2t, t2i = count_ranks(sims, captions_per_image, image_of_caption)
+    owner = owners(sims.shape[0], sims.shape[1], captions_per_image, image_of_caption)
+    return recall_from_ranks(i2t, t2i, owner, bootstrap, seed)
+
+
+def recall_from_ranks(i2t: QueryRanks, t2i: QueryRanks, image_of_caption: np.ndarray, bootstrap: int = 0,
+                      seed: int = 0) -> dict:
+    """`full_recall` of already counted ranks (a streamed evaluation's rank summary)."""
     out = _with_sums(_direction(i2t), _direction(t2i))
     if bootstrap:
-        owner = owners(sims.shape[0], sims.shape[1], captions_per_image, image_of_caption)
-        out["ci"] = recall_intervals(i2t.pessimistic, t2i.pessimistic, np.arange(sims.shape[0]), owner,
-                                     n=bootstrap, seed=seed)
+        out["ci"] = recall_intervals(i2t.pessimistic, t2i.pessimistic, np.arange(len(i2t.optimistic)),
+                                     np.asarray(image_of_caption), n=bootstrap, seed=seed)
     return out
 
 
@@ -274,13 +280,19 @@ def fold_recall(sims: np.ndarray, folds: int = 5, captions_per_image: int = 5, b
     if sims.ndim != 2 or sims.shape[1] != captions_per_image * sims.shape[0]:
         check_matrix(sims, captions_per_image)  # raises the shape error
     per_fold = []
-    ranks = []
     for k, (r, c) in enumerate(fold_slices(sims.shape[0], folds, captions_per_image)):
         name = f"fold {k} of the similarity matrix"
         block = check_matrix(sims[r, c], captions_per_image, name=name, finite=False)
-        i2t, t2i = count_ranks(block, captions_per_image, name=name)
-        ranks.append((i2t.pessimistic, t2i.pessimistic))
-        per_fold.append(_with_sums(_direction(i2t), _direction(t2i)))
+        per_fold.append(count_ranks(block, captions_per_image, name=name))
+    return fold_recall_from_ranks(per_fold, captions_per_image, bootstrap, seed)
+
+
+def fold_recall_from_ranks(per_fold_ranks: list[tuple[QueryRanks, QueryRanks]], captions_per_image: int = 5,
+                           bootstrap: int = 0, seed: int = 0) -> dict:
+    """`fold_recall` of each fold's (i2t, t2i) ranks, ranked within the fold (a streamed rank summary's too)."""
+    ranks = [(i2t.pessimistic, t2i.pessimistic) for i2t, t2i in per_fold_ranks]
+    per_fold = [_with_sums(_direction(i2t), _direction(t2i)) for i2t, t2i in per_fold_ranks]
+    folds = len(per_fold)
     out = _mean_tree(per_fold)
     # counts are totals over folds, not means
     for d in ("i2t", "t2i"):
@@ -292,7 +304,7 @@ def fold_recall(sims: np.ndarray, folds: int = 5, captions_per_image: int = 5, b
                      "t2i": {k: f["t2i"][k] for k in ("r1", "r5", "r10", "medr", "meanr")},
                      "rsum": f["rsum"]} for f in per_fold]
     if bootstrap:  # equal-sized folds: the mean over folds is the mean over all queries, folds as strata
-        n_img = sims.shape[0]
+        n_img = sum(len(a) for a, _ in ranks)
         out["ci"] = recall_intervals(np.concatenate([a for a, _ in ranks]), np.concatenate([b for _, b in ranks]),
                                      np.arange(n_img), np.arange(n_img * captions_per_image) // captions_per_image,
                                      strata=np.arange(n_img) // (n_img // folds), n=bootstrap, seed=seed)

@@ -16,11 +16,11 @@ import open_clip.pretrained
 import pytest
 import torch
 from PIL import Image
+from plan_helpers import plan_of
 
 from harness.api import CheckpointError
 from harness.cli.app import main as cli_main
 from harness.data.demo import build_demo_images
-from harness.run.plan import build_plan
 from harness.spec.registry import RegistryError, load_registry, parse_registry
 from methods.clip_zeroshot.adapter import ClipZeroShotAdapter
 from methods.clip_zeroshot.model import VARIANTS, ClipSpec, cached_weights
@@ -244,7 +244,7 @@ def test_images_get_the_evaluation_transform_of_the_tag(tmp_path, monkeypatch):
 
 
 def test_demo_run_plans_one_evaluation_and_reports_the_baseline(tmp_path, one_thread):
-    plan = build_plan(load_registry(), ["clip_zeroshot"], "demo", data_fp="x", code="y")
+    plan = plan_of(load_registry(), ["clip_zeroshot"], "demo", data_fp="x", code="y")
     assert [(j.stage, j.variant) for j in plan.jobs] == [("evaluate", "tiny")]
     assert any("vitb32_openai" in n for n in plan.notes)  # skipped on the demo, with the reason
     rc = cli_main(["run", "--methods", "clip_zeroshot", "--dataset", "demo", "--results", str(tmp_path / "results"),

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from plan_helpers import plan_of
 
 from harness.api import load_container
 from harness.cli.app import main as cli_main
@@ -19,7 +20,6 @@ from harness.data.demo_images import demo_teacher_features, write_demo_split
 from harness.eval.evaluation import image_retrieval_runner
 from harness.eval.protocols import EvalInputs, run_protocols
 from harness.run.jobs import JobContext, JobInterrupted, RunSettings, run_job
-from harness.run.plan import build_plan
 from harness.run.training import BEST
 from harness.spec.registry import load_registry
 from methods.cusa.adapter import CUSAAdapter
@@ -78,7 +78,7 @@ def _ctx(root, results, **kw):
 
 
 def _jobs(root):
-    plan = build_plan(load_registry(), ["cusa"], "demo", variants=["vitb32"], stage="all", data_root=root,
+    plan = plan_of(load_registry(), ["cusa"], "demo", variants=["vitb32"], stage="all", data_root=root,
                       data_fp="tiny", code="test")
     train, evaluate = plan.order()
     assert (train.stage, evaluate.stage) == ("train", "evaluate")
@@ -127,14 +127,14 @@ def test_train_job_writes_an_official_best_checkpoint_resumes_and_evaluates(tiny
 
 
 def test_demo_plan_runs_vitb32_only_with_the_demo_geometry():
-    plan = build_plan(load_registry(), ["cusa"], "demo", data_fp="x", code="y")
+    plan = plan_of(load_registry(), ["cusa"], "demo", data_fp="x", code="y")
     assert [j.name for j in plan.jobs] == ["demo/cusa-vitb32-seed0/train", "demo/cusa-vitb32-seed0/eval"]
     assert any(n.startswith("cusa/vitl14_336: not run on demo:") for n in plan.notes)
     recipe = plan.jobs[0].config.recipe
     adapter = CUSAAdapter.build("vitb32", "demo", {**plan.jobs[0].config.options, **recipe})
     assert adapter.model.image_size == recipe["clip_config"]["vision_cfg"]["image_size"]
     assert adapter.objective == "cusa" and recipe["text_teacher"] == "minilm"
-    coco = build_plan(load_registry(), ["cusa"], "coco", stage="train", data_fp="x", code="y")
+    coco = plan_of(load_registry(), ["cusa"], "coco", stage="train", data_fp="x", code="y")
     assert {j.variant for j in coco.jobs} == {"vitb32", "vitl14_336"}
 
 
@@ -252,7 +252,7 @@ def test_evaluate_cli_adds_image_retrieval_with_the_unimodal_head(tiny_root, tmp
     assert partial["r1"]["cub"] == pytest.approx(expected["cub"])
     regions = types.SimpleNamespace(method="esa", image_input="regions")
     assert image_retrieval_runner(regions, 64) is None
-    base = {"sims": np.zeros((2, 2)), "image_of_caption": np.arange(2), "image_retrieval_root": ir_root}
+    base = {"sims": np.zeros((2, 2)), "image_of_caption": np.arange(2), "data_folders": {"image_retrieval": ir_root}}
     no_head = run_protocols(EvalInputs(**base, method="esa"), ["image_retrieval"])["image_retrieval"]
     assert no_head["defined"] is False and "image encoder" in no_head["reason"]
     ensemble = run_protocols(EvalInputs(**base, members=2, image_retrieval=image_retrieval_runner(loaded, 64)),

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from plan_helpers import plan_of
 from test_orchestrate_fixtures import campaign, one_thread, run_args, worker_env  # noqa: F401 - one_thread: autouse fixture
 
 from harness.api import load_container
@@ -22,7 +23,7 @@ from harness.run.executors import make_executor
 from harness.run.executors.base import INTERRUPTED_EXIT, Task
 from harness.run.executors.local import LocalExecutor
 from harness.run.jobs import RunSettings
-from harness.run.plan import Job, build_plan
+from harness.run.plan import Job
 from harness.run.status import read_status
 from harness.run.training import BEST
 from harness.spec.registry import load_registry
@@ -111,7 +112,7 @@ def test_slurm_job_is_preempted_checkpointed_requeued_and_resumed(tmp_path, monk
     recipe = {"epochs": 4, "step_sleep": 0.1}
     tmp = campaign(tmp_path / "slurm", recipe=recipe)
     registry = load_registry(tmp / "registry.yaml")
-    job = build_plan(registry, ["tiny"], "demo", variants=["a"], stage="train", data_root=tmp / "data").jobs[0]
+    job = plan_of(registry, ["tiny"], "demo", variants=["a"], stage="train", data_root=tmp / "data").jobs[0]
     settings = RunSettings(results=str(tmp / "results"), data_root=str(tmp / "data"),
                            registry=str(tmp / "registry.yaml"), device="cpu", checkpoint_minutes=None)
     ex = make_executor("slurm", {"cluster": "local", "timeout_min": "30"}, results=settings.results, device="cpu")

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import yaml
+from plan_helpers import plan_of
 from rich.console import Console
 from test_orchestrate_fixtures import (  # noqa: F401 - one_thread: autouse fixture
     campaign,
@@ -26,7 +27,6 @@ from harness.run import display, orchestrate
 from harness.run.executors.base import StopFlag
 from harness.run.executors.inline import InlineExecutor
 from harness.run.jobs import RunSettings
-from harness.run.plan import build_plan
 from harness.run.status import StatusWriter
 from harness.spec.registry import load_registry
 
@@ -191,7 +191,7 @@ def test_data_that_fails_check_data_is_refused(tmp_path, out):
 def test_live_table_shows_progress_and_eta(tmp_path):
     campaign(tmp_path)
     registry = load_registry(tmp_path / "registry.yaml")
-    plan = build_plan(registry, ["tiny"], "demo", variants=["a"], stage="train", data_root=tmp_path / "data")
+    plan = plan_of(registry, ["tiny"], "demo", variants=["a"], stage="train", data_root=tmp_path / "data")
     store = ResultStore(tmp_path / "results")
     scheduler = orchestrate.Scheduler(plan, store, InlineExecutor(), RunSettings(), StopFlag(),
                                       out=Console(width=200, force_terminal=False))

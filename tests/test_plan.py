@@ -8,12 +8,13 @@ import sys
 
 import pytest
 import yaml
+from plan_helpers import plan_of
 from test_orchestrate_fixtures import campaign, one_thread, write_official  # noqa: F401 - one_thread: autouse fixture
 
 from harness.run import plan as plan_mod
 from harness.run.executors.base import Task
 from harness.run.jobs import RunSettings
-from harness.run.plan import Job, build_plan, code_version, data_fingerprint, split_files
+from harness.run.plan import Job, code_version, data_fingerprint, split_files
 from harness.spec.campaign import MAX_SEED
 from harness.spec.registry import RegistryError, load_registry
 
@@ -28,7 +29,7 @@ def _plan(tmp, registry, **kw):
     kw.setdefault("data_root", tmp / "data")
     kw.setdefault("checkpoint_dir", tmp / "checkpoints")
     kw.setdefault("code", "code-v1")
-    return build_plan(registry, ["tiny"], "demo", **kw)
+    return plan_of(registry, ["tiny"], "demo", **kw)
 
 
 def test_all_stage_trains_evaluates_and_waits_for_members(setup):
@@ -91,13 +92,13 @@ def test_missing_official_checkpoint_names_path_and_link(setup):
 def test_unknown_names_suggest_the_nearest(setup):
     tmp, registry = setup
     with pytest.raises(RegistryError, match="Did you mean 'tiny'"):
-        build_plan(registry, ["tinny"], "demo")
+        plan_of(registry, ["tinny"], "demo")
     with pytest.raises(RegistryError, match="Did you mean 'demo'"):
-        build_plan(registry, ["tiny"], "dmeo")
+        plan_of(registry, ["tiny"], "dmeo")
     with pytest.raises(RegistryError, match="Did you mean 'pair'"):
-        build_plan(registry, ["tiny"], "demo", variants=["piar"])
+        plan_of(registry, ["tiny"], "demo", variants=["piar"])
     with pytest.raises(RegistryError, match="unknown stage"):
-        build_plan(registry, ["tiny"], "demo", stage="both")
+        plan_of(registry, ["tiny"], "demo", stage="both")
 
 
 def test_identity_follows_config_data_and_code_not_runtime(setup):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from plan_helpers import plan_of
 from test_orchestrate_fixtures import DIM, TinyAdapter, campaign, one_thread  # noqa: F401 - one_thread: autouse
 
 from harness.eval.precision import autocast, check_precision
 from harness.eval.scoring import encode_images, similarity_matrix
-from harness.run.plan import build_plan
 from harness.spec.registry import load_registry
 
 
@@ -50,8 +50,8 @@ def test_a_non_fp32_evaluation_is_its_own_job_and_row(tmp_path):
     campaign(tmp_path)
     registry = load_registry(tmp_path / "registry.yaml")
     kw = dict(stage="all", data_root=tmp_path / "data", checkpoint_dir=tmp_path / "ck", code="c", variants=["a"])
-    exact = build_plan(registry, ["tiny"], "demo", **kw).by_name()
-    half = build_plan(registry, ["tiny"], "demo", precision="bf16", **kw).by_name()
+    exact = plan_of(registry, ["tiny"], "demo", **kw).by_name()
+    half = plan_of(registry, ["tiny"], "demo", precision="bf16", **kw).by_name()
     assert "demo/tiny-a-seed0/eval" in exact and "demo/tiny-a-seed0/eval-bf16" in half
     job = half["demo/tiny-a-seed0/eval-bf16"]
     assert job.config.precision == "bf16" and job.config.setting == {"precision": "bf16"}

@@ -116,7 +116,8 @@ def _run(tmp, reg, *extra) -> int:
 
 
 def test_run_perturb_adds_a_robustness_job_and_a_report_section(lab):
-    from harness.run.plan import build_plan
+    from plan_helpers import plan_of
+
     from harness.run.robust_plan import add_robustness_jobs
     from harness.spec.registry import load_registry
 
@@ -138,7 +139,7 @@ def test_run_perturb_adds_a_robustness_job_and_a_report_section(lab):
 
     registry = load_registry(str(reg))
     def keys(spec: str, seed: int) -> dict[str, str]:
-        plan = build_plan(registry, ["stub"], "mine", stage="evaluate", checkpoint_dir=tmp / "checkpoints",
+        plan = plan_of(registry, ["stub"], "mine", stage="evaluate", checkpoint_dir=tmp / "checkpoints",
                           data_root=tmp / "data")
         add_robustness_jobs(plan, spec, seed)
         return {j.name: j.key for j in plan.jobs}

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from plan_helpers import plan_of
 
-from harness.run.plan import build_plan, dataset_recipe
+from harness.run.plan import dataset_recipe
 from harness.spec.checks import check_dataset
 from harness.spec.registry import RegistryError, load_registry
 
@@ -80,7 +81,7 @@ def test_the_plan_uses_each_methods_default_recipe_on_a_user_dataset_and_says_so
     monkeypatch.syspath_prepend(str(MEANPOOL))
     monkeypatch.delitem(sys.modules, "meanpool", raising=False)
     registry = load_registry(user_folder / "mine.yaml", MEANPOOL / "registry.yaml")
-    plan = build_plan(registry, ["esa", "meanpool"], "mine", variants=["bigru", "base"], stage="train",
+    plan = plan_of(registry, ["esa", "meanpool"], "mine", variants=["bigru", "base"], stage="train",
                       data_root=user_folder / "data", code="c")
     assert "esa/bigru: no recipe for 'mine'; using the default recipe" in "\n".join(plan.notes)
     assert f"meanpool/base: no recipe for 'mine'; using the default recipe (img_dim={DIM} from the dataset's " \

@@ -32,6 +32,10 @@ BAD = [
     (["--executor", "local", "--executor-opt", "worker=2"], "Did you mean 'workers'"),
     (["--executor", "slurm", "--executor-opt", "partiton=gpu"], "Did you mean 'partition'"),
     (["--executor", "slurm", "--executor-opt", "timeout_min=0"], "timeout_min=0"),
+    (["--data-folder", "stss=."], "Did you mean 'sts'"),
+    (["--data-folder", "sts=no/such/folder"], "--data-folder sts=no/such/folder: no such folder"),
+    (["--data-folder", "sts"], "expected PROTOCOL=DIR"),
+    (["--data-folder", "sts=.", "--sts-root", "."], "given twice"),
 ]
 
 
@@ -50,6 +54,18 @@ def test_registry_recipe_values_are_checked_at_plan_time(tmp_path, monkeypatch, 
     code = main(run_args(tmp_path, "--dry-run"))
     err = capsys.readouterr().err
     assert code == 2 and "epochs=0: expected an integer >= 1" in err and "tiny/a" in err, err
+
+
+def test_a_data_folder_is_keyed_by_its_protocol(tmp_path):
+    from harness.spec.campaign import parse_data_folders
+    from harness.spec.registry import load_registry
+
+    (tmp_path / "senteval").mkdir()
+    folders = parse_data_folders([f"sts={tmp_path / 'senteval'}"], load_registry().protocols)
+    assert folders == {"sts": (tmp_path / "senteval").resolve()}
+    from harness.eval.protocols import asked_by_folders
+
+    assert asked_by_folders(folders) == ("sts",)
 
 
 def test_good_values_pass_and_each_rule_can_fail():

@@ -28,6 +28,7 @@ from harness.spec.campaign import (
     check_device,
     check_precision,
     existing_path,
+    parse_data_folders,
     parse_list,
     parse_options,
     parse_overrides,
@@ -53,6 +54,23 @@ def _perturb_options(p: argparse.ArgumentParser) -> None:
                    help="also a robustness pass: recall after perturbing captions or images (severity 1-5, default "
                         "3; @all: 1-5), its drop from clean and a summary (docs/robustness.md)")
     p.add_argument("--perturb-seed", type=int, default=0, help="seed of the perturbations (default 0)")
+
+
+def _data_folder_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-folder", action="append", default=[], metavar="PROTOCOL=DIR",
+                   help="the data folder of a protocol that needs its own (sts: SentEval; image_retrieval: CUB / SOP "
+                        "/ In-shop / iNaturalist); giving it asks for the protocol. Repeatable")
+
+
+def _data_folders(args: argparse.Namespace, registry: Any) -> dict[str, Path]:
+    """--data-folder PROTOCOL=DIR (and its shorthands --sts-root, --image-retrieval-root): protocol -> folder,
+    each name a protocol of the table that declares a data folder, each folder existing."""
+    items = list(args.data_folder or [])
+    for name, flag, value in (("sts", "--sts-root", args.sts_root),
+                              ("image_retrieval", "--image-retrieval-root", args.image_retrieval_root)):
+        if value:
+            items.append(f"{name}={existing_path(value, flag)}")
+    return parse_data_folders(items, registry.protocols)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="scoring tile size (default: per scoring kind); smaller tiles use less memory")
     _scale_options(run, "processes per evaluation job, each scoring its share of the tiles (local: torchrun; slurm: "
                         "tasks of one job); training uses --gpus")
-    run.add_argument("--sts-root", default=None, help="SentEval data folder: adds STS where the dataset declares it")
+    _data_folder_options(run)
+    run.add_argument("--sts-root", default=None, help="shorthand for --data-folder sts=DIR")
     run.add_argument("--image-retrieval-root", default=None,
                      help="CUB/SOP/In-shop/iNaturalist folder: adds image retrieval where the dataset declares it")
 
@@ -121,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--precision", choices=PRECISIONS, default="fp32",
                     help="encode and score under autocast (bf16 / fp16 on CUDA); fp32 is exact")
     ev.add_argument("--cache-dir", default=None, help="tile cache folder (resume an interrupted scoring)")
-    ev.add_argument("--sts-root", default=None, help="SentEval data folder: also evaluate STS (uni-modal text)")
+    _data_folder_options(ev)
+    ev.add_argument("--sts-root", default=None, help="shorthand for --data-folder sts=DIR")
     ev.add_argument("--image-retrieval-root", default=None,
                     help="CUB/SOP/In-shop/iNaturalist folder (check-data --dataset image_retrieval): also evaluate "
                          "image retrieval R@1 with the uni-modal image head")
@@ -264,7 +284,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size {args.batch_size}: expected a positive integer")
     robustness = _robustness_request(args)
     reads = [*args.checkpoint, *(getattr(args, "registry", None) or [])]
-    folders = [data_root, args.sts_root, args.image_retrieval_root]
+    data_folders = _data_folders(args, registry)
+    folders = [data_root, *data_folders.values()]
     json_out = guard_output(args.json, "--json", reads=reads, data_folders=folders, overwrite=args.overwrite)
     if args.save_sims:
         sims_out = guard_output(args.save_sims, "--save-sims", reads=reads, data_folders=folders,
@@ -279,15 +300,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     settings = EvalSettings(batch_size=args.batch_size, precision=args.precision, store_matrix=args.store_matrix,
                             matrix_limit=_matrix_limit(args.matrix_limit),
                             **dict(zip(("image_tile", "caption_tile"), parse_tiles(args.tiles) or (None, None))),
-                            sts_root=existing_path(args.sts_root, "--sts-root"),
-                            image_retrieval_root=existing_path(args.image_retrieval_root, "--image-retrieval-root"))
+                            data_folders=data_folders)
     device = check_device(args.device) or "cpu"
     check_precision(args.precision, device)
     device, main_rank = evaluate_processes.join(device)
     members = [m.to(device) for m in load_members(method, args.variant, args.checkpoint, args.dataset)]
     protocols = () if args.recall_only or ds is None else ds.protocols
     if not args.recall_only:  # asked for by name: run them whatever the dataset declares
-        protocols = (*protocols, *asked_by_folders(settings, registry.protocols))
+        protocols = (*protocols, *asked_by_folders(settings.data_folders, registry.protocols))
     from harness.run.plan import data_layout  # torch-backed modules: imported by the commands that run models
 
     layout = data_layout(registry, method.name, ds.name) if ds else "precomp"
@@ -440,10 +460,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def campaign_from_args(args: argparse.Namespace) -> Any:
+def campaign_from_args(args: argparse.Namespace, registry: Any = None) -> Any:
     """The typed campaign spec of `run`, every value validated before any job starts."""
 
-    registry = _registry(args)
+    registry = registry or _registry(args)
     methods = tuple(parse_list(args.methods))
     if not methods:
         raise ValueError("--methods is empty; valid: " + ", ".join(registry.methods))
@@ -476,9 +496,7 @@ def campaign_from_args(args: argparse.Namespace) -> Any:
         checkpoint_minutes=args.checkpoint_minutes or None, checkpoint_steps=args.checkpoint_steps,
         tiles=parse_tiles(args.tiles), eval_processes=_processes(args.processes),
         store_matrix=args.store_matrix, matrix_limit=_matrix_limit(args.matrix_limit),
-        sts_root=existing_path(args.sts_root, "--sts-root"),
-        image_retrieval_root=existing_path(args.image_retrieval_root, "--image-retrieval-root"),
-        **_campaign_perturb(args))
+        data_folders=_data_folders(args, registry), **_campaign_perturb(args))
 
 
 def _campaign_perturb(args: argparse.Namespace) -> dict[str, Any]:
@@ -511,7 +529,8 @@ def _scale_options(p: argparse.ArgumentParser, processes_help: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.run.orchestrate import run_campaign
 
-    return run_campaign(campaign_from_args(args))
+    registry = _registry(args)  # read once: the campaign, the plan, the jobs run inline and the report share it
+    return run_campaign(campaign_from_args(args, registry), registry)
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:

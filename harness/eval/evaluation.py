@@ -78,8 +78,7 @@ class EvalSettings:
     precision: str = "fp32"
     image_tile: int | None = None
     caption_tile: int | None = None
-    sts_root: Path | None = None
-    image_retrieval_root: Path | None = None
+    data_folders: Mapping[str, Path] = field(default_factory=dict)  # protocol name -> its data folder
     bootstrap: int = BOOTSTRAP
     store_matrix: str = "auto"  # auto | always | never: keep the dense matrix, or stream a rank summary
     matrix_limit: int = MATRIX_LIMIT  # bytes up to which `auto` keeps the matrix
@@ -412,8 +411,9 @@ def protocol_inputs(sims: np.ndarray, owner: np.ndarray, spec: SplitSpec, settin
         sims=sims, image_of_caption=owner, dataset=spec.dataset, split=spec.split, test_split=spec.test_split,
         data_root=spec.data_root, ids_dir=ids_dir(spec.data_root, spec.split, spec.dataset), coco_ids=coco_ids,
         coco_columns=coco_columns, method=method, scoring=scoring, members=n_members, text_embeddings=text,
-        image_embeddings=image, sentence_embedder=sentences, image_retrieval=retrieval, sts_root=settings.sts_root,
-        image_retrieval_root=settings.image_retrieval_root, bootstrap=settings.bootstrap)
+        image_embeddings=image, sentence_embedder=sentences, image_retrieval=retrieval,
+        data_folders=settings.data_folders,
+        bootstrap=settings.bootstrap)
 
 
 def json_coco_ids(spec: SplitSpec, owner: np.ndarray) -> tuple[CocoTestIds, np.ndarray] | str:

@@ -77,8 +77,7 @@ class EvalInputs:
     image_embeddings: Callable[[], np.ndarray | None] | None = None
     sentence_embedder: Callable[[Sequence[str]], np.ndarray] | None = None
     image_retrieval: Callable[[Path], dict[str, Any]] | None = None
-    sts_root: Path | None = None
-    image_retrieval_root: Path | None = None
+    data_folders: Mapping[str, Path] = field(default_factory=dict)  # protocol name -> its own data folder
     bootstrap: int = BOOTSTRAP
     ranks: Any = None  # a streamed evaluation's RankSummary (harness.eval.streaming) when `sims` is None
     _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -144,7 +143,8 @@ class Protocol:
     paired: PairedTest | None = None  # per-query values of its paired significance test (None: no test)
     uses_matrix: bool = True
     coco_ids: bool = False  # needs the COCO ids of the matrix's rows and columns (from ids files or CUSA's json)
-    data_folder: str | None = None  # the evaluation setting naming its extra data folder: giving it asks for it
+    data_folder: str | None = None  # the data folder it needs, in words; given as --data-folder <name>=DIR (keyed by
+    # the protocol's name, in EvalInputs.data_folders), which also asks for the protocol
     statistic: str | None = None  # where the numbers papers report are stored ("sts.stsb" -> "spearman.stsb")
 
     @property
@@ -250,8 +250,8 @@ def _applies_coco_ids(what: str) -> Callable[[EvalInputs], str | None]:
 
 
 def _applies_sts(inp: EvalInputs) -> str | None:
-    if inp.sts_root is None:
-        return "STS needs the SentEval data folder (--sts-root)"
+    if inp.data_folders.get("sts") is None:
+        return "STS needs the SentEval data folder (--data-folder sts=DIR)"
     if inp.members != 1:
         return "STS needs one model with a uni-modal text space; an ensemble averages several"
     if inp.sentence_embedder is None:
@@ -260,8 +260,8 @@ def _applies_sts(inp: EvalInputs) -> str | None:
 
 
 def _applies_image_retrieval(inp: EvalInputs) -> str | None:
-    if inp.image_retrieval_root is None:
-        return "image retrieval needs the CUB / SOP / In-shop / iNaturalist folder (--image-retrieval-root)"
+    if inp.data_folders.get("image_retrieval") is None:
+        return "image retrieval needs the CUB / SOP / In-shop / iNaturalist folder (--data-folder image_retrieval=DIR)"
     if inp.members != 1:
         return "an ensemble of several models has no single uni-modal image space"
     if inp.image_retrieval is None:
@@ -313,13 +313,13 @@ def _cxc(inp: EvalInputs) -> dict[str, Any]:
 def _sts(inp: EvalInputs) -> dict[str, Any]:
     from harness.eval.metrics.sts import sts_evaluate
 
-    assert inp.sentence_embedder is not None and inp.sts_root is not None
-    return sts_evaluate(inp.sentence_embedder, inp.sts_root)
+    assert inp.sentence_embedder is not None and inp.data_folders.get("sts") is not None
+    return sts_evaluate(inp.sentence_embedder, inp.data_folders["sts"])
 
 
 def _image_retrieval(inp: EvalInputs) -> dict[str, Any]:
-    assert inp.image_retrieval is not None and inp.image_retrieval_root is not None
-    return inp.image_retrieval(inp.image_retrieval_root)
+    assert inp.image_retrieval is not None and inp.data_folders.get("image_retrieval") is not None
+    return inp.image_retrieval(inp.data_folders["image_retrieval"])
 
 
 RECALL_HEADLINE = ("i2t.r1", "i2t.r5", "i2t.r10", "t2i.r1", "t2i.r5", "t2i.r10", "rsum")
@@ -357,12 +357,14 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              "the COCO 5K test matrix with COCO ids (i2t / t2i); t2t / i2i also need the model's uni-modal text "
              "and image embeddings", _applies_coco_ids("CxC"), _cxc,
              ("i2t.cxc_r1", "t2i.cxc_r1", "t2t.cxc_r1", "i2i.cxc_r1"), coco_ids=True),
-    Protocol("sts", "STS (SentEval)", "one model with a uni-modal text space and the SentEval folder (--sts-root)",
-             _applies_sts, _sts, ("avg",), uses_matrix=False, data_folder="sts_root", statistic="spearman"),
+    Protocol("sts", "STS (SentEval)",
+             "one model with a uni-modal text space and the SentEval folder (--data-folder sts=DIR)",
+             _applies_sts, _sts, ("avg",), uses_matrix=False, data_folder="the SentEval data folder",
+             statistic="spearman"),
     Protocol("image_retrieval", "image-to-image retrieval (R@1)",
              "one pixel model with a uni-modal image head and the CUB / SOP / In-shop / iNaturalist folder "
              "(--image-retrieval-root)", _applies_image_retrieval, _image_retrieval, ("avg",),
-             uses_matrix=False, data_folder="image_retrieval_root", statistic="r1"),
+             uses_matrix=False, data_folder="the CUB / SOP / In-shop / iNaturalist folder", statistic="r1"),
 )}
 ALWAYS = ("recall",)
 # the recall protocol a summary (the report's efficiency plot) prefers when a result holds several
@@ -384,10 +386,11 @@ def protocol(name: str, table: Table | None = None) -> Protocol:
     return table[name]
 
 
-def asked_by_folders(settings: Any, table: Table | None = None) -> tuple[str, ...]:
-    """Protocols asked for by giving their data folder (`--sts-root`, ...): `data_folder` fields set on `settings`."""
+def asked_by_folders(folders: Mapping[str, Any], table: Table | None = None) -> tuple[str, ...]:
+    """Protocols asked for by giving their data folder (`--data-folder NAME=DIR`): the names in `folders`
+    (protocol name -> folder) of protocols that declare a `data_folder`."""
     table = PROTOCOLS if table is None else table
-    return tuple(n for n, p in table.items() if p.data_folder and getattr(settings, p.data_folder, None))
+    return tuple(n for n, p in table.items() if p.data_folder and folders.get(n))
 
 
 def wanted(declared: Iterable[str], table: Table | None = None) -> list[str]:

@@ -109,8 +109,7 @@ class RunSettings:
     checkpoint_minutes: float | None = 15.0  # mid-epoch training checkpoints
     checkpoint_steps: int | None = None
     image_tile: int | None = None  # scoring tiles (default: the scoring engine's per scoring kind)
-    sts_root: str | None = None  # SentEval data for the STS protocol (evaluations of COCO models)
-    image_retrieval_root: str | None = None  # CUB/SOP/In-shop/iNaturalist (image retrieval; COCO models)
+    data_folders: dict[str, str] = field(default_factory=dict)  # protocol name -> its data folder (sts, ...)
     caption_tile: int | None = None
     encode_batch: int = 128
     eval_processes: int = 1  # processes per evaluation (--processes; harness.eval.sharding)

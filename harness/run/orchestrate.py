@@ -36,7 +36,7 @@ from harness.run.robust_plan import add_robustness_jobs
 from harness.run.status import format_seconds, read_status
 from harness.spec.campaign import Campaign
 from harness.spec.checks import check_dataset
-from harness.spec.registry import RegistryError, load_registry
+from harness.spec.registry import Registry, RegistryError, load_registry
 
 MAX_TABLE_ROWS = 30
 
@@ -59,9 +59,9 @@ def required_splits(stage: str, test: str, validation: str) -> list[str]:
 
 # ---- planning ---------------------------------------------------------------------------------------
 
-def plan_campaign(campaign: Campaign) -> tuple[Plan, ResultStore, Path]:
+def plan_campaign(campaign: Campaign, registry: Registry | None = None) -> tuple[Plan, ResultStore, Path]:
     """Check the data and expand the plan; raises before any job runs."""
-    registry = load_registry(*campaign.registry_files)
+    registry = registry or load_registry(*campaign.registry_files)
     ds = registry.dataset(campaign.dataset)
     data_root = resolve_data_root(ds.name, campaign.data_root, campaign.results)
     splits = required_splits(campaign.stage, ds.split, ds.validation_split)
@@ -76,10 +76,7 @@ def plan_campaign(campaign: Campaign) -> tuple[Plan, ResultStore, Path]:
     if problems:
         raise RegistryError(f"{data_root} fails check-data for {ds.name} (stage {campaign.stage}):\n  "
                             + "\n  ".join(problems))
-    plan = build_plan(registry, list(campaign.methods), ds.name, variants=list(campaign.variants) or None,
-                      seeds=campaign.seeds, stage=campaign.stage, checkpoint_dir=campaign.checkpoint_dir,
-                      data_root=data_root, gpus=campaign.gpus, precision=campaign.precision,
-                      recipe_overrides=campaign.overrides)
+    plan = build_plan(registry, campaign, data_root=data_root)
     if campaign.perturb:
         add_robustness_jobs(plan, campaign.perturb, campaign.perturb_seed)
     return plan, ResultStore(campaign.results), data_root
@@ -302,8 +299,11 @@ def forced(job: Job, patterns: tuple[str, ...]) -> bool:
     return any(p == "*" or fnmatch.fnmatch(job.name, p) or fnmatch.fnmatch(job.name, f"*{p}*") for p in patterns)
 
 
-def run_campaign(campaign: Campaign) -> int:
-    plan, store, data_root = plan_campaign(campaign)
+def run_campaign(campaign: Campaign, registry: Registry | None = None) -> int:
+    """Plan, run and report `campaign`; `registry` is the one the CLI read (read here when not given): the
+    registry is read once per process."""
+    registry = registry or load_registry(*campaign.registry_files)
+    plan, store, data_root = plan_campaign(campaign, registry)
     force = {j.name for j in plan.jobs if forced(j, campaign.force)}
     console.print(plan_table(plan, store, force))
     for note in plan.notes:
@@ -317,9 +317,7 @@ def run_campaign(campaign: Campaign) -> int:
                            checkpoint_steps=campaign.checkpoint_steps, image_tile=image_tile,
                            caption_tile=caption_tile, eval_processes=campaign.eval_processes,
                            store_matrix=campaign.store_matrix, matrix_limit=campaign.matrix_limit,
-                           sts_root=str(campaign.sts_root) if campaign.sts_root else None,
-                           image_retrieval_root=str(campaign.image_retrieval_root)
-                           if campaign.image_retrieval_root else None)
+                           data_folders={k: str(v) for k, v in campaign.data_folders.items()})
     for job in plan.jobs:
         if job.name in force:
             reset_job(store, job.name, "rerun forced (--force)")
@@ -353,7 +351,7 @@ def run_campaign(campaign: Campaign) -> int:
         signal.signal(signal.SIGINT, previous)
     try:
         for path in write_reports(campaign.results, campaign.reports, dataset=plan.jobs[0].dataset,
-                                  registry=load_registry(*campaign.registry_files)):
+                                  registry=registry):
             say(f"wrote {path}")
     except Exception as exc:  # a report problem must not hide the campaign's outcome
         say(f"report failed: {type(exc).__name__}: {exc}", "red")

@@ -33,7 +33,7 @@ from harness.core.code_identity import model_code, protocol_code, stage_hash
 from harness.core.jobconfig import JobConfig
 from harness.data.layouts import LAYOUTS, layout_for
 from harness.data.precomp import DataError, resolve_precomp_dir
-from harness.spec.campaign import MAX_SEED  # campaign seeds are 0 .. MAX_SEED; members' extra seeds lie above
+from harness.spec.campaign import MAX_SEED, Campaign  # campaign seeds are 0 .. MAX_SEED; members' extra seeds lie above
 from harness.spec.registry import Dataset, Method, Registry, RegistryError
 from harness.spec.values import check_recipe
 
@@ -161,17 +161,6 @@ def code_version(adapter: str, stage: str = "train") -> str:
 
 # ---- expansion --------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class PlanInputs:
-    """What the expansion needs besides the registry."""
-
-    data_root: Path | None = None  # for data fingerprints (none: fingerprint "")
-    checkpoint_dir: Path | None = None
-    gpus: int | None = None  # override of the recipes' `gpus`
-    precision: str = "fp32"  # evaluations: autocast precision (harness.eval.precision); non-fp32 is part of identity
-    recipe_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # method ("*": all) -> recipe keys
-
-
 def member_seed(seed: int, member: int) -> int:
     """The training seed of model `member` (0-based) of an ensemble that repeats one variant, for campaign seed
     `seed`: the seed itself for the first model, else a seed above every campaign seed (MAX_SEED), so an
@@ -189,23 +178,22 @@ def override_tag(applied: Mapping[str, Any]) -> str:
     return f"+set-{_digest(dict(applied))[:8]}" if applied else ""
 
 
-def build_plan(registry: Registry, methods: Sequence[str], dataset: str, *, variants: Sequence[str] | None = None,
-               seeds: Sequence[int] = (0,), stage: str = "all", checkpoint_dir: Path | None = None,
-               data_root: Path | None = None, gpus: int | None = None, data_fp: str | None = None,
-               code: str | None = None, precision: str = "fp32",
-               recipe_overrides: Mapping[str, Mapping[str, Any]] | None = None, protocols: str | None = None) -> Plan:
-    """The jobs for a campaign. Raises (before any job runs) on unknown names, an unknown stage, or
-    (stage evaluate) a missing official checkpoint, naming the expected path and the download link.
+def build_plan(registry: Registry, campaign: Campaign, *, data_root: Path | None = None, data_fp: str | None = None,
+               code: str | None = None, protocols: str | None = None) -> Plan:
+    """The jobs of `campaign` (the typed spec the CLI built; its settings travel whole). Raises (before any job
+    runs) on unknown names, an unknown stage, or (stage evaluate) a missing official checkpoint, naming the
+    expected path and the download link.
 
-    `data_fp` / `code` / `protocols` pin the data fingerprint, the code version of every stage and the
-    protocol code identity (tests); by default they are computed.
+    `data_root` is where the data was found (default: the campaign's); `data_fp` / `code` / `protocols` pin the
+    data fingerprint, the code version of every stage and the protocol code identity (tests); by default they
+    are computed.
     """
+    methods, variants, seeds, stage = list(campaign.methods), list(campaign.variants), campaign.seeds, campaign.stage
     if stage not in ("train", "evaluate", "all"):
         raise RegistryError(f"unknown stage '{stage}'; valid: train, evaluate, all")
-    ds = registry.dataset(dataset)
-    overrides = {k: dict(v) for k, v in (recipe_overrides or {}).items()}
-    inputs = PlanInputs(data_root, checkpoint_dir, gpus, precision, overrides)
-    builder = _Builder(registry, ds.name, stage, inputs, data_fp, code, protocols)
+    ds = registry.dataset(campaign.dataset)
+    builder = _Builder(registry, campaign, ds.name, data_root if data_root is not None else campaign.data_root,
+                       data_fp, code, protocols)
     for mname in methods:
         method = registry.method(mname)
         if variants and len(methods) > 1:  # each name applies to the methods that define it
@@ -297,9 +285,10 @@ def _buildable(method: Any, variant: str) -> bool:
 
 
 class _Builder:
-    def __init__(self, registry: Registry, dataset: str, stage: str, inputs: PlanInputs, data_fp: str | None,
-                 code: str | None, protocols: str | None = None) -> None:
-        self.registry, self.dataset, self.stage, self.inputs = registry, dataset, stage, inputs
+    def __init__(self, registry: Registry, campaign: Campaign, dataset: str, data_root: Path | None,
+                 data_fp: str | None, code: str | None, protocols: str | None = None) -> None:
+        self.registry, self.campaign, self.dataset, self.stage = registry, campaign, dataset, campaign.stage
+        self.data_root = data_root
         self.plan = Plan()
         self._data_fp, self._code = data_fp, code
         self.protocols = protocols if protocols is not None else protocol_code()
@@ -309,7 +298,7 @@ class _Builder:
 
     def overrides_of(self, mname: str) -> dict[str, Any]:
         """The --set recipe overrides that apply to method `mname` (all-method ones, then its own)."""
-        overrides = self.inputs.recipe_overrides
+        overrides = self.campaign.overrides
         return {**overrides.get("*", {}), **overrides.get(mname, {})}
 
     # identity parts
@@ -318,8 +307,8 @@ class _Builder:
             return self._data_fp
         key = f"{layout}:{','.join(splits)}"
         if key not in self._fp_cache:
-            files = [p for s in splits for p in split_files(self.inputs.data_root or "", self.dataset, s,
-                                                            layout)] if self.inputs.data_root else []
+            files = [p for s in splits for p in split_files(self.data_root or "", self.dataset, s,
+                                                            layout)] if self.data_root else []
             self._fp_cache[key] = data_fingerprint(files)
         return self._fp_cache[key]
 
@@ -342,7 +331,7 @@ class _Builder:
 
     def make(self, name: str, stage: str, method: str, variant: str, seed: int | None, config: dict[str, Any],
              splits: Sequence[str], depends: Sequence[Job] = (), gpus: int = 1) -> Job:
-        precision = self.inputs.precision
+        precision = self.campaign.precision
         if stage == "evaluate" and precision != "fp32":  # another matrix: its own job and report row
             setting = {**config.get("setting", {}), "precision": precision}
             config = {**config, "precision": precision, "setting": setting}
@@ -362,7 +351,7 @@ class _Builder:
         recipe = dataset_recipe(method, variant, self.registry.dataset(self.dataset))
         applied = self.overrides_of(mname)
         recipe.update(applied)
-        gpus = int(self.inputs.gpus or recipe.get("gpus") or 1)
+        gpus = int(self.campaign.gpus or recipe.get("gpus") or 1)
         for k in RUNTIME_RECIPE_KEYS:
             recipe.pop(k, None)
         run = f"{self.dataset}/{mname}-{variant}-seed{seed}{f'-member{member + 1}' if member else ''}" \
@@ -383,10 +372,10 @@ class _Builder:
     def check_feature_dim(self, img_dim: object, where: str) -> None:
         """A model's `img_dim` must be the region feature size of the data it trains on (checked from the
         training split's .npy header, when the data is there in the precomp layout)."""
-        if not isinstance(img_dim, int) or self.inputs.data_root is None:
+        if not isinstance(img_dim, int) or self.data_root is None:
             return
         try:
-            folder = resolve_precomp_dir(self.inputs.data_root, "train", self.dataset)
+            folder = resolve_precomp_dir(self.data_root, "train", self.dataset)
         except DataError:
             return
         ims = folder / "train_ims.npy"
@@ -458,7 +447,7 @@ class _Builder:
     # official checkpoints
     def official(self, mname: str, variant: str, index: int, required: bool) -> Job | None:
         try:
-            ck = official_checkpoint_path(self.registry, mname, variant, self.dataset, self.inputs.checkpoint_dir,
+            ck = official_checkpoint_path(self.registry, mname, variant, self.dataset, self.campaign.checkpoint_dir,
                                           index)
         except (FileNotFoundError, RegistryError) as exc:
             if required:

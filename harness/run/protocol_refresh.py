@@ -72,8 +72,7 @@ def eval_spec(job: Job, registry: Registry, data_root: Path, settings: Any) -> t
                               image_tile=s.image_tile, caption_tile=s.caption_tile,
                               store_matrix=getattr(s, "store_matrix", "auto"),
                               matrix_limit=getattr(s, "matrix_limit", 4 << 30),
-                              sts_root=Path(s.sts_root) if s.sts_root else None,
-                              image_retrieval_root=Path(s.image_retrieval_root) if s.image_retrieval_root else None)
+                              data_folders={k: Path(v) for k, v in (s.data_folders or {}).items()})
 
 
 def recompute_protocols(store: ResultStore, job: Job, registry: Registry, data_root: Path,

@@ -46,8 +46,7 @@ class Campaign:
     eval_processes: int = 1  # processes per evaluation job (--processes)
     store_matrix: str = "auto"  # --store-matrix
     matrix_limit: int = 4 << 30  # --matrix-limit, in bytes
-    sts_root: Path | None = None
-    image_retrieval_root: Path | None = None
+    data_folders: Mapping[str, Path] = field(default_factory=dict)  # protocol name -> its data folder
     perturb: str | None = None  # canonical --perturb spec: a robustness job beside each single-model evaluation
     perturb_seed: int = 0
 
@@ -90,6 +89,29 @@ def parse_options(items: Sequence[str] | None, flag: str = "--executor-opt") -> 
         if not sep or not key.strip():
             raise ValueError(f"{flag} {item!r}: expected KEY=VALUE")
         out[key.strip()] = value.strip()
+    return out
+
+
+def parse_data_folders(items: Sequence[str], table: Mapping[str, Any]) -> dict[str, Path]:
+    """`PROTOCOL=DIR` items -> {protocol: folder}: the protocol must declare a data folder, the folder exist."""
+    out: dict[str, Path] = {}
+    needs = sorted(n for n, p in table.items() if getattr(p, "data_folder", None))
+    for item in items:
+        name, sep, folder = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not folder.strip():
+            raise ValueError(f"--data-folder {item!r}: expected PROTOCOL=DIR, e.g. sts=data/senteval")
+        if name not in needs:
+            near = difflib.get_close_matches(name, needs, n=1, cutoff=0.5)
+            hint = f" Did you mean '{near[0]}'?" if near else ""
+            raise ValueError(f"--data-folder {item!r}: '{name}' is not a protocol with a data folder of its own.{hint} "
+                             f"Valid: {', '.join(needs) or 'none'}")
+        if name in out:
+            raise ValueError(f"--data-folder {item!r}: the folder of '{name}' is given twice")
+        path = Path(folder.strip()).expanduser()
+        if not path.is_dir():
+            raise ValueError(f"--data-folder {name}={folder.strip()}: no such folder")
+        out[name] = path.resolve()
     return out
 
 

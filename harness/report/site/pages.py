@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.core.results import JobResult, ResultStore, write_text
-from harness.report.columns import RECALL_PROTOCOLS, column_name, fold_key, metric_columns, ordered, protocol_title
+from harness.report.columns import column_name, fold_key, metric_columns, ordered, protocol_title
 from harness.report.markdown import decimals_for
 from harness.report.merge import MergedStore
 from harness.report.paper import row_label, table_groups
@@ -152,8 +152,9 @@ class Site:
 
     def index_body(self) -> str:
         rows, stats, keys = [], [], []
+        with_rsum = [n for n, p in self.registry.protocols.items() if any(f.path == "rsum" for f in p.fields)]
         for g in self.groups:
-            for protocol in RECALL_PROTOCOLS:
+            for protocol in with_rsum:
                 if g.computed(protocol):
                     keys.append((g, protocol))
                     stats.append(g.stat(protocol, "rsum"))

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.core.hardware import hardware_summary
 from harness.core.results import JobResult
 from harness.data.demo import SPLITS, chance_rsum
 from harness.eval.protocols import HEADLINE_PREFERENCE
@@ -267,9 +268,10 @@ def _runs_table(groups: Sequence[RunGroup], root: Path) -> list[str]:
             rows.append([f"`{escape(where)}`", escape(g.model), number(run.job.seed, 0)
                          if isinstance(run.job.seed, int) else MISSING,
                          f"`{rev}`" if rev else MISSING, escape(env.get("device") or MISSING),
+                         escape(hardware_summary(env)),
                          escape((env.get("packages") or {}).get("torch") or MISSING)])
-    return table(["result folder", "model", "seed", "code revision", "device", "torch"], rows,
-                 ["l", "l", "r", "l", "l", "l"]) + [""]
+    return table(["result folder", "model", "seed", "code revision", "device", "hardware", "torch"], rows,
+                 ["l", "l", "r", "l", "l", "l", "l"]) + [""]
 
 
 def unfinished_jobs(results_root: Path, dataset: str) -> list[str]:

@@ -35,6 +35,7 @@ from harness.report.plots import EffPoint, effectiveness_vs_efficiency
 from harness.report.protocol_notes import protocol_notes
 from harness.report.runs import RETRAINED, RunGroup, Stat, get_path, matching_reported, plain_stat, stored_key
 from harness.report.significance import RESAMPLES, group_values, paired_p
+from harness.report.training import health_section, train_jobs_of
 from harness.spec.registry import Registry
 
 
@@ -196,14 +197,7 @@ def _at_a_glance(sigs: Mapping[str, Significance], alpha: float = 0.05) -> list[
 
 def _train_jobs(run: JobResult, jobs: Mapping[str, JobResult]) -> list[JobResult] | None:
     """The training job(s) behind an evaluation (one per ensemble member); None when unknown."""
-    names = [run.job.train_job] if run.job.train_job else []
-    for member in run.job.members or ():
-        m = jobs.get(member)
-        if m is None or not m.job.train_job:
-            return None
-        names.append(m.job.train_job)
-    found = [jobs.get(n) for n in names]
-    return found if found and all(found) else None
+    return train_jobs_of(run, jobs)
 
 
 def _train_stat(g: RunGroup, jobs: Mapping[str, JobResult], key: str, scale: float = 1.0) -> Stat | None:
@@ -343,6 +337,7 @@ def dataset_report(registry: Registry, dataset: str, groups: Sequence[RunGroup],
     plot_md, plots = _efficiency_plot(dataset, groups, reports)
     out += plot_md
     out += ["## Runs", ""] + _runs_table(groups, results_root)
+    out += health_section(groups, jobs, results_root)
     out += protocol_notes(groups, results_root)
     out += unfinished_jobs(results_root, dataset)
     return "\n".join(out).rstrip() + "\n", plots

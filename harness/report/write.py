@@ -43,7 +43,7 @@ def write_reports(results: str | Path, reports: str | Path, paper: str | None = 
         papers = [m for m in registry.methods if any(g.method == m and (dataset is None or g.dataset == dataset)
                                                      for g in groups)]
     for name in papers:
-        text, plots = paper_report(registry, name, groups, reports)
+        text, plots = paper_report(registry, name, groups, reports, jobs)
         written += _write(reports / f"{name}.md", text, plots)
     write_text(reports / "index.md", index_report(registry, reports, finished, store.root))
     return [*written, reports / "index.md"]

@@ -129,10 +129,11 @@ def test_a_healthy_run_is_not_flagged(tmp_path):
     assert all(r["health"] is None and r["val_rsum"] == pytest.approx(600.0) for r in records)
 
 
-def test_epoch_health_ignores_a_short_last_batch_and_uses_the_median():
+def test_epoch_health_ignores_a_short_last_batch_and_needs_every_step_at_the_value():
     # 2 x 0.2 x 4 = 1.6 per full batch; the last batch of 2 has loss 0.8
     assert "collapse value 1.6" in epoch_health(1, [1.6, 1.6, 1.6, 0.8], [4, 4, 4, 2], 1.6, None, None)
     assert epoch_health(1, [1.6, 0.3, 0.2, 0.8], [4, 4, 4, 2], 1.6, None, None) is None
+    assert epoch_health(2, [1.6, 1.6, 1.2, 2.0, 1.6], [4] * 5, 1.6, None, None) is None  # median only: healthy VSE++
     assert epoch_health(0, [], [], None, 34.4, 31.6) is not None  # 34.4 <= 1.25 x 31.6
     assert epoch_health(0, [], [], None, 98.4, 31.6) is None
     assert validation_chance(100, 500) == pytest.approx(chance_rsum(100, 5))

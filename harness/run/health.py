@@ -16,7 +16,7 @@ import numpy as np
 
 from harness.data.demo import chance_rsum
 
-LOSS_TOLERANCE = 0.02  # relative: a median step loss within 2% of the collapse value is collapsed
+LOSS_TOLERANCE = 0.02  # relative: step losses (10th to 90th percentile) within 2% of the collapse value
 CHANCE_FACTOR = 1.25  # a validation rsum at most 1.25 x the chance rsum is "at chance"
 
 
@@ -34,8 +34,11 @@ def epoch_health(epoch: int, losses: Sequence[float], batch_sizes: Sequence[int]
     reasons = []
     full = [loss for loss, b in zip(losses, batch_sizes) if b == max(batch_sizes)] if losses else []
     if collapse and full:
+        # collapsed: (nearly) every step sits at the value, not just the middle (a healthy VSE++ epoch can
+        # average close to 2 x margin x batch: the demo's ESL-A epoch 2 had 14.6 vs 12.8 at val rsum 381.8)
         median = float(np.median(full))
-        if abs(median - collapse) <= LOSS_TOLERANCE * abs(collapse):
+        low, high = (float(v) for v in np.percentile(full, [10, 90]))
+        if max(abs(low - collapse), abs(high - collapse)) <= LOSS_TOLERANCE * abs(collapse):
             reasons.append(f"loss {median:.4g} at the collapse value {collapse:.4g} (every score equal)")
     if val_rsum is not None and chance is not None and val_rsum <= CHANCE_FACTOR * chance:
         reasons.append(f"validation rsum {val_rsum:.1f} at chance level ({chance:.1f})")

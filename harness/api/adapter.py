@@ -181,6 +181,11 @@ class Adapter(abc.ABC):
         """Forward pass and loss on one batch in training mode; returns at least {'loss': scalar}."""
         raise NotImplementedError
 
+    def collapse_loss(self, epoch: int, batch_size: int) -> float | None:
+        """The loss of one full batch of `epoch` when every score is equal (a collapsed model), for the
+        training health check (harness.run.health); None when the method's loss has no such value."""
+        return None
+
     # ---- data-parallel training (harness.run.distributed) -------------------------------------------
     _gather_fn: Any = None  # set by the harness while training over several processes
 

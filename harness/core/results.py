@@ -28,6 +28,7 @@ import numpy as np
 import yaml
 
 from harness.core.errors import CorruptFileWarning, StorageError
+from harness.core.hardware import hardware
 from harness.core.jobconfig import JobConfig
 from harness.core.paths import PROJECT_DIR
 
@@ -231,7 +232,7 @@ def git_revision(cwd: str | Path | None = None, outputs: Sequence[str | Path] = 
 
 
 def environment(seed: int | None = None, device: str | None = None) -> dict[str, Any]:
-    """Versions, hardware and code revision, for env.json."""
+    """Versions, hardware (the `hardware` mapping, see harness.core.hardware) and code revision, for env.json."""
     versions = {}
     for name in PACKAGES:
         try:
@@ -249,6 +250,7 @@ def environment(seed: int | None = None, device: str | None = None) -> dict[str,
         info["torch_threads"] = torch.get_num_threads()
     except ImportError:  # pragma: no cover
         pass
+    info["hardware"] = hardware(device)
     return info
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.core.hardware import hardware_summary
 from harness.core.results import JobResult
 from harness.data.demo import SPLITS, chance_rsum
 from harness.eval.metrics.recall import MatrixError
@@ -38,6 +39,7 @@ from harness.report.protocol_notes import protocol_notes
 from harness.report.robustness import robustness_section
 from harness.report.runs import RETRAINED, RunGroup, Stat, get_path, matching_reported, plain_stat, stored_key
 from harness.report.significance import RESAMPLES, StoredMatrixError, group_values, paired_p
+from harness.report.training import health_section, train_jobs_of
 from harness.spec.registry import Registry
 
 
@@ -249,14 +251,7 @@ def _at_a_glance(sigs: Mapping[str, Significance], alpha: float = 0.05) -> list[
 
 def _train_jobs(run: JobResult, jobs: Mapping[str, JobResult]) -> list[JobResult] | None:
     """The training job(s) behind an evaluation (one per ensemble member); None when unknown."""
-    names = [run.job.train_job] if run.job.train_job else []
-    for member in run.job.members or ():
-        m = jobs.get(member)
-        if m is None or not m.job.train_job:
-            return None
-        names.append(m.job.train_job)
-    found = [jobs.get(n) for n in names]
-    return found if found and all(found) else None
+    return train_jobs_of(run, jobs)
 
 
 def _train_stat(g: RunGroup, jobs: Mapping[str, JobResult], key: str, scale: float = 1.0) -> Stat | None:
@@ -321,9 +316,10 @@ def _runs_table(groups: Sequence[RunGroup], root: Path) -> list[str]:
             rows.append([f"`{escape(where)}`", escape(g.model), number(run.job.seed, 0)
                          if isinstance(run.job.seed, int) else MISSING,
                          f"`{rev}`" if rev else MISSING, escape(env.get("device") or MISSING),
+                         escape(hardware_summary(env)),
                          escape((env.get("packages") or {}).get("torch") or MISSING)])
-    return table(["result folder", "model", "seed", "code revision", "device", "torch"], rows,
-                 ["l", "l", "r", "l", "l", "l"]) + [""]
+    return table(["result folder", "model", "seed", "code revision", "device", "hardware", "torch"], rows,
+                 ["l", "l", "r", "l", "l", "l", "l"]) + [""]
 
 
 def unfinished_jobs(results_root: Path, dataset: str) -> list[str]:
@@ -402,6 +398,7 @@ def dataset_report(registry: Registry, dataset: str, groups: Sequence[RunGroup],
     out += robust_md
     plots = [*plots, *robust_plots]
     out += ["## Runs", ""] + _runs_table(groups, results_root)
+    out += health_section(groups, jobs, results_root)
     out += protocol_notes(groups, results_root)
     out += unfinished_jobs(results_root, dataset)
     return "\n".join(out).rstrip() + "\n", plots

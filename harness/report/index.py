@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from harness.core.hardware import hardware_summary
 from harness.core.results import JobResult, git_revision
 from harness.report.markdown import MISSING, escape, table
 from harness.spec.registry import Registry
@@ -26,14 +27,13 @@ def _environments(results: Sequence[JobResult]) -> list[str]:
     for r in results:
         env = r.env or {}
         pk = env.get("packages") or {}
-        gpus = ", ".join(env.get("gpus") or []) or None
-        key = (_revision_text(env.get("git") or {}), env.get("device") or MISSING, gpus or MISSING,
+        key = (_revision_text(env.get("git") or {}), env.get("device") or MISSING, hardware_summary(env),
                env.get("python") or MISSING, *(pk.get(p) or MISSING for p in ENV_PACKAGES),
                env.get("platform") or MISSING)
         counts[key] += 1
     if not counts:
         return ["No finished result yet.", ""]
-    header = ["code revision", "device", "GPUs", "python", *ENV_PACKAGES, "platform", "results"]
+    header = ["code revision", "device", "hardware", "python", *ENV_PACKAGES, "platform", "results"]
     rows = [[escape(k) if i else k for i, k in enumerate(key)] + [str(n)] for key, n in counts.items()]
     return table(header, rows, ["l"] * (len(header) - 1) + ["r"]) + [""]
 

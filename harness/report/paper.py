@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.core.results import JobResult
 from harness.report.columns import (
     column_name,
     fold_key,
@@ -29,6 +30,7 @@ from harness.report.markdown import (
 )
 from harness.report.plots import RepPoint, reproduced_vs_reported
 from harness.report.runs import RunGroup, Stat, matching_rows
+from harness.report.training import curves_section
 from harness.spec.registry import Method, Registry, Reported
 
 LEGEND = (
@@ -205,8 +207,9 @@ def _notes(method: Method) -> list[str]:
 
 
 def paper_report(registry: Registry, method_name: str, groups: Sequence[RunGroup],
-                 reports: Path) -> tuple[str, list[Path]]:
-    """The markdown of reports/<paper>.md and the plots it references (written under reports/plots/)."""
+                 reports: Path, jobs: Mapping[str, JobResult] | None = None) -> tuple[str, list[Path]]:
+    """The markdown of reports/<paper>.md and the plots it references (written under reports/plots/);
+    with `jobs` (finished jobs by name) also the training curves of its retrained rows."""
     method = registry.method(method_name)
     mine = [g for g in groups if g.method == method_name]
     reported = registry.reported_for(method_name)
@@ -238,5 +241,8 @@ def paper_report(registry: Registry, method_name: str, groups: Sequence[RunGroup
         out += [image(f"{method_name}: reproduced vs reported", f"plots/{plot.name}"), ""]
     out += ["## Reported tables", ""] + (body or ["The registry holds no reported number for this paper.", ""])
     out += _other_runs(mine, registry)
+    curves, curve_plots = curves_section(method_name, mine, jobs or {}, reports)
+    out += curves
+    plots += curve_plots
     out += _notes(method)
     return "\n".join(out).rstrip() + "\n", plots

@@ -1,5 +1,5 @@
 """PNG plots for the reports (matplotlib, Agg, no pyplot state): effectiveness vs efficiency, and
-reproduced vs reported numbers."""
+reproduced vs reported numbers, training curves."""
 
 from __future__ import annotations
 
@@ -91,5 +91,47 @@ def reproduced_vs_reported(points: Sequence[RepPoint], title: str, path: Path) -
         ax.set_title(name, fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+@dataclass(frozen=True)
+class CurveSeries:
+    """One training run: loss per optimizer step and validation rsum per epoch (from stored results)."""
+
+    label: str
+    steps: Sequence[int]  # global optimizer step of each loss
+    losses: Sequence[float]
+    epochs: Sequence[int]
+    val_rsums: Sequence[float]
+    collapsed_at_epoch: int | None = None
+
+
+def training_curves(series: Sequence[CurveSeries], title: str, path: Path, chance: float | None = None) -> Path | None:
+    """Two panels: training loss per step (log y) and validation rsum per epoch, one line per run; a
+    collapsed run's epoch is marked with a red x, the chance rsum is a dashed line."""
+    series = [s for s in series if s.losses or s.val_rsums]
+    if not series:
+        return None
+    fig, (loss_ax, val_ax) = _figure(10.0, 3.8, 2)
+    for s in series:
+        if s.losses:
+            loss_ax.plot(list(s.steps), list(s.losses), lw=0.8, label=s.label)
+        if s.val_rsums:
+            val_ax.plot(list(s.epochs), list(s.val_rsums), marker="o", ms=3, label=s.label)
+            if s.collapsed_at_epoch is not None and s.collapsed_at_epoch in s.epochs:
+                y = s.val_rsums[list(s.epochs).index(s.collapsed_at_epoch)]
+                val_ax.plot([s.collapsed_at_epoch], [y], "x", color="red", ms=9, mew=2)
+    if any(v > 0 for s in series for v in s.losses):
+        loss_ax.set_yscale("log")
+    loss_ax.set_xlabel("optimizer step")
+    loss_ax.set_ylabel("training loss")
+    if chance is not None:
+        val_ax.axhline(chance, color="grey", ls="--", lw=1, label=f"chance ({chance:.1f})")
+    val_ax.set_xlabel("epoch")
+    val_ax.set_ylabel("validation rsum")
+    for ax in (loss_ax, val_ax):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)

@@ -56,7 +56,7 @@ def write_reports(results: str | Path | Sequence[str | Path], reports: str | Pat
         papers = [m for m in registry.methods if any(g.method == m and (dataset is None or g.dataset == dataset)
                                                      for g in groups)]
     for name in papers:
-        text, plots = paper_report(registry, name, groups, reports)
+        text, plots = paper_report(registry, name, groups, reports, jobs)
         written += _write(reports / f"{name}.md", text, plots)
     site_papers = [p for p in papers if any(g.method == p for g in groups)]
     written += write_site(registry, groups, store, reports, notes, [d for d in datasets if any(

@@ -75,6 +75,8 @@ from harness.eval.perturb.spec import parse_perturb
 from harness.eval.robustness import RobustnessRequest
 from harness.eval.streaming import MATRIX_LIMIT, SummaryError
 from harness.run import distributed
+from harness.run.curves import open_events
+from harness.run.health import run_health
 from harness.run.plan import Job
 from harness.run.protocol_refresh import RECOMPUTE, eval_spec, recompute_protocols, refresh_action
 from harness.run.status import LOG, STATUS, StatusWriter
@@ -389,21 +391,43 @@ class _Runner:
                           f"loss {info.loss:.4f}")
             kill()
 
+        def on_epoch(record: dict[str, Any]) -> None:
+            if record.get("health") and not self.status.record.get("health"):  # the first flagged epoch
+                self.status.state("running", health=run_health([record]))
+
+        events = open_events(self.dir, self.log) if ctx.dist is None or ctx.dist.is_main else None
         minutes = ctx.settings.checkpoint_minutes
+        try:
+            summary = self._train(adapter, data, recipe, val_images, val_caps, val_owner, on_step, on_epoch,
+                                  events, minutes)
+        finally:
+            if events is not None:
+                events.close()
+        return self._train_metrics(adapter, summary)
+
+    def _train(self, adapter: Adapter, data: Any, recipe: dict[str, Any], val_images: Any, val_caps: Any,
+               val_owner: Any, on_step: Any, on_epoch: Any, events: Any, minutes: float | None) -> Any:
+        job, ctx = self.job, self.ctx
         summary = train(adapter, data.images, data.captions, recipe, self.dir / "work", val_images=val_images,
                         val_captions=val_caps, image_of_caption=data.image_of_caption,
                         val_image_of_caption=val_owner, log=self.log, on_step=on_step,
                         checkpoint_every_steps=ctx.settings.checkpoint_steps,
                         checkpoint_every_seconds=minutes * 60 if minutes else None,
-                        should_stop=ctx.should_stop, dist=ctx.dist, curve=self.dir / CURVE)
+                        should_stop=ctx.should_stop, dist=ctx.dist, curve=self.dir / CURVE,
+                        on_epoch=on_epoch, events=events)
         if not (self.dir / "work" / BEST).is_file():  # a job that produced no model is failed, never finished
             raise JobFailed(f"{job.name}: training ended without a model ({BEST} was not written after "
                             f"{summary.steps} steps); check the recipe's epochs and the training data")
+        return summary
+
+    def _train_metrics(self, adapter: Adapter, summary: Any) -> dict[str, Any]:
+        ctx = self.ctx
         peaks = distributed.all_gather_objects(peak_memory(ctx.device))
         known = [p for p, _ in peaks if p is not None]
         gpus = ctx.processes if ctx.device.startswith("cuda") else 0
         return {"stage": "train", "best_rsum": summary.best_rsum, "best_epoch": summary.best_epoch,
-                "history": summary.history, "checkpoint": str(self.dir / "work" / BEST),
+                "history": summary.history, "health": summary.health,
+                "checkpoint": str(self.dir / "work" / BEST),
                 "resumed_from": {"epoch": summary.resumed_from_epoch, "step": summary.resumed_from_step}
                 if summary.resumed_from_epoch or summary.resumed_from_step else None,
                 "efficiency": {

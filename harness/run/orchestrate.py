@@ -29,6 +29,7 @@ from harness.report import write_reports
 from harness.run.display import console, say
 from harness.run.executors import make_executor
 from harness.run.executors.base import Executor, Outcome, StopFlag, Task
+from harness.run.health import health_text
 from harness.run.jobs import RunSettings, changed_parts, is_cached, lock_holder, reset_job
 from harness.run.plan import Job, Plan, build_plan, data_layout
 from harness.run.protocol_refresh import RECOMPUTE, refresh_action
@@ -278,6 +279,11 @@ class Scheduler:
         if not fresh:
             return Text("queued", style="dim"), "", "", format_seconds(time.time() - (r.submitted or time.time()))
         started = status.get("started") or r.submitted or time.time()
+        flagged = health_text(status.get("health"))
+        if flagged:  # a collapsed training shows in red beside its progress
+            return (Text("running, " + flagged.split(":")[0], style="bold red"),
+                    str(status.get("progress") or status.get("phase") or ""),
+                    format_seconds(status.get("eta_seconds")), format_seconds(time.time() - started))
         return (Text("running", style=styles["running"]), str(status.get("progress") or status.get("phase") or ""),
                 format_seconds(status.get("eta_seconds")), format_seconds(time.time() - started))
 
@@ -288,7 +294,9 @@ def _headline(store: ResultStore, name: str) -> str:
     except ValueError:
         return ""
     if metrics.get("stage") == "train":
-        return f": best val rsum {metrics.get('best_rsum', float('nan')):.1f} (epoch {metrics.get('best_epoch')})"
+        flagged = health_text(metrics.get("health"))
+        return (f": best val rsum {metrics.get('best_rsum', float('nan')):.1f} (epoch {metrics.get('best_epoch')})"
+                + (f"; TRAINING {flagged}" if flagged else ""))
     parts = [f"{p} rsum {m['rsum']:.1f}" for p, m in (metrics.get("protocols") or {}).items()
              if isinstance(m, Mapping) and "rsum" in m]
     return (": " + ", ".join(parts)) if parts else ""

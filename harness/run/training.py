@@ -35,6 +35,7 @@ from harness.core.results import quarantine, save_torch
 from harness.eval.metrics.recall import full_recall
 from harness.eval.scoring import similarity_matrix
 from harness.run import distributed
+from harness.run.health import epoch_health, run_health, validation_chance
 
 CHECKPOINT = "checkpoint.pth"
 BEST = "model_best.pth"
@@ -53,6 +54,7 @@ class TrainSummary:
     wall_seconds: float = 0.0
     resumed_from_epoch: int = 0
     resumed_from_step: int = 0
+    health: dict[str, Any] = field(default_factory=lambda: run_health([]))  # see harness.run.health
     steps: int = 0  # optimizer steps over the whole run (all restarts)
     step_seconds: float = 0.0  # time inside training steps (all restarts), without validation and saving
 
@@ -103,7 +105,9 @@ def train(adapter: Adapter, train_images: Any, train_captions: list[str], recipe
           should_stop: Callable[[], bool] | None = None,
           dist: distributed.DistContext | None = None, curve: str | Path | None = None,
           image_of_caption: np.ndarray | None = None,
-          val_image_of_caption: np.ndarray | None = None) -> TrainSummary:
+          val_image_of_caption: np.ndarray | None = None,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None,
+          events: Any = None) -> TrainSummary:
     """Train `adapter` in place on captions paired with their images (caption j -> image j // k, or
     `image_of_caption[j]` when given; likewise `val_image_of_caption` for validation).
 
@@ -111,6 +115,8 @@ def train(adapter: Adapter, train_images: Any, train_captions: list[str], recipe
     configure_training reads). `stop_after_steps` ends the run early without a checkpoint (a simulated
     crash). Raises TrainingInterrupted after checkpointing when `should_stop()` becomes true.
     `curve`: a TSV file receiving one line per step (epoch, step, loss), kept in step with the checkpoints.
+    Every epoch record gets `health` (why the epoch looks collapsed, or None; harness.run.health) and goes
+    to `on_epoch`; `events` (harness.run.curves.TrainingEvents) receives step losses, lrs and val rsums.
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -179,6 +185,8 @@ def train(adapter: Adapter, train_images: Any, train_captions: list[str], recipe
                 pos.losses.append(value)
                 if curve_file:
                     curve_file.write(f"{epoch}\t{step + 1}\t{value:.9g}\n")
+                if events is not None and main:
+                    events.step(pos.eiters, value, [g["lr"] for g in setup.optimizer.param_groups])
                 summary.steps += 1
                 steps_here += 1
                 if on_step:
@@ -202,7 +210,22 @@ def train(adapter: Adapter, train_images: Any, train_captions: list[str], recipe
             if val_images is not None and val_captions and main:
                 record["val_rsum"] = validation_rsum(adapter, val_images, val_captions,
                                                      image_of_caption=val_image_of_caption)
+            chance = None
+            if "val_rsum" in record:
+                chance = validation_chance(len(val_images) if val_image_of_caption is None
+                                           else int(np.max(val_image_of_caption)) + 1, len(val_captions))
+                record["val_chance"] = chance
+            sizes = [min(batch_size, n - i * batch_size) for i in range(len(pos.losses))]
+            record["health"] = epoch_health(epoch, pos.losses, sizes, adapter.collapse_loss(epoch, batch_size),
+                                            record.get("val_rsum"), chance)
             summary.history.append(record)
+            summary.health = run_health(summary.history)
+            if record["health"]:
+                log(f"health: epoch {epoch} looks collapsed: {record['health']}")
+            if events is not None and main:
+                events.epoch(record, pos.eiters)
+            if on_epoch:
+                on_epoch(record)
             is_best = record.get("val_rsum", -float(epoch)) >= summary.best_rsum or summary.best_epoch < 0
             if is_best:
                 summary.best_rsum = float(record.get("val_rsum", summary.best_rsum))
@@ -292,6 +315,7 @@ def _resume(adapter: Adapter, optimizer: torch.optim.Optimizer, rng: np.random.G
     summary.best_rsum = float(state["best_rsum"])
     summary.best_epoch = int(state["best_epoch"])
     summary.history = list(state["history"])
+    summary.health = run_health(summary.history)
     summary.wall_seconds = float(state.get("wall_seconds", 0.0))
     summary.steps = int(state.get("steps", 0))
     summary.step_seconds = float(state.get("step_seconds", 0.0))

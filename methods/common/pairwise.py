@@ -27,7 +27,7 @@ from methods.common.optim import adamw_step_decay, bert_text_groups
 from methods.common.paper import PaperAdapter, as_regions
 from methods.common.region_encoder import PrecompRegionEncoder, l2norm
 from methods.common.text_bert import BertWordEncoder, bert_tokenize, bert_tokenizer, bert_word_pieces, pad_ids
-from methods.common.triplet import hardest_negative_at, triplet_costs
+from methods.common.triplet import collapse_value, hardest_negative_at, triplet_costs
 
 DEFAULT_RECIPE: dict[str, Any] = dict(
     lr=5e-4, lr_decay_epochs=[15], lr_decay=0.1, margin=0.2, warmup_epochs=1, grad_clip=2.0,
@@ -178,3 +178,8 @@ class PairwiseAdapter(PaperAdapter):
         hardest = hardest_negative_at(epoch, int(self.recipe["warmup_epochs"]))
         cost_im, cost_s = triplet_costs(scores, margin=float(self.recipe["margin"]), hardest_negative=hardest)
         return {"loss": cost_im + cost_s, "loss_im": cost_im.detach(), "loss_s": cost_s.detach()}
+
+    def collapse_loss(self, epoch: int, batch_size: int) -> float:
+        """The summed hinge loss of a batch with every score equal (2 x margin x B under hardest negatives)."""
+        return collapse_value(batch_size, margin=float(self.recipe["margin"]),
+                              hardest_negative=hardest_negative_at(epoch, int(self.recipe["warmup_epochs"])))

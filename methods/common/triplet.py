@@ -49,6 +49,13 @@ def triplet_costs(scores: torch.Tensor, positives: torch.Tensor | None = None, *
     return cost_im.sum(), cost_s.sum()
 
 
+def collapse_value(n: int, *, margin: float, hardest_negative: bool, group: int = 1) -> float:
+    """cost_im + cost_s of `triplet_costs` on an (n, n) batch whose scores are all equal (a collapsed
+    model): every hinge is `margin`, so 2 x margin x n for VSE++ (one hardest negative per row and per
+    column) and 2 x margin x n x (n - group) for VSE0 (every negative summed)."""
+    return 2.0 * margin * n * (1 if hardest_negative else n - group)
+
+
 def hardest_negative_at(epoch: int, warmup_epochs: int) -> bool:
     """The warm-up schedule: VSE0 (all negatives summed) for epochs < warmup_epochs, then VSE++."""
     return epoch >= warmup_epochs

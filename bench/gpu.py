@@ -19,7 +19,8 @@ weights are official-format), then for each precision:
   of their positive changes (captions -> images, images -> captions, rank of the best positive).
 
 fp16 needs CUDA (CPU autocast supports bf16 only): on CPU its entry is kept with null values and a
-`skipped` reason. Speed does not depend on the weights; the drift does a little (random weights).
+`skipped` reason; so is a precision that fails (a kernel without that dtype, out of memory), with the
+error. Speed does not depend on the weights; the drift does a little (random weights).
 """
 
 from __future__ import annotations
@@ -214,7 +215,14 @@ def bench_method(name: str, make: Callable[[], Any], shape: Shape, device: str, 
         if precision == "fp16" and not device.startswith("cuda"):
             entries.append(skipped_entry(precision, "fp16 needs a CUDA device (CPU autocast supports bf16 only)"))
             continue
-        entry, sims = run_precision(adapter, images, captions, shape, device, precision)
+        try:
+            entry, sims = run_precision(adapter, images, captions, shape, device, precision)
+        except (RuntimeError, ValueError, NotImplementedError) as exc:  # e.g. a kernel without bf16, out of memory
+            entries.append(skipped_entry(precision, f"failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"))
+            print(f"{name:12s} {precision}: {entries[-1]['skipped']}", flush=True)
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            continue
         if precision == "fp32":
             reference = sims.astype(np.float64)
         entry["drift_vs_fp32"] = drift(sims, reference) if reference is not None else None

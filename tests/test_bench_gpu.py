@@ -79,3 +79,23 @@ def test_positive_ranks_and_drift():
     assert result["max_abs_diff"] == pytest.approx(0.99)
     assert result["t2i_rank_changes"] == 1 and result["i2t_rank_changes"] == 1
     assert (result["t2i_queries"], result["i2t_queries"]) == (10, 2)
+
+
+def test_a_failing_precision_is_recorded_and_the_json_still_written(tmp_path, monkeypatch, capsys):
+    bench = load_bench()
+    real = bench.run_precision
+
+    def no_bf16(adapter, images, captions, shape, device, precision):
+        if precision == "bf16":
+            raise RuntimeError("\"addmm_impl_cpu_\" not implemented for 'BFloat16'\nmore detail")
+        return real(adapter, images, captions, shape, device, precision)
+
+    monkeypatch.setattr(bench, "run_precision", no_bf16)
+    out = tmp_path / "gpu.json"
+    assert bench.main(["--device", "cpu", "--small", "--methods", "esa-bigru", "--out", str(out)]) == 0
+    entries = json.loads(out.read_text())["methods"]["esa-bigru"]["precisions"]
+    assert [e["precision"] for e in entries] == ["fp32", "bf16", "fp16"]
+    assert entries[1]["skipped"] == "failed: RuntimeError: \"addmm_impl_cpu_\" not implemented for 'BFloat16'"
+    assert entries[1]["scoring"]["pairs_per_s"] is None and entries[0]["scoring"]["pairs_per_s"] > 0
+    assert bench.main(["--device", "cpu", "--small", "--methods", "esa,xdim", "--out", str(out)]) == 2
+    assert "unknown method 'esa'" in capsys.readouterr().err

@@ -13,7 +13,9 @@ word score = sum_k l2n(A s_l)_k; pair score = mean over the caption's words (inc
 Fast scoring. The diagonal product is elementwise (the official code multiplies by a dense
 diag(g)). And since sum_k (A s)_k = g . s, the word score is (g . s) / (||A s|| + eps): only the norm of
 A s is needed, and ||A s|| = ||R s|| for the QR factorisation A = QR. R is triangular, so the D x D
-projection costs about half the multiply-adds; it is applied in column blocks.
+projection costs about half the multiply-adds; it is applied in column blocks, to the real words of
+a chunk only (not its padding). Per image and word that is D^2/2 + 2RD multiply-adds against the official
+2D^2 + 2RD (dense diag(g), then s @ A^T): at D = 1024, R = 36 at most about 3.6x fewer.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ Official style: the official `Sim_vec` algorithm per shard, one caption at a tim
 of the shard, recomputing the caption side for every image (tests/test_esl_reference.py,
 tests/test_xdim.py). The official style is timed on a sub-block (its first --ref-captions captions)
 and both rates are reported per pair; the two matrices must agree on that sub-block within 1e-5.
+X-Dim's ratio has a ceiling of about 3.6x in exact float32: per image and word the official loop does
+2D^2 + 2RD multiply-adds and ours D^2/2 + 2RD (methods/xdim/model.py).
 
     python bench/scoring_pairwise.py                       # defaults sized for a 2-core CPU, < 3 min
     python bench/scoring_pairwise.py --captions 1000 --ref-captions 100 --methods xdim --device cuda

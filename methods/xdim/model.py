@@ -13,7 +13,9 @@ word score = sum_k l2n(A s_l)_k; pair score = mean over the caption's words (inc
 Fast scoring. The diagonal product is elementwise (the official code multiplies by a dense
 diag(g)). And since sum_k (A s)_k = g . s, the word score is (g . s) / (||A s|| + eps): only the norm of
 A s is needed, and ||A s|| = ||R s|| for the QR factorisation A = QR. R is triangular, so the D x D
-projection costs about half the multiply-adds; it is applied in column blocks.
+projection costs about half the multiply-adds; it is applied in column blocks, to the real words of
+a chunk only (not its padding). Per image and word that is D^2/2 + 2RD multiply-adds against the official
+2D^2 + 2RD (dense diag(g), then s @ A^T): at D = 1024, R = 36 at most about 3.6x fewer.
 """
 
 from __future__ import annotations
@@ -86,10 +88,11 @@ class XDimHead(nn.Module):
         return factors
 
 
-def _region_attention(regions: torch.Tensor, words: torch.Tensor, g: torch.Tensor,
-                      smooth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _region_attention(regions: torch.Tensor, words: torch.Tensor, g: torch.Tensor, smooth: torch.Tensor,
+                      columns: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(context, numerator): unnormalised context vectors sum_r beta_lr v_r (i, c*L, D) of every image,
-    caption and word, and sum_r beta_lr (u_l g) . v_r = (u_l * context_l) . g (i, c, L)."""
+    caption and word, and sum_r beta_lr (u_l g) . v_r = (u_l * context_l) . g (i, c, L). With `columns`
+    (indices into the c*L caption words) the context is computed for those words only: (i, len(columns), D)."""
     n_img, n_reg, dim = regions.shape
     n_cap, width, _ = words.shape
     raw = (regions.reshape(n_img * n_reg, dim) @ (words * g).reshape(n_cap * width, dim).t())
@@ -97,7 +100,10 @@ def _region_attention(regions: torch.Tensor, words: torch.Tensor, g: torch.Tenso
     aff = F.leaky_relu(torch.tanh(raw), 0.1)
     aff = aff / (torch.linalg.vector_norm(aff, dim=3, keepdim=True) + EPS)  # over the words of each region
     beta = torch.softmax(aff * smooth, dim=1)  # over regions
-    ctx = torch.bmm(beta.view(n_img, n_reg, n_cap * width).transpose(1, 2), regions)
+    weights = beta.view(n_img, n_reg, n_cap * width)
+    if columns is not None:
+        weights = weights.index_select(2, columns)
+    ctx = torch.bmm(weights.transpose(1, 2), regions)
     return ctx, (beta * raw).sum(dim=1)
 
 
@@ -121,18 +127,22 @@ def xdim_pair_scores(regions: torch.Tensor, words: torch.Tensor, lengths: torch.
 
 def xdim_pair_scores_fast(regions: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor, g: torch.Tensor,
                           r_blocks: list, smooth: torch.Tensor) -> torch.Tensor:
-    """The same scores via (g . s) / (||R s|| + eps ||c||), g . s from the affinities: evaluation."""
+    """The same scores via (g . s) / (||R s|| + eps ||c||), g . s from the affinities: evaluation. The
+    context and the projection (most of the work) are computed for the caption's real words only."""
     words, keep = _mask_words(words, lengths)
     n_img, n_cap, width = regions.shape[0], words.shape[0], words.shape[1]
-    ctx, numer = _region_attention(regions, words, g, smooth)  # (i, c*L, D) unnormalised; (i, c, L)
+    columns = keep.reshape(-1).nonzero().squeeze(1)  # the real words among the c*L padded positions
+    ctx, numer = _region_attention(regions, words, g, smooth, columns)  # (i, w, D) unnormalised; (i, c, L)
     ctx_norm = torch.linalg.vector_norm(ctx, dim=-1) + EPS  # the official l2n denominator of the context
-    s = ctx.view(n_img, n_cap, width, -1).mul_(words).view(n_img * n_cap * width, -1)  # = s_l * ||c||
+    real_words = words.reshape(n_cap * width, -1).index_select(0, columns)
+    s = ctx.mul_(real_words).view(n_img * len(columns), -1)  # = s_l * ||c||
     squares = torch.zeros(s.shape[0], dtype=s.dtype, device=s.device)
     for start, block in r_blocks:
         squares += torch.linalg.vector_norm(s[:, start:] @ block, dim=1).square()
-    denom = squares.sqrt() + EPS * ctx_norm.reshape(-1)
-    word_scores = (numer / denom.view(n_img, n_cap, width)).masked_fill(~keep[None], 0.0)
-    return word_scores.sum(dim=2) / lengths.to(word_scores)[None, :]
+    denom = squares.sqrt().view(n_img, -1) + EPS * ctx_norm
+    word_scores = numer.new_zeros(n_img, n_cap * width)
+    word_scores[:, columns] = numer.view(n_img, n_cap * width).index_select(1, columns) / denom
+    return word_scores.view(n_img, n_cap, width).sum(dim=2) / lengths.to(word_scores)[None, :]
 
 
 class XDimModel(RegionWordModel):

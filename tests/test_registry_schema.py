@@ -263,3 +263,23 @@ def test_fuzz_random_yaml_text_through_the_line_loader(data):
             assert isinstance(load_registry_file(path), Registry)
         except RegistryError as exc:
             assert str(exc).startswith(str(path)), str(exc)
+
+
+def test_a_reported_number_no_protocol_produces_and_an_ensemble_of_ensembles_are_refused(tmp_path):
+    from harness.spec.registry import RegistryError, load_registry
+
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("reported:\n  - {method: esa, variant: bigru, dataset: f30k, protocol: f30k1k, source: x, "
+                    "values: {rsmu: 50.0}}\n")
+    with pytest.raises(RegistryError, match=r"typo.yaml:2: .*unknown f30k1k number 'rsmu'.*Did you mean 'rsum'"):
+        load_registry(typo)
+    folds = tmp_path / "folds.yaml"  # per-fold numbers of a fold protocol are its fields too
+    folds.write_text("reported:\n  - {method: esa, variant: bigru, dataset: coco, protocol: coco1k, source: x, "
+                     "values: {folds.0.rsum: 500.0, rsum_printed: 501.0}}\n")
+    load_registry(folds)
+    cyc = tmp_path / "cyc.yaml"
+    cyc.write_text("methods:\n  cyc:\n    title: cyc\n    adapter: 'methods.esa.adapter:ESAAdapter'\n"
+                   "    recipes: {default: {epochs: 1}}\n    variants:\n"
+                   "      a: {description: a, members: [b, b]}\n      b: {description: b, members: [a, a]}\n")
+    with pytest.raises(RegistryError, match="'b' is itself an ensemble"):
+        load_registry(cyc)

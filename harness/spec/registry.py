@@ -341,6 +341,22 @@ def _baseline(raw: Any, where: str) -> bool:
     return raw
 
 
+DERIVED_KEYS = ("rsum_printed",)  # reported numbers the report derives from a protocol's fields (columns.py)
+
+
+def _check_reported_keys(rep: Reported, proto: Protocol, where: str) -> None:
+    """A reported number must name a field its protocol stores (or `folds.<k>.<field>`, or a derived key), so it
+    is compared, not shown as a column of its own; protocols that declare no fields are not checked."""
+    fields = [f.path for f in proto.fields]
+    if not fields:
+        return
+    for key in rep.values:
+        bare = key.split(".", 2)[2] if key.startswith("folds.") and key.count(".") >= 2 else key
+        if bare in fields or bare in DERIVED_KEYS:
+            continue
+        raise unknown_name(f"{proto.name} number", key, [*fields, *DERIVED_KEYS], where=f"{where}.values")
+
+
 def parse_registry(raw: Mapping[str, Any], source: str = "registry.yaml") -> Registry:
     """Build and cross-validate a Registry from the parsed YAML document (every section first checked against
     the strict schema of harness.spec.schema: errors name the file and line where the document has them)."""
@@ -379,6 +395,10 @@ def parse_registry(raw: Mapping[str, Any], source: str = "registry.yaml") -> Reg
             for member in v.members:
                 if member not in variants:
                     raise unknown_name("variant", member, variants, where=f"{where}.variants.{v.name}.members")
+                if variants[member].members:  # an ensemble of ensembles (or a cycle) would never be planned
+                    raise RegistryError(f"{where}.variants.{v.name}.members: '{member}' is itself an ensemble "
+                                        f"(of {', '.join(variants[member].members)}); an ensemble's members are "
+                                        "single models")
             for ds in list(v.checkpoints) + list(v.recipes):
                 if ds != "default" and ds not in datasets:
                     raise unknown_name("dataset", ds, datasets, where=f"{where}.variants.{v.name}")
@@ -413,6 +433,7 @@ def parse_registry(raw: Mapping[str, Any], source: str = "registry.yaml") -> Reg
             raise RegistryError(f"{where}: protocol '{rep.protocol}' is not one of dataset '{rep.dataset}'s "
                                 f"protocols ({', '.join(declared)}); {where_else}. Name the dataset the row was "
                                 f"evaluated on, or add '{rep.protocol}' to datasets.{rep.dataset}.protocols")
+        _check_reported_keys(rep, table[rep.protocol], where)
         for key, val in rep.setting.items():
             allowed = methods[rep.method].settings.get(key)
             if allowed and val not in allowed:

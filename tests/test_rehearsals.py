@@ -104,7 +104,7 @@ def test_coco5k_with_karpathy_ids_runs_every_protocol(lab):
     assert m["eccv"]["i2t"]["eccv_r1"] >= 0 and m["eccv"]["ids"]["source"].endswith("testall_ids.txt + "
                                                                                        "eccv_caption caption order")
     assert m["cxc"]["t2t"]["cxc_r1"] >= 0  # the stub is an embedding method: uni-modal spaces exist
-    assert "SentEval" in m["sts"]["reason"] and "--image-retrieval-root" in m["image_retrieval"]["reason"]
+    assert "SentEval" in m["sts"]["reason"] and "--data-folder image_retrieval=" in m["image_retrieval"]["reason"]
 
     # the same matrix through `metrics`, and a COCO subset: only full-split recall applies
     assert main(["metrics", "--sims", str(tmp / "out" / "sims.npy"), "--protocol", "eccv",

@@ -183,6 +183,7 @@ def test_rehearsal_20000_by_100000_streamed(tmp_path):
 
 @pytest.mark.parametrize("uneven", [False, True])
 def test_paired_significance_values_from_ranks_equal_the_matrix(tmp_path, uneven):
+    from harness.eval.protocols import PROTOCOLS
     from harness.report.significance import per_image_rsum, per_image_rsum_from_ranks
 
     n_img = 40
@@ -192,14 +193,14 @@ def test_paired_significance_values_from_ranks_equal_the_matrix(tmp_path, uneven
     dense = score_blocks(adapter, img, txt, image_tile=9, caption_tile=31)
     stream_ranks(adapter, img, txt, owner, folds=1 if uneven else 5, image_tile=9,
                  caption_tile=31).save(tmp_path / "ranks.npz")
-    v, strata = per_image_rsum_from_ranks(tmp_path / "ranks.npz", "recall")
+    v, strata = per_image_rsum_from_ranks(tmp_path / "ranks.npz", PROTOCOLS["recall"].paired)
     want, _ = per_image_rsum(dense, "recall", owner=owner)
     np.testing.assert_array_equal(v, want)
     assert strata is None
     if uneven:
-        assert per_image_rsum_from_ranks(tmp_path / "ranks.npz", "coco1k") is None  # no fold counts
+        assert per_image_rsum_from_ranks(tmp_path / "ranks.npz", PROTOCOLS["coco1k"].paired) is None  # no fold counts
     else:
-        v, strata = per_image_rsum_from_ranks(tmp_path / "ranks.npz", "coco1k")
+        v, strata = per_image_rsum_from_ranks(tmp_path / "ranks.npz", PROTOCOLS["coco1k"].paired)
         want, want_strata = per_image_rsum(dense, "coco1k")
         np.testing.assert_array_equal(v, want)
         np.testing.assert_array_equal(strata, want_strata)

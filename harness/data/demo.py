@@ -103,7 +103,8 @@ def chance_rsum(n_images: int, captions_per_image: int = 5) -> float:
     n_cap = captions_per_image * n_images
     total = 0.0
     for K in (1, 5, 10):
-        i2t = 1.0 - comb(n_cap - captions_per_image, K) / comb(n_cap, K)
-        t2i = K / n_images
+        # a gallery smaller than K holds every positive in the top K
+        i2t = 1.0 if K >= n_cap else 1.0 - comb(n_cap - captions_per_image, K) / comb(n_cap, K)
+        t2i = min(1.0, K / n_images)
         total += 100.0 * (i2t + t2i)
     return total

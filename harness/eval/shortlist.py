@@ -59,16 +59,24 @@ def top_k_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
     n = scores.shape[1]
     k = min(k, n)
     if k == n:
-        order = torch.sort(-scores, dim=1, stable=True).indices  # ascending -s, stable: ties by index
-        return order
-    kth = torch.topk(scores, k, dim=1, sorted=False).values.min(dim=1, keepdim=True).values
-    above = scores > kth
-    tied = scores == kth
-    need = k - above.sum(dim=1, keepdim=True)
-    chosen = above | (tied & (torch.cumsum(tied, dim=1) <= need))  # the lowest-index tied items fill up to k
-    idx = chosen.nonzero()[:, 1].reshape(-1, k)  # ascending index within each row
-    vals = torch.gather(scores, 1, idx)
-    order = torch.sort(-vals, dim=1, stable=True).indices
+        return torch.sort(-scores, dim=1, stable=True).indices  # ascending -s, stable: ties by index
+    vals, idx = torch.topk(scores, min(n, k + 1), dim=1)
+    out = _best_first(scores, idx[:, :k])
+    ambiguous = (vals[:, k - 1] == vals[:, k]).nonzero()[:, 0] if k < vals.shape[1] else idx.new_empty(0)
+    if len(ambiguous):  # the k-th score ties with the next: the tied items of lowest index are taken
+        sub = scores[ambiguous]
+        kth = vals[ambiguous, k - 1:k]
+        above, tied = sub > kth, sub == kth
+        need = k - above.sum(dim=1, keepdim=True)
+        chosen = above | (tied & (torch.cumsum(tied, dim=1) <= need))
+        out[ambiguous] = _best_first(sub, chosen.nonzero()[:, 1].reshape(-1, k))
+    return out
+
+
+def _best_first(scores: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """`idx` reordered by descending score, equal scores by ascending index."""
+    idx = torch.sort(idx, dim=1).values
+    order = torch.sort(-torch.gather(scores, 1, idx), dim=1, stable=True).indices
     return torch.gather(idx, 1, order)
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from stub_method import write_split
 
 from harness.eval.cascade import Stage1, evaluate_cascade
 from harness.eval.cascade_metrics import cascade_recall
 from harness.eval.evaluation import EvalSettings, MatrixOutput, SplitSpec, evaluate_models
-from harness.eval.metrics.recall import full_recall
 from harness.eval.rerank import score_pairs
 from harness.eval.shortlist import (
     CascadeResult,
@@ -23,7 +23,6 @@ from harness.eval.shortlist import (
     top_k_rows,
 )
 from methods.esl import ESLAdapter
-from stub_method import write_split
 
 TINY_BERT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
 

@@ -113,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CUB/SOP/In-shop/iNaturalist folder (check-data --dataset image_retrieval): also evaluate "
                          "image retrieval R@1 with the uni-modal image head")
     ev.add_argument("--recall-only", action="store_true", help="full-split recall only (skip the dataset's protocols)")
+    ev.add_argument("--shortlist", type=int, default=None, metavar="K",
+                    help="cascade: rerank each query's top-K by a stage-1 source with this method's score (only those "
+                         "pairs are scored; the result is cascade.npz in the output folder, not a dense matrix)")
+    ev.add_argument("--shortlist-from", default=None, metavar="SIMS",
+                    help="stage 1: a stored .npy matrix of the same split (e.g. an embedding method's sims.npy)")
+    ev.add_argument("--shortlister", default=None, metavar="METHOD[/VARIANT]|self",
+                    help="stage 1: a registered embedding method (with --shortlister-checkpoint), or 'self' for a "
+                         "method with pooled embeddings of its own (embedding methods)")
+    ev.add_argument("--shortlister-checkpoint", default=None, help="checkpoint of the --shortlister model")
     _registry_option(ev)
 
     me = sub.add_parser("metrics", help="metrics of a saved similarity matrix (numpy only; no model)")
@@ -252,6 +261,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     layout = data_layout(registry, method.name, ds.name) if ds else "precomp"
     spec = SplitSpec(data_root, split, ds.name if ds else None, test_split=ds is not None and split == ds.split,
                      protocols=protocols, layout=layout)
+    if args.shortlist is not None:
+        return _evaluate_cascade(args, registry, members, spec, settings, sims_out, json_out, device)
     output = MatrixOutput.beside(sims_out, args.cache_dir)
     with _progress() as hooks:
         result = evaluate_models(members, spec, settings, output, hooks)
@@ -260,6 +271,53 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if json_out is not None:
         write_json(json_out, {"metrics": result.metrics, "efficiency": result.efficiency,
                               "shape": list(result.sims.shape), "matrix": str(output.matrix)})
+        say(f"wrote {json_out}")
+    return _exit_status(result.metrics)
+
+
+def _stage1(args: argparse.Namespace, registry: Any, device: str) -> Any:
+    """The --shortlist-from / --shortlister source of a cascade (exactly one of them)."""
+    from harness.eval.cascade import Stage1
+    from harness.spec.registry import load_members
+
+    if (args.shortlist_from is None) == (args.shortlister is None):
+        raise ValueError("--shortlist K needs exactly one stage-1 source: --shortlist-from SIMS.npy or "
+                         "--shortlister METHOD[/VARIANT] (or self)")
+    if args.shortlist_from is not None:
+        path = existing_path(args.shortlist_from, "--shortlist-from", kind="file")
+        return Stage1("matrix", f"matrix {path.name}", matrix=path)
+    if args.shortlister == "self":
+        return Stage1("self", "self")
+    name, _, variant = args.shortlister.partition("/")
+    method = registry.method(name)
+    variant = variant or next(iter(method.variants))
+    method.variant(variant)
+    if args.shortlister_checkpoint is None:
+        raise ValueError(f"--shortlister {args.shortlister}: pass --shortlister-checkpoint (its model file), or give "
+                         "its stored matrix with --shortlist-from")
+    ck = existing_path(args.shortlister_checkpoint, "--shortlister-checkpoint", kind="file")
+    model = load_members(method, variant, [ck], args.dataset)[0].to(device)
+    if model.scoring != "embedding":
+        raise ValueError(f"--shortlister {args.shortlister}: a cross-attention method; stage 1 needs an embedding "
+                         "method (e.g. esa)")
+    return Stage1("model", f"{name}/{variant}", model=model)
+
+
+def _evaluate_cascade(args: argparse.Namespace, registry: Any, members: Any, spec: Any, settings: Any,
+                      sims_out: Path, json_out: Path | None, device: str) -> int:
+    from harness.eval.cascade import evaluate_cascade
+
+    stage1 = _stage1(args, registry, device)
+    folder = sims_out.parent if not args.save_sims else sims_out.with_suffix("")
+    with _progress() as hooks:
+        result = evaluate_cascade(members, spec, settings, stage1, args.shortlist, folder, hooks)
+    rec = result.result.record()
+    say(f"wrote {folder / 'cascade.npz'}: top-{rec['k']} of {rec['source']}, {rec['pairs_scored']:,} of "
+        f"{rec['pairs_total']:,} pairs scored ({100 * rec['pairs_fraction']:.2f}%)")
+    show_protocols(result.metrics, f"{args.method}/{args.variant}, rerank top-{args.shortlist} of {stage1.label}")
+    if json_out is not None:
+        write_json(json_out, {"metrics": result.metrics, "efficiency": result.efficiency, "cascade": rec,
+                              "shape": list(result.result.shape), "result": str(folder / "cascade.npz")})
         say(f"wrote {json_out}")
     return _exit_status(result.metrics)
 

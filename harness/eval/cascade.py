@@ -22,7 +22,7 @@ import torch
 
 from harness.api.adapter import Adapter
 from harness.eval.cascade_metrics import BEYOND, cascade_fold_recall, cascade_recall
-from harness.eval.evaluation import EvaluationInterrupted, Hooks, SplitSpec, EvalSettings, peak_memory, split_data
+from harness.eval.evaluation import EvalSettings, EvaluationInterrupted, Hooks, SplitSpec, peak_memory, split_data
 from harness.eval.protocols import PROTOCOLS, EvalInputs, not_defined, wanted
 from harness.eval.rerank import DEFAULT_PAIR_TILE, score_pairs
 from harness.eval.scoring import encode_images, encode_texts, eval_mode

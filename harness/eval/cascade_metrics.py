@@ -124,8 +124,9 @@ def cascade_fold_recall(result: CascadeResult, folds: int = 5, captions_per_imag
     t2i = direction_ranks(result.t2i_scores, result.t2i_index == owner[:, None], t2i_valid)
     out = _recall(i2t, t2i, np.arange(n_img), owner, fold_of_image, bootstrap)
     for name, ranks, fold in (("i2t", i2t, fold_of_image), ("t2i", t2i, fold_of_image[owner])):
-        for key, arr, target in (("pessimistic", ranks[1], out[name]), ("optimistic", ranks[0],
-                                                                         out[name]["tie_optimistic"])):
+        for arr, target in ((ranks[1], out[name]), (ranks[0], out[name]["tie_optimistic"])):
             per_fold = [summarize_partial(arr[fold == f], ranks[2][fold == f])["medr"] for f in range(folds)]
             target["medr"] = None if None in per_fold else float(np.mean(per_fold))  # COCO 1K: mean of folds
+            if target["medr"] is not None:
+                target.get("not_defined", {}).pop("medr", None)
     return {**out, "cascade": result.record()}

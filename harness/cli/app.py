@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-steps", type=int, default=None, help="also checkpoint every N steps")
     run.add_argument("--tiles", default=None, metavar="IMAGES,CAPTIONS",
                      help="scoring tile size (default: per scoring kind); smaller tiles use less memory")
+    run.add_argument("--shortlist", type=int, default=None, metavar="K",
+                     help="also evaluate every cross-attention model as a cascade: rerank each query's top-K of "
+                          "--shortlister's stored matrix (its own job folder and report row)")
+    run.add_argument("--shortlister", default=None, metavar="METHOD[/VARIANT]",
+                     help="stage 1 of --shortlist: an embedding method (its evaluation of the same seed or "
+                          "checkpoint is planned too)")
     run.add_argument("--sts-root", default=None, help="SentEval data folder: adds STS where the dataset declares it")
     run.add_argument("--image-retrieval-root", default=None,
                      help="CUB/SOP/In-shop/iNaturalist folder: adds image retrieval where the dataset declares it")
@@ -249,7 +255,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         sims_out = fresh_path(base) / "sims.npy"
     settings = EvalSettings(batch_size=args.batch_size, precision=args.precision,
                             sts_root=existing_path(args.sts_root, "--sts-root"),
-                            image_retrieval_root=existing_path(args.image_retrieval_root, "--image-retrieval-root"))
+                            image_retrieval_root=existing_path(args.image_retrieval_root, "--image-retrieval-root"),
+        shortlist=args.shortlist, shortlister=args.shortlister)
     device = check_device(args.device) or "cpu"
     check_precision(args.precision, device)
     members = [m.to(device) for m in load_members(method, args.variant, args.checkpoint, args.dataset)]
@@ -303,21 +310,36 @@ def _stage1(args: argparse.Namespace, registry: Any, device: str) -> Any:
     return Stage1("model", f"{name}/{variant}", model=model)
 
 
+def cascade_path(sims_out: Path) -> Path:
+    """Where `--save-sims X.npy` puts a cascade's result: `X.cascade.npz` beside it."""
+    return sims_out.with_name(f"{sims_out.stem}.cascade.npz")
+
+
 def _evaluate_cascade(args: argparse.Namespace, registry: Any, members: Any, spec: Any, settings: Any,
                       sims_out: Path, json_out: Path | None, device: str) -> int:
+    from harness.core.results import save_npy
     from harness.eval.cascade import evaluate_cascade
 
     stage1 = _stage1(args, registry, device)
-    folder = sims_out.parent if not args.save_sims else sims_out.with_suffix("")
+    if args.save_sims:  # the cascade beside X.npy: X.cascade.npz (+ X's mapping), no folder X/
+        target = guard_output(str(cascade_path(sims_out)), "--save-sims (its cascade result)", overwrite=args.overwrite,
+                              reads=[*args.checkpoint, *(getattr(args, "registry", None) or [])])
+        folder = None
+    else:
+        folder = sims_out.parent
+        target = folder / "cascade.npz"
     with _progress() as hooks:
         result = evaluate_cascade(members, spec, settings, stage1, args.shortlist, folder, hooks)
+    if folder is None:
+        result.result.save(target)
+        save_npy(owner_path(sims_out), result.image_of_caption)
     rec = result.result.record()
-    say(f"wrote {folder / 'cascade.npz'}: top-{rec['k']} of {rec['source']}, {rec['pairs_scored']:,} of "
+    say(f"wrote {target}: top-{rec['k']} of {rec['source']}, {rec['pairs_scored']:,} of "
         f"{rec['pairs_total']:,} pairs scored ({100 * rec['pairs_fraction']:.2f}%)")
     show_protocols(result.metrics, f"{args.method}/{args.variant}, rerank top-{args.shortlist} of {stage1.label}")
     if json_out is not None:
         write_json(json_out, {"metrics": result.metrics, "efficiency": result.efficiency, "cascade": rec,
-                              "shape": list(result.result.shape), "result": str(folder / "cascade.npz")})
+                              "shape": list(result.result.shape), "result": str(target)})
         say(f"wrote {json_out}")
     return _exit_status(result.metrics)
 
@@ -443,6 +465,9 @@ def campaign_from_args(args: argparse.Namespace) -> Any:
     check_executor_options(args.executor, options)
     device = check_device(args.device)
     check_precision(args.precision, device)
+    if (args.shortlist is None) != (args.shortlister is None):
+        raise ValueError("--shortlist K and --shortlister METHOD[/VARIANT] go together (e.g. --shortlist 64 "
+                         "--shortlister esa)")
     return Campaign(
         methods=methods, dataset=ds.name, variants=variants, stage=args.stage, seeds=parse_seeds(args.seeds),
         data_root=Path(args.data_root), checkpoint_dir=Path(args.checkpoint_dir), results=Path(args.results),
@@ -453,7 +478,8 @@ def campaign_from_args(args: argparse.Namespace) -> Any:
         force=(args.force,) if args.force else (), dry_run=args.dry_run, gpus=args.gpus,
         checkpoint_minutes=args.checkpoint_minutes or None, checkpoint_steps=args.checkpoint_steps,
         tiles=parse_tiles(args.tiles), sts_root=existing_path(args.sts_root, "--sts-root"),
-        image_retrieval_root=existing_path(args.image_retrieval_root, "--image-retrieval-root"))
+        image_retrieval_root=existing_path(args.image_retrieval_root, "--image-retrieval-root"),
+        shortlist=args.shortlist, shortlister=args.shortlister)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ class JobConfig:
     precision: str | None = None  # non-fp32 evaluations
     setting: Mapping[str, Any] | None = None  # report labels (e.g. precision)
     provenance: Mapping[str, Any] | None = None  # imported matrices: where the matrix came from
+    cascade: Mapping[str, Any] | None = None  # shortlist-and-rerank: {k, shortlister, stage1_job}
 
     @property
     def is_ensemble(self) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 from harness.core.results import JobResult
 from harness.data.demo import SPLITS, chance_rsum
 from harness.eval.protocols import HEADLINE_PREFERENCE
+from harness.report.cascades import cascade_section, cost_section
 from harness.report.columns import (
     RECALL_PROTOCOLS,
     column_name,
@@ -84,8 +85,8 @@ def significance(groups: Sequence[RunGroup], protocol: str) -> Significance:
 
 
 def _best(groups: Sequence[RunGroup], protocol: str) -> RunGroup | None:
-    scored = [(s.mean, i) for i, g in enumerate(groups)
-              if isinstance(s := g.stat(protocol, "rsum"), Stat) and math.isfinite(s.mean)]
+    scored = [(s.mean, i) for i, g in enumerate(groups)  # a cascade has no stored matrix to test against
+              if not g.cascade and isinstance(s := g.stat(protocol, "rsum"), Stat) and math.isfinite(s.mean)]
     return groups[max(scored, key=lambda t: (t[0], -t[1]))[1]] if scored else None
 
 
@@ -337,9 +338,13 @@ def dataset_report(registry: Registry, dataset: str, groups: Sequence[RunGroup],
         if missing:
             out += [f"Not computed for: {', '.join(escape(g.label) for g in missing)}.", ""]
         out += _undefined_lines(groups, protocol)
+    out += cascade_section(groups, [p for p in protocols if p in RECALL_PROTOCOLS])
     out += ["## Efficiency", ""] + _efficiency(groups, jobs)
     plot_md, plots = _efficiency_plot(dataset, groups, reports)
     out += plot_md
+    cost_md, cost_plots = cost_section(dataset, groups, reports)
+    out += cost_md
+    plots = [*plots, *cost_plots]
     out += ["## Runs", ""] + _runs_table(groups, results_root)
     out += protocol_notes(groups, results_root)
     out += unfinished_jobs(results_root, dataset)

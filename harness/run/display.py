@@ -28,8 +28,21 @@ def error(message: str) -> None:
     errors.print(f"[bold red]error:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
+UNDEFINED = "—"  # a value that is not defined (never "None")
+BEYOND_CELL = "beyond the shortlist"  # a cascade's value that needs ranks beyond its shortlist
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return UNDEFINED
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def _cell(block: Mapping[str, Any], key: str, digits: int = 2) -> str:
+    """A recall value, or why a cascade leaves it undefined."""
+    if block.get(key) is None and key in (block.get("not_defined") or {}):
+        return BEYOND_CELL
+    return _fmt(block.get(key), digits)
 
 
 def recall_table(metrics: Mapping[str, Any], title: str) -> Table:
@@ -41,9 +54,13 @@ def recall_table(metrics: Mapping[str, Any], title: str) -> Table:
             continue
         for d, label in (("i2t", "image->text"), ("t2i", "text->image")):
             x = m[d]
-            table.add_row(escape(name), label, _fmt(x["r1"]), _fmt(x["r5"]), _fmt(x["r10"]), _fmt(x["medr"], 1),
-                          _fmt(x["meanr"], 1), str(x.get("tie_affected_queries", "")))
-        table.add_row(escape(name), "rsum", _fmt(m["rsum"]), "", "", "", "", "", end_section=True)
+            table.add_row(escape(name), label, _cell(x, "r1"), _cell(x, "r5"), _cell(x, "r10"), _cell(x, "medr", 1),
+                          _cell(x, "meanr", 1), str(x.get("tie_affected_queries", "")))
+        table.add_row(escape(name), "rsum", _cell(m, "rsum"), "", "", "", "", "", end_section=True)
+        ceiling = m.get("ceiling")
+        if isinstance(ceiling, Mapping):  # a cascade: queries whose positive is inside their shortlist
+            table.add_row(escape(name), "stage-1 ceiling", f"i2t {_fmt(ceiling.get('i2t'))}%",
+                          f"t2i {_fmt(ceiling.get('t2i'))}%", "", "", "", "", end_section=True)
     return table
 
 

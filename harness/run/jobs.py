@@ -56,6 +56,8 @@ from harness.api.adapter import Adapter, parameter_count
 from harness.core.checkpoints import SAFE_GLOBALS, load_container
 from harness.core.jobconfig import JobConfig
 from harness.core.results import ResultStore, environment, fresh_path
+from harness.eval.cascade import Stage1, evaluate_cascade
+from harness.eval.cost import add_cost
 from harness.eval.evaluation import (
     OWNER,
     EvaluationInterrupted,
@@ -150,7 +152,7 @@ def reset_job(store: ResultStore, name: str, reason: str) -> None:
     d = store.job_dir(name)
     if not d.exists():
         return
-    for item in ("work", "metrics.json", "sims.npy", "sims.h5", STATUS, CURVE, OWNER):
+    for item in ("work", "metrics.json", "sims.npy", "sims.h5", "cascade.npz", STATUS, CURVE, OWNER):
         p = d / item
         if p.is_dir():
             shutil.rmtree(p)
@@ -432,22 +434,38 @@ class _Runner:
             cls = method.adapter_class()
             result = evaluate_matrix(sims, owner, spec, settings, output, method=cls.method, scoring=cls.scoring,
                                      members=len(members), efficiency=eff, hooks=self.hooks())
+        elif cfg.cascade is not None:  # shortlist and rerank: stage 1 is the shortlister job's stored matrix
+            return self.evaluate_cascade(self.load_model(), spec, settings)
         else:
-            if cfg.source == "zeroshot":  # a pretrained model as it is: built from its options
-                adapter = self.build(dict(cfg.options or {})).to(ctx.device)
-            elif cfg.source == "official":
-                adapter = method.adapter_class().load_official(str(cfg.checkpoint), variant=job.variant,
-                                                               dataset=job.dataset).to(ctx.device)
-            else:
-                adapter = self.load_trained(str(cfg.train_job))
-            result = evaluate_models([adapter], spec, settings, output, self.hooks())
-        out = {"stage": "evaluate", "protocols": result.metrics, "efficiency": result.efficiency,
+            result = evaluate_models([self.load_model()], spec, settings, output, self.hooks())
+        out = {"stage": "evaluate", "protocols": result.metrics, "efficiency": add_cost(result.efficiency,
+                                                                                        result.sims.shape),
                "shape": list(result.sims.shape), "protocol_code": job.protocols}
         if cfg.source == "official" and cfg.members is None:
             epoch = checkpoint_epoch(str(cfg.checkpoint))
             if epoch is not None:  # which of a paper's per-epoch log rows this checkpoint can fill
                 out["checkpoint_epoch"] = epoch
         return out
+
+    def load_model(self) -> Adapter:
+        """The evaluated model: a pretrained one from its options, an official checkpoint, or a trained job's."""
+        job, cfg = self.job, self.job.config
+        if cfg.source == "zeroshot":  # a pretrained model as it is: built from its options
+            return self.build(dict(cfg.options or {})).to(self.ctx.device)
+        if cfg.source == "official":
+            return self.ctx.registry.method(job.method).adapter_class().load_official(
+                str(cfg.checkpoint), variant=job.variant, dataset=job.dataset).to(self.ctx.device)
+        return self.load_trained(str(cfg.train_job))
+
+    def evaluate_cascade(self, adapter: Adapter, spec: Any, settings: Any) -> dict[str, Any]:
+        """Rerank the shortlister job's top-K with `adapter` (resumes from work/pairs_0.h5)."""
+        cascade = dict(self.job.config.cascade or {})
+        matrix = self.ctx.store.job_dir(str(cascade["stage1_job"])) / "sims.npy"
+        stage1 = Stage1("matrix", str(cascade["shortlister"]), matrix=matrix)
+        result = evaluate_cascade([adapter], spec, settings, stage1, int(cascade["k"]), self.dir, self.hooks())
+        return {"stage": "evaluate", "protocols": result.metrics, "cascade": result.result.record(),
+                "efficiency": add_cost(result.efficiency, result.result.shape, result.result.pairs_scored),
+                "shape": list(result.result.shape), "protocol_code": self.job.protocols}
 
     def hooks(self) -> Hooks:
         kill = _kill_hook("tile")

@@ -78,7 +78,8 @@ def plan_campaign(campaign: Campaign) -> tuple[Plan, ResultStore, Path]:
     plan = build_plan(registry, list(campaign.methods), ds.name, variants=list(campaign.variants) or None,
                       seeds=campaign.seeds, stage=campaign.stage, checkpoint_dir=campaign.checkpoint_dir,
                       data_root=data_root, gpus=campaign.gpus, precision=campaign.precision,
-                      recipe_overrides=campaign.overrides)
+                      recipe_overrides=campaign.overrides, shortlist=campaign.shortlist,
+                      shortlister=campaign.shortlister)
     return plan, ResultStore(campaign.results), data_root
 
 

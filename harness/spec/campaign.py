@@ -45,6 +45,8 @@ class Campaign:
     tiles: tuple[int, int] | None = None
     sts_root: Path | None = None
     image_retrieval_root: Path | None = None
+    shortlist: int | None = None  # cascade jobs: rerank each query's top-K of `shortlister` (METHOD[/VARIANT])
+    shortlister: str | None = None
 
 
 # ---- parsing helpers (each raises a one-line ValueError naming the option and the fix) ------------------------

@@ -255,8 +255,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         sims_out = fresh_path(base) / "sims.npy"
     settings = EvalSettings(batch_size=args.batch_size, precision=args.precision,
                             sts_root=existing_path(args.sts_root, "--sts-root"),
-                            image_retrieval_root=existing_path(args.image_retrieval_root, "--image-retrieval-root"),
-        shortlist=args.shortlist, shortlister=args.shortlister)
+                            image_retrieval_root=existing_path(args.image_retrieval_root, "--image-retrieval-root"))
     device = check_device(args.device) or "cpu"
     check_precision(args.precision, device)
     members = [m.to(device) for m in load_members(method, args.variant, args.checkpoint, args.dataset)]

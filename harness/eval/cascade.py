@@ -91,7 +91,7 @@ def shortlist_for(stage1: Stage1, k: int, images: Any, captions: Sequence[str], 
     shape = (len(images), len(captions))
     if stage1.kind == "matrix":
         assert stage1.matrix is not None
-        return shortlist_from_matrix(stage1.matrix, shape, k)
+        return shortlist_from_matrix(stage1.matrix, shape, k, stage1.label)
     if stage1.kind == "model":
         assert stage1.model is not None
         return build_shortlist(model_blocks(stage1.model, images, captions, settings), *shape, k, stage1.label)

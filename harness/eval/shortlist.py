@@ -115,8 +115,9 @@ def vector_blocks(images: torch.Tensor, texts: torch.Tensor) -> BlockScores:
     return lambda a, b, c, d: images[a:b] @ texts[c:d].T
 
 
-def shortlist_from_matrix(path: str | Path, shape: tuple[int, int], k: int) -> Shortlist:
-    """The shortlist of a stored matrix (`--shortlist-from`), which must be of the evaluated split's shape."""
+def shortlist_from_matrix(path: str | Path, shape: tuple[int, int], k: int, label: str | None = None) -> Shortlist:
+    """The shortlist of a stored matrix (`--shortlist-from`), which must be of the evaluated split's shape;
+    `label` names its source (default "matrix <file name>")."""
     path = Path(path)
     try:
         sims = np.load(path, mmap_mode="r")
@@ -125,7 +126,7 @@ def shortlist_from_matrix(path: str | Path, shape: tuple[int, int], k: int) -> S
     if sims.ndim != 2 or tuple(sims.shape) != tuple(shape):
         raise ShortlistError(f"--shortlist-from {path}: a {' x '.join(map(str, sims.shape))} matrix, but the split "
                              f"has {shape[0]} images x {shape[1]} captions; give a matrix of the same split")
-    return build_shortlist(matrix_blocks(sims), shape[0], shape[1], k, f"matrix {path.name}")
+    return build_shortlist(matrix_blocks(sims), shape[0], shape[1], k, label or f"matrix {path.name}")
 
 
 def candidate_pairs(shortlist: Shortlist) -> tuple[np.ndarray, np.ndarray]:

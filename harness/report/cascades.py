@@ -106,7 +106,7 @@ def cost_section(dataset: str, groups: Sequence[RunGroup], reports: Path) -> tup
         return [], []
     header = ["model", "reproduced by", "encode ms / item", "pairs / s", "peak host MB", "peak GPU MB"]
     for n in GALLERIES:
-        header += [f"time at {n // 1000}K images", f"result memory at {n // 1000}K"]
+        header += [f"time at {_count(n)} images", f"result memory at {_count(n)}"]
     out = ["## Cost at scale", "",
            "Measured on this dataset's evaluation, projected to larger galleries with the same captions per image: "
            "encoding is linear in items; exact scoring is quadratic (every image x caption pair at the measured "
@@ -120,6 +120,10 @@ def cost_section(dataset: str, groups: Sequence[RunGroup], reports: Path) -> tup
     if path is None:
         return out, []
     return out + [image(f"{dataset}: evaluation time vs gallery size", f"plots/{path.name}"), ""], [path]
+
+
+def _count(n: int) -> str:
+    return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n // 1000}K"
 
 
 def _mb(value: object) -> str:

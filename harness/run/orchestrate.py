@@ -287,8 +287,8 @@ def _headline(store: ResultStore, name: str) -> str:
         return ""
     if metrics.get("stage") == "train":
         return f": best val rsum {metrics.get('best_rsum', float('nan')):.1f} (epoch {metrics.get('best_epoch')})"
-    parts = [f"{p} rsum {m['rsum']:.1f}" for p, m in (metrics.get("protocols") or {}).items()
-             if isinstance(m, Mapping) and "rsum" in m]
+    parts = [f"{p} rsum {m['rsum']:.1f}" if isinstance(m["rsum"], (int, float)) else f"{p} rsum not defined"
+             for p, m in (metrics.get("protocols") or {}).items() if isinstance(m, Mapping) and "rsum" in m]
     return (": " + ", ".join(parts)) if parts else ""
 
 

@@ -139,6 +139,7 @@ def test_cli_cascade_writes_beside_save_sims_and_prints_no_none(camp, capsys):
     assert (camp / "x.image_of_caption.npy").is_file()
     rec = json.loads((camp / "x.json").read_text())
     assert rec["cascade"]["k"] == 2 and rec["result"].endswith("x.cascade.npz")
+    assert rec["efficiency"]["pairs_per_second"] > 0 and rec["efficiency"]["peak_host_mb"] > 0
     printed = capsys.readouterr().out
     assert "None" not in printed and "beyond the shortlist" in printed and "stage-1 ceiling" in printed
 

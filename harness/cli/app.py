@@ -226,6 +226,7 @@ def _registry(args: argparse.Namespace) -> Any:
 # ---- evaluate ------------------------------------------------------------------------------------------------
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from harness.eval.cost import add_cost
     from harness.eval.evaluation import EvalSettings, MatrixOutput, SplitSpec, evaluate_models
     from harness.spec.registry import load_members
     registry = _registry(args)
@@ -275,7 +276,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     say(f"wrote {output.matrix} ({result.sims.shape[0]} x {result.sims.shape[1]}, float32) and {output.owner}")
     show_protocols(result.metrics, f"{args.method}/{args.variant} on {args.dataset or ''} {split}")
     if json_out is not None:
-        write_json(json_out, {"metrics": result.metrics, "efficiency": result.efficiency,
+        write_json(json_out, {"metrics": result.metrics, "efficiency": add_cost(result.efficiency, result.sims.shape),
                               "shape": list(result.sims.shape), "matrix": str(output.matrix)})
         say(f"wrote {json_out}")
     return _exit_status(result.metrics)
@@ -318,6 +319,7 @@ def _evaluate_cascade(args: argparse.Namespace, registry: Any, members: Any, spe
                       sims_out: Path, json_out: Path | None, device: str) -> int:
     from harness.core.results import save_npy
     from harness.eval.cascade import evaluate_cascade
+    from harness.eval.cost import add_cost
 
     stage1 = _stage1(args, registry, device)
     if args.save_sims:  # the cascade beside X.npy: X.cascade.npz (+ X's mapping), no folder X/
@@ -337,7 +339,8 @@ def _evaluate_cascade(args: argparse.Namespace, registry: Any, members: Any, spe
         f"{rec['pairs_total']:,} pairs scored ({100 * rec['pairs_fraction']:.2f}%)")
     show_protocols(result.metrics, f"{args.method}/{args.variant}, rerank top-{args.shortlist} of {stage1.label}")
     if json_out is not None:
-        write_json(json_out, {"metrics": result.metrics, "efficiency": result.efficiency, "cascade": rec,
+        eff = add_cost(result.efficiency, result.result.shape, result.result.pairs_scored)
+        write_json(json_out, {"metrics": result.metrics, "efficiency": eff, "cascade": rec,
                               "shape": list(result.result.shape), "result": str(target)})
         say(f"wrote {json_out}")
     return _exit_status(result.metrics)

@@ -256,7 +256,10 @@ class RunGroup:
         return plain_stat([float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)])
 
     def matches(self, rep: Reported, registry: Registry) -> bool:
-        """Whether this row's runs are the model `rep` describes (variant, dataset and every setting agree)."""
+        """Whether this row's runs are the model `rep` describes (variant, dataset and every setting agree); a
+        cascade row never is (papers report exact evaluations)."""
+        if self.cascade:
+            return False
         return row_matches(registry, rep, self.method, self.variant, self.dataset, self.setting_dict)
 
 

@@ -4,6 +4,7 @@ shortlister's stored matrix, their own report rows beside the exact ones, and th
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,3 +171,35 @@ def test_projection_model():
     assert p.seconds == pytest.approx(700 + 0.5 * 1e4 + stage2)  # stage 1 quadratic, stage 2 linear in K
     assert p.memory_bytes == 8 * 64 * 600_000
     assert project({"encode_ms_per_item": 1.0}, (10, 50), 100) is None  # no pairs/s measured: no projection
+
+
+def test_a_killed_cascade_job_resumes_its_pair_tiles(camp):
+    import signal
+    import subprocess
+    import sys
+
+    from test_orchestrate_fixtures import worker_env
+
+    from harness.run.jobs import KILL_ENV
+
+    for method, variant in (("tiny", "a"), ("tinypair", "p")):
+        write_official(camp / "checkpoints" / method / variant / "demo" / "a.pth", 3)
+    args = run_args(camp, "--methods", "tiny,tinypair", "--stage", "evaluate", "--tiles", "2,30", "--shortlist", "60",
+                    "--shortlister", "tiny")
+    cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "run_all.py"), *args]
+
+    def run(kill_at: str) -> subprocess.CompletedProcess:
+        return subprocess.run(cmd, env={**worker_env(), KILL_ENV: kill_at}, capture_output=True, text=True,
+                              timeout=120)
+
+    assert main(args[:args.index("--shortlist")]) == 0  # the exact evaluations first
+    # the cascade's 12 pair tiles (60 pairs each; the kill hook counts a job's tiles): killed after 6
+    killed = run("tile:6")
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    job = camp / "results" / "demo" / "tinypair-p-official-rerank60-tiny-a" / "eval"
+    assert (job / "work" / "pairs_0.h5").is_file() and not (job / "metrics.json").exists()
+    resumed = run("tile:7")  # the 6 remaining tiles finish before a 7th: resumed, not started over
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    casc = json.loads((job / "metrics.json").read_text())
+    exact = json.loads((job.parents[1] / "tinypair-p-official" / "eval" / "metrics.json").read_text())
+    assert casc["protocols"]["recall"]["rsum"] == pytest.approx(exact["protocols"]["recall"]["rsum"])

@@ -462,7 +462,10 @@ class _Runner:
         cascade = dict(self.job.config.cascade or {})
         matrix = self.ctx.store.job_dir(str(cascade["stage1_job"])) / "sims.npy"
         stage1 = Stage1("matrix", str(cascade["shortlister"]), matrix=matrix)
-        result = evaluate_cascade([adapter], spec, settings, stage1, int(cascade["k"]), self.dir, self.hooks())
+        s = self.ctx.settings  # --tiles I,C: pair tiles of I x C pairs
+        pair_tile = s.image_tile * s.caption_tile if s.image_tile and s.caption_tile else None
+        result = evaluate_cascade([adapter], spec, settings, stage1, int(cascade["k"]), self.dir, self.hooks(),
+                                  pair_tile=pair_tile)
         return {"stage": "evaluate", "protocols": result.metrics, "cascade": result.result.record(),
                 "efficiency": add_cost(result.efficiency, result.result.shape, result.result.pairs_scored),
                 "shape": list(result.result.shape), "protocol_code": self.job.protocols}

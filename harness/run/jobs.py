@@ -12,7 +12,9 @@ Result layout (read by harness.report): `<results>/<dataset>/<method>-<variant>-
 - `loss_curve.tsv` (train jobs: epoch, step, loss of every optimizer step);
 - `sims.npy` (evaluations: float32 images x captions; `image_of_caption.npy` beside it when captions are
   not 5 per image in order) and `metrics.json`, written last: a job is
-  finished exactly when metrics.json exists.
+  finished exactly when metrics.json exists. A cascade evaluation (config `cascade`: k, shortlister,
+  stage1_job; harness.run.cascade_plan) writes `cascade.npz` (candidates and their scores) instead of a matrix,
+  resuming its pair tiles from work/pairs_0.h5.
 
 metrics.json: train `{stage: "train", best_rsum, best_epoch, history: [{epoch, loss, lr, val_rsum}],
 checkpoint, efficiency}`; evaluate `{stage: "evaluate", protocols: {<protocol>: recall metrics},
@@ -20,7 +22,9 @@ shape: [images, captions], efficiency, protocol_code}` (+ `protocols_recomputed:
 when its protocols were recomputed from sims.npy). Efficiency: parameters, peak_memory_mb (+ peak_memory_kind),
 device, processes, gpu_hours; train: train_wall_seconds, steps, step_ms; evaluate: eval_wall_seconds,
 encode_ms_per_image, encode_ms_per_caption, scoring_seconds (the full matrix; extrapolated from the
-tiles scored when a run resumed, `scoring_seconds_extrapolated: true`).
+tiles scored when a run resumed, `scoring_seconds_extrapolated: true`), and for every evaluation
+(harness.eval.cost) encode_ms_per_item, pairs_scored, pairs_per_second, peak_host_mb, peak_gpu_mb; a cascade's
+`cascade` record holds k, source, pairs_scored, pairs_total and pairs_fraction.
 
 A job whose directory holds a different key (changed config, data or code, or a key of an older
 identity scheme) is moved aside to `_superseded/` and one that is forced is reset; both start from

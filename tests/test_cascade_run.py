@@ -203,3 +203,6 @@ def test_a_killed_cascade_job_resumes_its_pair_tiles(camp):
     casc = json.loads((job / "metrics.json").read_text())
     exact = json.loads((job.parents[1] / "tinypair-p-official" / "eval" / "metrics.json").read_text())
     assert casc["protocols"]["recall"]["rsum"] == pytest.approx(exact["protocols"]["recall"]["rsum"])
+    section = (camp / "reports" / "demo.md").read_text().split("## Shortlist and rerank")[1].split("\n## ")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| tinypair/p, rerank top-60 of tiny/a"))
+    assert "official checkpoint" in row and row.rstrip(" |").endswith("+0.0")  # beside its exact official row

@@ -22,8 +22,9 @@ from test_orchestrate_fixtures import (  # noqa: F401 - one_thread: autouse fixt
 
 from harness.cli.app import main
 from harness.eval.cost import add_cost, project
+from harness.eval.protocols import PROTOCOLS
 from harness.eval.shortlist import CascadeResult
-from harness.run.display import recall_table
+from harness.run.display import declared_table
 from harness.spec.registry import RegistryError, load_registry
 
 
@@ -149,7 +150,7 @@ def test_recall_table_shows_undefined_values_without_none():
     from rich.console import Console
 
     block = {"r1": 50.0, "r5": None, "r10": None, "medr": None, "meanr": None, "not_defined": {"r5": "beyond"}}
-    table = recall_table({"recall": {"i2t": block, "t2i": block, "rsum": None}}, "t")
+    table = declared_table({"recall": {"i2t": block, "t2i": block, "rsum": None}}, PROTOCOLS["recall"].cli_columns, "t")
     console = Console(record=True, width=200)
     console.print(table)
     text = console.export_text()

@@ -165,6 +165,13 @@ class Adapter(abc.ABC):
         """One L2-normalised vector per image in a uni-modal image space, or None."""
         return None
 
+    def shortlist_embeddings(self, image_block: Any, text_block: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Pooled (n_img, D) and (n_cap, D) vectors of encoded blocks whose inner products rank candidates for
+        a cascade's `--shortlister self` (harness.eval.cascade), or None (default) when the method has no
+        pooled embeddings of its own. Embedding methods need not override it: their own `score` shortlists.
+        None of ESL, X-Dim, VSL has such vectors (their encoders keep regions and words unpooled)."""
+        return None
+
     # ---- training -----------------------------------------------------------------------------
     def configure_training(self, recipe: Mapping[str, Any]) -> TrainingSetup:
         raise NotImplementedError(f"{type(self).__name__} does not support training")

@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-steps", type=int, default=None, help="also checkpoint every N steps")
     run.add_argument("--tiles", default=None, metavar="IMAGES,CAPTIONS",
                      help="scoring tile size (default: per scoring kind); smaller tiles use less memory")
+    run.add_argument("--shortlist", type=int, default=None, metavar="K",
+                     help="also evaluate every cross-attention model as a cascade: rerank each query's top-K of "
+                          "--shortlister's stored matrix (its own job folder and report row)")
+    run.add_argument("--shortlister", default=None, metavar="METHOD[/VARIANT]",
+                     help="stage 1 of --shortlist: an embedding method (its evaluation of the same seed or "
+                          "checkpoint is planned too)")
     _scale_options(run, "processes per evaluation job, each scoring its share of the tiles (local: torchrun; slurm: "
                         "tasks of one job); training uses --gpus")
     _data_folder_options(run)
@@ -151,6 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "(torchrun, Slurm) its world size is used")
     ev.add_argument("--recall-only", action="store_true", help="full-split recall only (skip the dataset's protocols)")
     _perturb_options(ev)
+    ev.add_argument("--shortlist", type=int, default=None, metavar="K",
+                    help="cascade: rerank each query's top-K by a stage-1 source with this method's score (only those "
+                         "pairs are scored; the result is cascade.npz in the output folder, not a dense matrix)")
+    ev.add_argument("--shortlist-from", default=None, metavar="SIMS",
+                    help="stage 1: a stored .npy matrix of the same split (e.g. an embedding method's sims.npy)")
+    ev.add_argument("--shortlister", default=None, metavar="METHOD[/VARIANT]|self",
+                    help="stage 1: a registered embedding method (with --shortlister-checkpoint), or 'self' for a "
+                         "method with pooled embeddings of its own (embedding methods)")
+    ev.add_argument("--shortlister-checkpoint", default=None, help="checkpoint of the --shortlister model")
     _registry_option(ev)
 
     me = sub.add_parser("metrics", help="metrics of a saved similarity matrix (numpy only; no model)")
@@ -259,6 +274,7 @@ def _registry(args: argparse.Namespace) -> Any:
 # ---- evaluate ------------------------------------------------------------------------------------------------
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from harness.eval.cost import add_cost
     from harness.eval.evaluation import EvalSettings, MatrixOutput, SplitSpec, evaluate_models
     from harness.run import evaluate_processes
     from harness.spec.registry import load_members
@@ -313,6 +329,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     layout = data_layout(registry, method.name, ds.name) if ds else "precomp"
     spec = SplitSpec(data_root, split, ds.name if ds else None, test_split=ds is not None and split == ds.split,
                      protocols=protocols, layout=layout, table=registry.protocols)
+    if args.shortlist is not None:
+        return _evaluate_cascade(args, registry, members, spec, settings, sims_out, json_out, device)
     cache_dir = args.cache_dir or (evaluate_processes.shared_cache(sims_out) if evaluate_processes.several() else None)
     output = MatrixOutput.beside(sims_out, cache_dir)
     with _progress() as hooks:
@@ -333,7 +351,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         show_robustness(result.robustness, f"{args.method}/{args.variant}")
     if json_out is not None:
         extra = {"robustness": result.robustness} if result.robustness is not None else {}
-        write_json(json_out, {"metrics": result.metrics, "efficiency": result.efficiency, "shape": list(shape),
+        write_json(json_out, {"metrics": result.metrics, "efficiency": add_cost(result.efficiency, shape),
+                              "shape": list(shape),
                               "matrix": str(output.matrix) if result.sims is not None else None,
                               "ranks": str(output.ranks) if result.sims is None else None, **extra})
         say(f"wrote {json_out}")
@@ -350,6 +369,70 @@ def _robustness_request(args: argparse.Namespace) -> Any:
     if args.perturb_seed < 0:
         raise ValueError(f"--perturb-seed {args.perturb_seed}: expected 0 or a positive integer")
     return RobustnessRequest(parse_perturb(args.perturb), args.perturb_seed)
+
+
+def _stage1(args: argparse.Namespace, registry: Any, device: str) -> Any:
+    """The --shortlist-from / --shortlister source of a cascade (exactly one of them)."""
+    from harness.eval.cascade import Stage1
+    from harness.spec.registry import load_members
+
+    if (args.shortlist_from is None) == (args.shortlister is None):
+        raise ValueError("--shortlist K needs exactly one stage-1 source: --shortlist-from SIMS.npy or "
+                         "--shortlister METHOD[/VARIANT] (or self)")
+    if args.shortlist_from is not None:
+        path = existing_path(args.shortlist_from, "--shortlist-from", kind="file")
+        return Stage1("matrix", f"matrix {path.name}", matrix=path)
+    if args.shortlister == "self":
+        return Stage1("self", "self")
+    name, _, variant = args.shortlister.partition("/")
+    method = registry.method(name)
+    variant = variant or next(iter(method.variants))
+    method.variant(variant)
+    if args.shortlister_checkpoint is None:
+        raise ValueError(f"--shortlister {args.shortlister}: pass --shortlister-checkpoint (its model file), or give "
+                         "its stored matrix with --shortlist-from")
+    ck = existing_path(args.shortlister_checkpoint, "--shortlister-checkpoint", kind="file")
+    model = load_members(method, variant, [ck], args.dataset)[0].to(device)
+    if model.scoring != "embedding":
+        raise ValueError(f"--shortlister {args.shortlister}: a cross-attention method; stage 1 needs an embedding "
+                         "method (e.g. esa)")
+    return Stage1("model", f"{name}/{variant}", model=model)
+
+
+def cascade_path(sims_out: Path) -> Path:
+    """Where `--save-sims X.npy` puts a cascade's result: `X.cascade.npz` beside it."""
+    return sims_out.with_name(f"{sims_out.stem}.cascade.npz")
+
+
+def _evaluate_cascade(args: argparse.Namespace, registry: Any, members: Any, spec: Any, settings: Any,
+                      sims_out: Path, json_out: Path | None, device: str) -> int:
+    from harness.core.results import save_npy
+    from harness.eval.cascade import evaluate_cascade
+    from harness.eval.cost import add_cost
+
+    stage1 = _stage1(args, registry, device)
+    if args.save_sims:  # the cascade beside X.npy: X.cascade.npz (+ X's mapping), no folder X/
+        target = guard_output(str(cascade_path(sims_out)), "--save-sims (its cascade result)", overwrite=args.overwrite,
+                              reads=[*args.checkpoint, *(getattr(args, "registry", None) or [])])
+        folder = None
+    else:
+        folder = sims_out.parent
+        target = folder / "cascade.npz"
+    with _progress() as hooks:
+        result = evaluate_cascade(members, spec, settings, stage1, args.shortlist, folder, hooks)
+    if folder is None:
+        result.result.save(target)
+        save_npy(owner_path(sims_out), result.image_of_caption)
+    rec = result.result.record()
+    say(f"wrote {target}: top-{rec['k']} of {rec['source']}, {rec['pairs_scored']:,} of "
+        f"{rec['pairs_total']:,} pairs scored ({100 * rec['pairs_fraction']:.2f}%)")
+    show_protocols(result.metrics, f"{args.method}/{args.variant}, rerank top-{args.shortlist} of {stage1.label}")
+    if json_out is not None:
+        eff = add_cost(result.efficiency, result.result.shape, result.result.pairs_scored)
+        write_json(json_out, {"metrics": result.metrics, "efficiency": eff, "cascade": rec,
+                              "shape": list(result.result.shape), "result": str(target)})
+        say(f"wrote {json_out}")
+    return _exit_status(result.metrics)
 
 
 def _exit_status(metrics: dict[str, Any]) -> int:
@@ -485,6 +568,9 @@ def campaign_from_args(args: argparse.Namespace, registry: Any = None) -> Any:
     check_executor_options(args.executor, options)
     device = check_device(args.device)
     check_precision(args.precision, device)
+    if (args.shortlist is None) != (args.shortlister is None):
+        raise ValueError("--shortlist K and --shortlister METHOD[/VARIANT] go together (e.g. --shortlist 64 "
+                         "--shortlister esa)")
     return Campaign(
         methods=methods, dataset=ds.name, variants=variants, stage=args.stage, seeds=parse_seeds(args.seeds),
         data_root=Path(args.data_root), checkpoint_dir=Path(args.checkpoint_dir), results=Path(args.results),
@@ -496,7 +582,8 @@ def campaign_from_args(args: argparse.Namespace, registry: Any = None) -> Any:
         checkpoint_minutes=args.checkpoint_minutes or None, checkpoint_steps=args.checkpoint_steps,
         tiles=parse_tiles(args.tiles), eval_processes=_processes(args.processes),
         store_matrix=args.store_matrix, matrix_limit=_matrix_limit(args.matrix_limit),
-        data_folders=_data_folders(args, registry), **_campaign_perturb(args))
+        data_folders=_data_folders(args, registry), shortlist=args.shortlist, shortlister=args.shortlister,
+        **_campaign_perturb(args))
 
 
 def _campaign_perturb(args: argparse.Namespace) -> dict[str, Any]:

@@ -12,6 +12,9 @@ prefixes that can change its output; the hashed set is the entries plus every `h
 - `matrix` (an evaluation's `sims.npy`): the scoring engine (`harness.eval.scoring`, `harness.eval.precision`),
   the scoring parts of `harness.eval.evaluation` (all of it but `PROTOCOL_PARTS`), the adapter base, features,
   checkpoints and the data readers. Not the protocol table or the metrics.
+- `cascade` (a shortlist-and-rerank evaluation's `cascade.npz` and its recall): the matrix stage's code plus
+  the shortlist, rerank, cascade and cascade-metric modules (its recall is computed there, not by the protocol
+  table, so it is part of the result's key).
 - `protocols` (the values in metrics.json computed from a matrix): `harness.eval.protocols`,
   `harness.eval.metrics` and the protocol parts of `harness.eval.evaluation`, with the readers they import.
 
@@ -61,6 +64,12 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
            "harness.eval.precision", "harness.eval.metrics.recall")),
     Stage("matrix", ("harness.eval.scoring", "harness.eval.precision", EVALUATION, *ENGINE),
           (*ENGINE, "harness.eval.scoring", "harness.eval.precision", EVALUATION),
+          without={EVALUATION: PROTOCOL_PARTS}),
+    Stage("cascade", ("harness.eval.cascade", "harness.eval.shortlist", "harness.eval.rerank",
+                      "harness.eval.cascade_metrics", "harness.eval.scoring", "harness.eval.precision", EVALUATION,
+                      *ENGINE),
+          (*ENGINE, "harness.eval.cascade", "harness.eval.shortlist", "harness.eval.rerank",
+           "harness.eval.cascade_metrics", "harness.eval.scoring", "harness.eval.precision", EVALUATION),
           without={EVALUATION: PROTOCOL_PARTS}),
     Stage("protocols", ("harness.eval.protocols", "harness.eval.metrics", EVALUATION),
           ("harness.eval.protocols", "harness.eval.metrics", "harness.data", EVALUATION),

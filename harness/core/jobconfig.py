@@ -33,6 +33,7 @@ class JobConfig:
     setting: Mapping[str, Any] | None = None  # report labels (e.g. precision)
     provenance: Mapping[str, Any] | None = None  # imported matrices: where the matrix came from
     robustness: Mapping[str, Any] | None = None  # robustness jobs: {spec: canonical --perturb, seed}
+    cascade: Mapping[str, Any] | None = None  # shortlist-and-rerank: {k, shortlister, stage1_job}
 
     @property
     def is_ensemble(self) -> bool:

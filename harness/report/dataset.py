@@ -14,6 +14,7 @@ from harness.core.results import JobResult
 from harness.data.demo import SPLITS, chance_rsum
 from harness.eval.metrics.recall import MatrixError
 from harness.eval.protocols import HEADLINE_PREFERENCE, Protocol
+from harness.report.cascades import cascade_section, cost_section
 from harness.report.columns import (
     column_name,
     metric_columns,
@@ -124,8 +125,8 @@ def significance(groups: Sequence[RunGroup], proto: Protocol, bad: dict[Path, st
 
 
 def _best(groups: Sequence[RunGroup], protocol: str, key: str = "rsum", higher: bool = True) -> RunGroup | None:
-    scored = [(s.mean if higher else -s.mean, i) for i, g in enumerate(groups)
-              if isinstance(s := g.stat(protocol, key), Stat) and math.isfinite(s.mean)]
+    scored = [(s.mean if higher else -s.mean, i) for i, g in enumerate(groups)  # a cascade has no matrix to test
+              if not g.cascade and isinstance(s := g.stat(protocol, key), Stat) and math.isfinite(s.mean)]
     return groups[max(scored, key=lambda t: (t[0], -t[1]))[1]] if scored else None
 
 
@@ -391,12 +392,16 @@ def dataset_report(registry: Registry, dataset: str, groups: Sequence[RunGroup],
         out += _undefined_lines(groups, protocol)
     out += problems_section({**non_finite_results([r for g in groups for r in g.runs], warn=False), **bad},
                             results_root)
+    out += cascade_section(groups, [p for p in protocols if p in registry.protocols
+                                    and any(f.path == "rsum" for f in registry.protocols[p].fields)])
     out += ["## Efficiency", ""] + _efficiency(groups, jobs)
     plot_md, plots = _efficiency_plot(dataset, groups, reports)
     out += plot_md
+    cost_md, cost_plots = cost_section(dataset, groups, reports)
+    out += cost_md
     robust_md, robust_plots = robustness_section(dataset, jobs, reports)
     out += robust_md
-    plots = [*plots, *robust_plots]
+    plots = [*plots, *cost_plots, *robust_plots]
     out += ["## Runs", ""] + _runs_table(groups, results_root)
     out += health_section(groups, jobs, results_root)
     out += protocol_notes(groups, results_root)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from harness.eval.cascade_metrics import BEYOND
 from harness.report.columns import RECALL_COLUMNS
 from harness.report.runs import Stat, Undefined, half_unit, outside
 from harness.spec.registry import Reported
@@ -53,7 +54,7 @@ def stat_text(stat: Stat | Undefined | None, decimals: int = 1) -> str:
     if stat is None:
         return MISSING
     if isinstance(stat, Undefined):
-        return NOT_DEFINED
+        return f"{NOT_DEFINED}: {BEYOND}" if stat.reason.startswith(BEYOND) else NOT_DEFINED
     text = f"{stat.mean:.{decimals}f}"
     return text if stat.std is None else f"{text} ± {stat.std:.{decimals}f}"
 

@@ -135,3 +135,34 @@ def training_curves(series: Sequence[CurveSeries], title: str, path: Path, chanc
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+@dataclass(frozen=True)
+class GallerySeries:
+    label: str
+    points: Sequence[tuple[int, float]]  # (images in the gallery, projected seconds)
+    cascade: bool = False
+    measured: tuple[int, float] | None = None  # the measured evaluation's (images, seconds)
+
+
+def time_vs_gallery(series: Sequence[GallerySeries], title: str, path: Path) -> Path | None:
+    """Projected evaluation time against gallery size, log-log; exact rows solid, cascades dashed, the measured
+    size marked."""
+    series = [s for s in series if any(t > 0 for _, t in s.points)]
+    if not series:
+        return None
+    fig, (ax,) = _figure(9.0, 4.8)
+    for s in series:
+        pts = [(n, t) for n, t in s.points if t > 0]
+        line, = ax.plot([n for n, _ in pts], [t for _, t in pts], ls="--" if s.cascade else "-", lw=1.4,
+                        label=s.label)
+        if s.measured is not None and s.measured[1] > 0:
+            ax.plot([s.measured[0]], [s.measured[1]], "o", color=line.get_color(), ms=4)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("images in the gallery (log scale; captions per image as measured)")
+    ax.set_ylabel("evaluation time (s, log scale)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    return _save(fig, path)

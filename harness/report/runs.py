@@ -138,6 +138,12 @@ def metric_value(metrics: Mapping[str, Any], protocol: str, key: str) -> float |
         value = DERIVED_KEYS[key](node)
     if isinstance(value, Undefined):
         return value
+    if value is None and isinstance(node, Mapping):  # a cascade's value needing ranks beyond its shortlist
+        parent, _, leaf = key.rpartition(".")
+        holder = get_path(node, parent) if parent else node
+        reasons = holder.get("not_defined") if isinstance(holder, Mapping) else None
+        if isinstance(reasons, Mapping) and leaf in reasons:
+            return Undefined(str(reasons[leaf]))
     return _number(value)
 
 
@@ -179,6 +185,7 @@ class RunGroup:
     baseline: bool = False  # a run of a baseline method (e.g. zero-shot CLIP), shown as such
     facts: frozenset[str] = frozenset()  # settings that are facts about the runs (the checkpoint epoch)
     conflict: str = ""  # merged folders: the folder of a copy whose identity holds other numbers elsewhere
+    cascade: str = ""  # a shortlist-and-rerank row: "rerank top-64 of esa/bigru" ("" for exact rows)
 
     @property
     def setting_dict(self) -> dict[str, Any]:
@@ -190,7 +197,7 @@ class RunGroup:
         facts such as the checkpoint epoch are part of `source`)."""
         extra = "".join(f", {k}={v}" for k, v in self.setting
                         if k not in self.facts and not (k == PRECISION and v == DEFAULT_PRECISION))
-        return f"{self.method}/{self.variant}{extra}"
+        return f"{self.method}/{self.variant}{extra}" + (f", {self.cascade}" if self.cascade else "")
 
     @property
     def source(self) -> str:
@@ -254,8 +261,24 @@ class RunGroup:
         return plain_stat([float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)])
 
     def matches(self, rep: Reported, registry: Registry) -> bool:
-        """Whether this row's runs are the model `rep` describes (variant, dataset and every setting agree)."""
+        """Whether this row's runs are the model `rep` describes (variant, dataset and every setting agree); a
+        cascade row never is (papers report exact evaluations)."""
+        if self.cascade:
+            return False
         return row_matches(registry, rep, self.method, self.variant, self.dataset, self.setting_dict)
+
+
+def cascade_label(cascade: Mapping[str, Any] | None) -> str:
+    """How a report names a cascade row's method: "rerank top-64 of esa/bigru" ("" for an exact row)."""
+    if not cascade:
+        return ""
+    return f"rerank top-{cascade.get('k')} of {cascade.get('shortlister') or cascade.get('source') or '?'}"
+
+
+def cascade_order(label: str) -> tuple[int, int, str]:
+    """Exact rows first, then cascades by K."""
+    match = re.match(r"rerank top-(\d+)", label)
+    return (1 if label else 0, int(match.group(1)) if match else 0, label)
 
 
 def provenance_text(provenance: Any) -> str:
@@ -318,7 +341,8 @@ def _order_key(registry: Registry, g: RunGroup) -> tuple:
     variants = list(registry.methods[g.method].variants) if g.method in registry.methods else []
     v_idx = variants.index(g.variant) if g.variant in variants else len(variants)
     kind_idx = {OFFICIAL: 0, IMPORTED: 1, RETRAINED: 2, MEMBER: 3}.get(g.kind, 4)
-    return (g.dataset, m_idx, g.method, v_idx, g.variant, str(g.setting), kind_idx, g.kind, g.tag, g.conflict)
+    return (g.dataset, m_idx, g.method, v_idx, g.variant, str(g.setting), kind_idx, g.kind, g.tag, g.conflict,
+            cascade_order(g.cascade))
 
 
 def collect_groups(registry: Registry, store: ResultStore, dataset: str | None = None) -> list[RunGroup]:
@@ -346,10 +370,11 @@ def collect_groups(registry: Registry, store: ResultStore, dataset: str | None =
         if job.split and declared is not None and job.split not in (declared.split, "test"):
             setting = tuple(sorted([*setting, ("split", job.split)], key=lambda kv: str(kv[0])))
         conflict = store.conflict_of(res) if isinstance(store, MergedStore) else ""
-        key = (job.dataset, job.method, job.variant, setting, kind, tag, conflict)
+        cascade = cascade_label(job.cascade)
+        key = (job.dataset, job.method, job.variant, setting, kind, tag, conflict, cascade)
         group = groups.setdefault(key, RunGroup(job.dataset, job.method, job.variant, setting,
                                                 kind, tag, baseline=bool(getattr(method, "baseline", False)),
-                                                facts=facts, conflict=conflict))
+                                                facts=facts, conflict=conflict, cascade=cascade))
         group.runs.append(res)
         facts_of.setdefault(key, []).append({k: v for k, v in resolved.items() if k in facts})
     for key, group in groups.items():

@@ -28,8 +28,21 @@ def error(message: str) -> None:
     errors.print(f"[bold red]error:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
+UNDEFINED = "—"  # a value that is not defined (never "None")
+BEYOND_CELL = "beyond the shortlist"  # a cascade's value that needs ranks beyond its shortlist
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return UNDEFINED
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def _cell(block: Mapping[str, Any], key: str, digits: int = 2) -> str:
+    """A recall value, or why a cascade leaves it undefined."""
+    if block.get(key) is None and key in (block.get("not_defined") or {}):
+        return BEYOND_CELL
+    return _fmt(block.get(key), digits)
 
 
 DIRECTIONS = {"i2t": "image->text", "t2i": "text->image", "t2t": "text->text", "i2i": "image->image"}
@@ -65,13 +78,18 @@ def declared_table(metrics: Mapping[str, Any], columns: Sequence[str], title: st
             block = m.get(row)
             end = i == len(rows) - 1
             if isinstance(block, Mapping):
-                cells = [_fmt(block[c], 1 if c in ("medr", "meanr") else 2) if f"{row}.{c}" in wanted and c in block
+                cells = [_cell(block, c, 1 if c in ("medr", "meanr") else 2)
+                         if f"{row}.{c}" in wanted and (c in block or c in (block.get("not_defined") or {}))
                          else "" for c in cols]
                 extra = [str(block.get("tie_affected_queries", ""))] if ties else []
                 table.add_row(escape(name), DIRECTIONS.get(row, row), *cells, *extra, end_section=end)
             elif row in wanted:
-                table.add_row(escape(name), row, _fmt(block) if block is not None else "",
+                table.add_row(escape(name), row, _cell(m, row) if row in m else "",
                               *[""] * (len(cols) - 1 + ties), end_section=end)
+        ceiling = m.get("ceiling")
+        if isinstance(ceiling, Mapping):  # a cascade: queries whose positive is inside their shortlist
+            table.add_row(escape(name), "stage-1 ceiling", f"i2t {_fmt(ceiling.get('i2t'))}%",
+                          f"t2i {_fmt(ceiling.get('t2i'))}%", *[""] * (len(cols) - 2 + ties), end_section=True)
     return table
 
 

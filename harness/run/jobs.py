@@ -12,7 +12,9 @@ Result layout (read by harness.report): `<results>/<dataset>/<method>-<variant>-
 - `loss_curve.tsv` (train jobs: epoch, step, loss of every optimizer step);
 - `sims.npy` (evaluations: float32 images x captions; `image_of_caption.npy` beside it when captions are
   not 5 per image in order) and `metrics.json`, written last: a job is
-  finished exactly when metrics.json exists.
+  finished exactly when metrics.json exists. A cascade evaluation (config `cascade`: k, shortlister,
+  stage1_job; harness.run.cascade_plan) writes `cascade.npz` (candidates and their scores) instead of a matrix,
+  resuming its pair tiles from work/pairs_0.h5.
 
 metrics.json: train `{stage: "train", best_rsum, best_epoch, history: [{epoch, loss, lr, val_rsum}],
 checkpoint, efficiency}`; evaluate `{stage: "evaluate", protocols: {<protocol>: recall metrics},
@@ -22,7 +24,9 @@ when its protocols were recomputed from sims.npy); robust (`run --perturb`, harn
 Efficiency: parameters, peak_memory_mb (+ peak_memory_kind), device, processes, gpu_hours; train:
 train_wall_seconds, steps, step_ms; evaluate: eval_wall_seconds,
 encode_ms_per_image, encode_ms_per_caption, scoring_seconds (the full matrix; extrapolated from the
-tiles scored when a run resumed, `scoring_seconds_extrapolated: true`).
+tiles scored when a run resumed, `scoring_seconds_extrapolated: true`), and for every evaluation
+(harness.eval.cost) encode_ms_per_item, pairs_scored, pairs_per_second, peak_host_mb, peak_gpu_mb; a cascade's
+`cascade` record holds k, source, pairs_scored, pairs_total and pairs_fraction.
 
 A job whose directory holds a different key (changed config, data or code, or a key of an older
 identity scheme) is moved aside to `_superseded/` and one that is forced is reset; both start from
@@ -59,6 +63,8 @@ from harness.core.checkpoints import SAFE_GLOBALS, load_container
 from harness.core.jobconfig import JobConfig
 from harness.core.results import ResultStore, environment, fresh_path
 from harness.data.matrices import load_matrix, load_owner
+from harness.eval.cascade import Stage1, evaluate_cascade
+from harness.eval.cost import add_cost
 from harness.eval.evaluation import (
     OWNER,
     EvaluationInterrupted,
@@ -161,7 +167,7 @@ def reset_job(store: ResultStore, name: str, reason: str) -> None:
     d = store.job_dir(name)
     if not d.exists():
         return
-    for item in ("work", "metrics.json", "sims.npy", "sims.h5", STATUS, CURVE, OWNER):
+    for item in ("work", "metrics.json", "sims.npy", "sims.h5", "cascade.npz", STATUS, CURVE, OWNER):
         p = d / item
         if p.is_dir():
             shutil.rmtree(p)
@@ -470,20 +476,17 @@ class _Runner:
             cls = method.adapter_class()
             result = evaluate_matrix(sims, owner, spec, settings, output, method=cls.method, scoring=cls.scoring,
                                      members=len(members), efficiency=eff, hooks=self.hooks())
+        elif cfg.cascade is not None:  # shortlist and rerank: stage 1 is the shortlister job's stored matrix
+            return self.evaluate_cascade(self.load_model(), spec, settings)
         else:
-            if cfg.source == "zeroshot":  # a pretrained model as it is: built from its options
-                adapter = self.build(dict(cfg.options or {})).to(ctx.device)
-            elif cfg.source == "official":
-                adapter = method.adapter_class().load_official(str(cfg.checkpoint), variant=job.variant,
-                                                               dataset=job.dataset).to(ctx.device)
-            else:
-                adapter = self.load_trained(str(cfg.train_job))
+            adapter = self.load_model()
             if cfg.robustness:  # a robustness job: the clean matrix is its evaluation's, then the perturbations
                 return self.robustness(adapter, spec, settings)
             result = evaluate_models([adapter], spec, settings, output, self.hooks())
-        out = {"stage": "evaluate", "protocols": result.metrics, "efficiency": result.efficiency,
-               "shape": list(result.shape) if result.sims is not None or result.ranks is not None else None,
-               "protocol_code": job.protocols}
+        shape = result.shape if result.sims is not None or result.ranks is not None else None
+        out = {"stage": "evaluate", "protocols": result.metrics,
+               "efficiency": add_cost(result.efficiency, shape) if shape is not None else result.efficiency,
+               "shape": list(shape) if shape is not None else None, "protocol_code": job.protocols}
         if result.sims is None and result.ranks is not None:
             out["matrix"] = "streamed: ranks.npz holds the rank summary, no sims.npy (--store-matrix)"
         if cfg.source == "official" and cfg.members is None:
@@ -512,6 +515,29 @@ class _Runner:
                 "efficiency": {"robustness_seconds": wall, "device": str(adapter.device), "peak_memory_mb": peak,
                                "peak_memory_kind": kind, "processes": 1, "parameters": parameter_count(adapter.model),
                                "gpu_hours": wall / 3600.0 if str(adapter.device).startswith("cuda") else 0.0}}
+
+    def load_model(self) -> Adapter:
+        """The evaluated model: a pretrained one from its options, an official checkpoint, or a trained job's."""
+        job, cfg = self.job, self.job.config
+        if cfg.source == "zeroshot":  # a pretrained model as it is: built from its options
+            return self.build(dict(cfg.options or {})).to(self.ctx.device)
+        if cfg.source == "official":
+            return self.ctx.registry.method(job.method).adapter_class().load_official(
+                str(cfg.checkpoint), variant=job.variant, dataset=job.dataset).to(self.ctx.device)
+        return self.load_trained(str(cfg.train_job))
+
+    def evaluate_cascade(self, adapter: Adapter, spec: Any, settings: Any) -> dict[str, Any]:
+        """Rerank the shortlister job's top-K with `adapter` (resumes from work/pairs_0.h5)."""
+        cascade = dict(self.job.config.cascade or {})
+        matrix = self.ctx.store.job_dir(str(cascade["stage1_job"])) / "sims.npy"
+        stage1 = Stage1("matrix", str(cascade["shortlister"]), matrix=matrix)
+        s = self.ctx.settings  # --tiles I,C: pair tiles of I x C pairs
+        pair_tile = s.image_tile * s.caption_tile if s.image_tile and s.caption_tile else None
+        result = evaluate_cascade([adapter], spec, settings, stage1, int(cascade["k"]), self.dir, self.hooks(),
+                                  pair_tile=pair_tile)
+        return {"stage": "evaluate", "protocols": result.metrics, "cascade": result.result.record(),
+                "efficiency": add_cost(result.efficiency, result.result.shape, result.result.pairs_scored),
+                "shape": list(result.result.shape), "protocol_code": self.job.protocols}
 
     def hooks(self) -> Hooks:
         kill = _kill_hook("tile")

@@ -297,8 +297,8 @@ def _headline(store: ResultStore, name: str) -> str:
         flagged = health_text(metrics.get("health"))
         return (f": best val rsum {metrics.get('best_rsum', float('nan')):.1f} (epoch {metrics.get('best_epoch')})"
                 + (f"; TRAINING {flagged}" if flagged else ""))
-    parts = [f"{p} rsum {m['rsum']:.1f}" for p, m in (metrics.get("protocols") or {}).items()
-             if isinstance(m, Mapping) and "rsum" in m]
+    parts = [f"{p} rsum {m['rsum']:.1f}" if isinstance(m["rsum"], (int, float)) else f"{p} rsum not defined"
+             for p, m in (metrics.get("protocols") or {}).items() if isinstance(m, Mapping) and "rsum" in m]
     return (": " + ", ".join(parts)) if parts else ""
 
 

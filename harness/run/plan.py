@@ -41,7 +41,7 @@ MAX_MEMBERS = 64  # members of one ensemble of a single variant
 RUNTIME_RECIPE_KEYS = ("gpus",)  # recipe keys that say where a job runs, not what it computes
 UNHASHED = ("checkpoint",)  # where a file is; its content is in the identity (checkpoint_fingerprint)
 IDENTITY_SCHEME = 2  # 2: per-stage code identities over parsed code (1, unmarked: whole files in every job)
-CODE_STAGE = {"train": "train", "evaluate": "matrix"}  # the code stage (harness.core.code_identity) of a job
+CODE_STAGE = {"train": "train", "evaluate": "matrix", "cascade": "cascade"}  # code stages (harness.core.code_identity)
 SAMPLE_BYTES = 1 << 20  # bytes hashed at the start and at the end of each data file
 
 
@@ -237,6 +237,10 @@ def build_plan(registry: Registry, campaign: Campaign, *, data_root: Path | None
                 builder.official(mname, v, 0, required=stage == "evaluate")
             for v in ensembles:
                 builder.official_ensemble(mname, v, required=stage == "evaluate")
+    if campaign.shortlist is not None:
+        from harness.run.cascade_plan import add_cascades
+
+        add_cascades(builder, campaign.shortlist, campaign.shortlister)
     if not builder.plan.jobs:
         raise RegistryError(f"the plan for {', '.join(methods)} on {ds.name} (stage {stage}) has no jobs"
                             + ("".join(f"\n  {n}" for n in builder.plan.notes)))
@@ -330,7 +334,7 @@ class _Builder:
         return existing
 
     def make(self, name: str, stage: str, method: str, variant: str, seed: int | None, config: dict[str, Any],
-             splits: Sequence[str], depends: Sequence[Job] = (), gpus: int = 1) -> Job:
+             splits: Sequence[str], depends: Sequence[Job] = (), gpus: int = 1, code_stage: str | None = None) -> Job:
         precision = self.campaign.precision
         if stage == "evaluate" and precision != "fp32":  # another matrix: its own job and report row
             setting = {**config.get("setting", {}), "precision": precision}
@@ -340,7 +344,7 @@ class _Builder:
         hashed = {k: v for k, v in typed.as_dict().items() if k not in UNHASHED}
         hashed.update({f"key_of_{d.name}": d.key for d in depends})
         parts = identity(hashed, self.data_fp(splits, data_layout(self.registry, method, self.dataset)),
-                         self.code(method, stage))
+                         self.code(method, code_stage or stage))
         return self.add(Job(name, stage, method, variant, self.dataset, seed, typed,
                             depends=tuple(d.name for d in depends), key=job_key(hashed, parts["data"], parts["code"]),
                             gpus=gpus, identity=parts, protocols=self.protocols if stage == "evaluate" else ""))

@@ -49,6 +49,8 @@ class Campaign:
     data_folders: Mapping[str, Path] = field(default_factory=dict)  # protocol name -> its data folder
     perturb: str | None = None  # canonical --perturb spec: a robustness job beside each single-model evaluation
     perturb_seed: int = 0
+    shortlist: int | None = None  # cascade jobs: rerank each query's top-K of `shortlister` (METHOD[/VARIANT])
+    shortlister: str | None = None
 
 
 # ---- parsing helpers (each raises a one-line ValueError naming the option and the fix) ------------------------

@@ -124,3 +124,22 @@ def test_report_lists_recomputed_and_out_of_date_protocols(tmp_path):
     assert "`redone`" in lines and "recomputed from the stored matrix (2026-01-02 03:04:05)" in lines
     assert "`fresh`" not in lines and "`legacy`" not in lines
     assert protocol_notes([SimpleNamespace(model="m/a", runs=runs[:2])], tmp_path, current="now") == []
+
+
+def test_the_robustness_pass_is_in_the_robustness_identity_only(tmp_path):
+    """An edit of evaluation.py's robustness pass reruns robustness jobs, never rescores a matrix."""
+    from harness.core.code_identity import EVALUATION, PROTOCOL_PARTS, ROBUSTNESS_PARTS, hash_files, module_files
+
+    src = module_files(EVALUATION)[0]
+    edited = tmp_path / src.name
+    text = src.read_text()
+    marker = "def evaluate_robustness("
+    assert marker in text
+    start = text.index(marker)
+    body = text.index("\n", text.index(":\n", start)) + 1  # first line of the function's body
+    edited.write_text(text[:body] + "    _edited = 1\n" + text[body:])
+    matrix_parts = (*PROTOCOL_PARTS, *ROBUSTNESS_PARTS)
+    assert hash_files([src], without={src: matrix_parts}, root=src.parent) == \
+        hash_files([edited], without={edited: matrix_parts}, root=tmp_path)
+    assert hash_files([src], only={src: ROBUSTNESS_PARTS}, root=src.parent) != \
+        hash_files([edited], only={edited: ROBUSTNESS_PARTS}, root=tmp_path)

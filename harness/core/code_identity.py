@@ -42,6 +42,8 @@ METHODS_ROOT = "methods"  # the project's method packages: shared blocks (method
 # top-level names of harness/eval/evaluation.py that feed the protocols, not the matrix
 PROTOCOL_PARTS = ("ids_dir", "text_vectors", "image_vectors", "image_retrieval_runner", "_file_vectors",
                   "protocol_inputs", "json_coco_ids", "evaluate_matrix")
+# top-level names of evaluation.py that only robustness jobs run (harness.run.robust_plan hashes them)
+ROBUSTNESS_PARTS = ("evaluate_robustness",)
 EVALUATION = "harness.eval.evaluation"
 ENGINE = ("harness.api", "harness.core.features", "harness.core.checkpoints", "harness.data")
 
@@ -64,13 +66,13 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
            "harness.eval.precision", "harness.eval.metrics.recall")),
     Stage("matrix", ("harness.eval.scoring", "harness.eval.precision", EVALUATION, *ENGINE),
           (*ENGINE, "harness.eval.scoring", "harness.eval.precision", EVALUATION),
-          without={EVALUATION: PROTOCOL_PARTS}),
+          without={EVALUATION: (*PROTOCOL_PARTS, *ROBUSTNESS_PARTS)}),
     Stage("cascade", ("harness.eval.cascade", "harness.eval.shortlist", "harness.eval.rerank",
                       "harness.eval.cascade_metrics", "harness.eval.scoring", "harness.eval.precision", EVALUATION,
                       *ENGINE),
           (*ENGINE, "harness.eval.cascade", "harness.eval.shortlist", "harness.eval.rerank",
            "harness.eval.cascade_metrics", "harness.eval.scoring", "harness.eval.precision", EVALUATION),
-          without={EVALUATION: PROTOCOL_PARTS}),
+          without={EVALUATION: (*PROTOCOL_PARTS, *ROBUSTNESS_PARTS)}),
     Stage("protocols", ("harness.eval.protocols", "harness.eval.metrics", EVALUATION),
           ("harness.eval.protocols", "harness.eval.metrics", "harness.data", EVALUATION),
           only={EVALUATION: PROTOCOL_PARTS}),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from harness.core.code_identity import hash_files, module_files
+from harness.core.code_identity import EVALUATION, ROBUSTNESS_PARTS, hash_files, module_files
 from harness.run.plan import UNHASHED, Job, Plan, _digest, identity, job_key
 
 ROBUST = "robust"
@@ -19,8 +19,11 @@ ROBUST_MODULES = ("harness.eval.perturb", "harness.eval.robustness")
 
 
 def robustness_code() -> str:
-    """The parsed-code hash of the perturbations and the robustness pass."""
-    return hash_files([f for m in ROBUST_MODULES for f in module_files(m)])
+    """The parsed-code hash of the perturbations and the robustness pass (with evaluation.py's part that runs it,
+    which the matrix identity leaves out)."""
+    evaluation = module_files(EVALUATION)
+    return hash_files([*(f for m in ROBUST_MODULES for f in module_files(m)), *evaluation],
+                      only={f: ROBUSTNESS_PARTS for f in evaluation})
 
 
 def add_robustness_jobs(plan: Plan, spec: str, seed: int) -> list[Job]:

@@ -140,7 +140,8 @@ def test_streamed_protocols_without_ranks_say_why():
     img, txt = _blocks(10, owner_small)
     summary = stream_ranks(adapter, img, txt, owner_small)
     inp = EvalInputs(sims=None, image_of_caption=owner_small, test_split=True, ranks=summary)
-    reason = from_summary("eccv", "ECCV Caption", inp)["reason"]
+    assert "needs the COCO 5K top lists" in from_summary("eccv", "ECCV Caption", inp)["reason"]
+    reason = from_summary("recall50", "R@50 (a plugged protocol)", inp)["reason"]
     assert "needs the full similarity matrix" in reason and "--store-matrix always" in reason
     assert "fold counts" in from_summary("coco1k", "COCO 1K", inp)["reason"]
 
@@ -214,3 +215,52 @@ def test_topk_search_faiss_backend_agrees_with_torch():
     ts, ti = topk_search(q, g, 20, backend="torch", block=512)
     np.testing.assert_array_equal(fi, ti)
     np.testing.assert_allclose(fs, ts, rtol=1e-5, atol=1e-5)
+
+
+class NearStub(StubAdapter):
+    """Captions near their own image ("caption j of image i"), scores rounded to 1/20: recalls and ECCV mAP@R far
+    from chance and many exact ties, positives among them."""
+
+    vectors: torch.Tensor
+
+    def encode_texts(self, texts):
+        noise = super().encode_texts(texts)
+        own = torch.tensor([int(t.rsplit(" ", 1)[1]) for t in texts])
+        return torch.nn.functional.normalize(self.vectors[own] + 0.9 * noise, dim=-1)
+
+    def score(self, image_block, text_block):
+        return torch.round(image_block @ text_block.T * 20) / 20
+
+
+def test_streamed_eccv_and_cxc_equal_the_matrix(tmp_path):
+    """A COCO 5K evaluation streamed (--store-matrix never) gives ECCV Caption and CxC values equal to the dense
+    path's, both tie bounds and the intervals included, with rows and columns in a data order that is not
+    eccv_caption's (testall_capids.txt: images shuffled, captions reversed within each image)."""
+    from harness.eval.metrics.ids import CAPID_FILE, canonical_ids
+
+    folder = write_split(tmp_path / "data", "testall", 5000)
+    canon = canonical_ids()
+    perm = np.random.default_rng(1).permutation(5000)
+    caps = canon.caption_ids.reshape(5000, 5)[perm][:, ::-1].ravel()
+    (folder / CAPID_FILE).write_text("\n".join(map(str, caps)) + "\n")
+    adapter = NearStub.load_official(write_checkpoint(tmp_path / "stub.pth"))
+    adapter.vectors = adapter.encode_images(torch.from_numpy(np.load(folder / "testall_ims.npy")))
+    spec = SplitSpec(tmp_path / "data", "testall", "coco", test_split=True,
+                     protocols=("coco1k", "coco5k", "eccv", "cxc"))
+    got = {}
+    for mode in ("always", "never"):
+        settings = EvalSettings(store_matrix=mode, bootstrap=30, image_tile=700, caption_tile=3000)
+        got[mode] = evaluate_models([adapter], spec, settings, MatrixOutput.job(tmp_path / mode)).metrics
+    dense, streamed = got["always"], got["never"]
+    eccv = dense["eccv"]
+    assert eccv["i2t"]["coco1k_r10"] > 40 and eccv["t2i"]["eccv_r10"] > 15 and eccv["i2t"]["eccv_map_at_r"] > 0.2
+    assert eccv["ids"]["source"].endswith(CAPID_FILE)
+    assert all(n > 0 for d in eccv["tie_affected_queries"].values() for n in d.values())  # ties everywhere
+    for name in ("recall", "coco1k", "coco5k", "eccv", "cxc"):
+        assert json.dumps(streamed[name], sort_keys=True) == json.dumps(dense[name], sort_keys=True), name
+    back = RankSummary.load(tmp_path / "never" / "ranks.npz")  # the top lists travel with the summary
+    inp = EvalInputs(sims=None, image_of_caption=np.arange(25000) // 5, test_split=True, dataset="coco",
+                     ids_dir=folder, ranks=back, bootstrap=30)
+    assert run_protocols(inp, ["eccv"])["eccv"]["i2t"] == eccv["i2t"]
+    back.coco = None
+    assert "COCO 5K top lists" in run_protocols(inp, ["eccv"])["eccv"]["reason"]

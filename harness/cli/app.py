@@ -607,7 +607,8 @@ def _scale_options(p: argparse.ArgumentParser, processes_help: str) -> None:
     """--store-matrix, --matrix-limit and --processes (evaluate and run)."""
     p.add_argument("--store-matrix", choices=("auto", "always", "never"), default="auto",
                    help="keep the dense matrix (auto: below --matrix-limit), or stream tiles into a rank summary "
-                        "(ranks.npz) that recall / COCO 1K / COCO 5K / F30K 1K and paired tests are computed from")
+                        "(ranks.npz) that recall / COCO 1K / COCO 5K / F30K 1K / ECCV Caption / CxC and paired tests "
+                        "are computed from")
     p.add_argument("--matrix-limit", type=float, default=4.0, metavar="GB",
                    help="largest matrix --store-matrix auto keeps, in GB (default 4)")
     p.add_argument("--processes", type=int, default=1, help=processes_help)

@@ -50,6 +50,7 @@ from harness.eval.scoring import (
     tile_grid,
 )
 from harness.eval.streaming import MATRIX_LIMIT, SummaryError, keeps_matrix, stream_ranks
+from harness.eval.summary_metrics import coco_collector
 
 
 class EvaluationInterrupted(RuntimeError):
@@ -531,19 +532,22 @@ def _evaluate_streamed(members: Sequence[Adapter], spec: SplitSpec, settings: Ev
         hooks.progress("scoring", n_tiles[0], n_tiles[0], f"tiles {n_tiles[0]}")
         hooks.on_tile()
 
+    inputs = replace(protocol_inputs(None, owner, spec, settings, members, images, captions),  # type: ignore[arg-type]
+                     matrix_shape=(len(images), len(captions)))
+    names = wanted(spec.protocols, spec.table)
+    coco = coco_collector(inputs, names, len(images), len(captions), spec.table)  # ECCV Caption / CxC top lists
     summary = stream_ranks(adapter, img, txt, owner, image_tile=settings.image_tile,
                            caption_tile=settings.caption_tile, precision=settings.precision, folds=folds,
-                           on_tile=on_tile)
+                           on_tile=on_tile, coco=coco)
     scoring_seconds = time.perf_counter() - t2
     del img, txt
     if output.ranks is not None:
         summary.save(output.ranks)
     if output.owner is not None:
         save_npy(output.owner, np.asarray(owner, dtype=np.int64))
-    inputs = protocol_inputs(None, owner, spec, settings, members, images, captions)  # type: ignore[arg-type]
     inputs = replace(inputs, ranks=summary)
-    metrics = run_protocols(inputs, wanted(spec.protocols), on_protocol=lambda name: hooks.progress("metrics", 0, 1,
-                                                                                                    name))
+    metrics = run_protocols(inputs, names, on_protocol=lambda name: hooks.progress("metrics", 0, 1, name),
+                            table=spec.table)
     wall = time.perf_counter() - t_start
     device = str(adapter.device)
     peak, kind = peak_memory(device)

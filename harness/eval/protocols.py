@@ -80,12 +80,15 @@ class EvalInputs:
     data_folders: Mapping[str, Path] = field(default_factory=dict)  # protocol name -> its own data folder
     bootstrap: int = BOOTSTRAP
     ranks: Any = None  # a streamed evaluation's RankSummary (harness.eval.streaming) when `sims` is None
+    matrix_shape: tuple[int, int] | None = None  # (images, captions) of a streamed evaluation before its summary
     _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:
         if self.sims is None and self.ranks is not None:
             return self.ranks.shape
+        if self.sims is None and self.matrix_shape is not None:
+            return self.matrix_shape
         return int(self.sims.shape[0]), int(self.sims.shape[1])
 
     @property
@@ -279,31 +282,41 @@ def _coco1k(inp: EvalInputs) -> dict[str, Any]:
     return fold_recall(inp.sims, COCO1K_FOLDS, 5, bootstrap=inp.bootstrap)
 
 
-def _coco_matrix(inp: EvalInputs) -> tuple[np.ndarray, CocoTestIds]:
+def coco_ids_of(inp: EvalInputs) -> CocoTestIds:
+    """COCO ids of an evaluation's rows and COCO columns; a MatrixError says why there are none."""
     ids, why = _coco_ids(inp)
     if ids is None:
         raise MatrixError(str(why))
+    return ids
+
+
+def _coco_matrix(inp: EvalInputs) -> tuple[np.ndarray | None, CocoTestIds, Any]:
+    """(matrix of the COCO columns, ids, None), or (None, ids, top lists) for a streamed evaluation."""
+    ids = coco_ids_of(inp)
+    if inp.sims is None:
+        return None, ids, inp.ranks.coco
     sims = inp.sims if inp.coco_columns is None else inp.sims[:, inp.coco_columns]
-    return sims, ids
+    return sims, ids, None
 
 
 def _eccv(inp: EvalInputs) -> dict[str, Any]:
     from harness.eval.metrics.eccv import eccv_protocol
 
-    sims, ids = _coco_matrix(inp)
-    return eccv_protocol(sims, ids, bootstrap=inp.bootstrap)
+    sims, ids, tops = _coco_matrix(inp)
+    return eccv_protocol(sims, ids, bootstrap=inp.bootstrap, tops=tops)
 
 
 def _cxc(inp: EvalInputs) -> dict[str, Any]:
     from harness.eval.metrics.cxc import cxc_protocol
 
-    sims, ids = _coco_matrix(inp)
+    sims, ids, tops = _coco_matrix(inp)
     text = image = None
     if inp.members == 1 and inp.scoring == "embedding":
         text, image = inp.embeddings("text"), inp.embeddings("image")
         if text is not None and inp.coco_columns is not None:
             text = text[inp.coco_columns]
-    out = cxc_protocol(sims, ids, text, image, scoring=inp.scoring, method=inp.method, bootstrap=inp.bootstrap)
+    out = cxc_protocol(sims, ids, text, image, scoring=inp.scoring, method=inp.method, bootstrap=inp.bootstrap,
+                       tops=tops)
     if inp.members != 1 and inp.scoring == "embedding":
         for task in ("t2t", "i2i"):
             out[task] = not_defined("an ensemble of several models has no single uni-modal space")
@@ -420,7 +433,7 @@ def run_protocols(inputs: EvalInputs, names: Iterable[str],
             if inputs.sims is None and proto.uses_matrix:
                 from harness.eval.summary_metrics import from_summary
 
-                out[name] = from_summary(name, proto.title, inputs)
+                out[name] = from_summary(name, proto.title, inputs, proto.compute)
                 continue
             out[name] = proto.compute(inputs)
         except (ValueError, OSError) as exc:  # the readers' and metrics' own errors name the file

@@ -9,6 +9,9 @@ to the dense path's) in two passes:
    positive and those scoring at least as high (the tie-pessimistic / tie-optimistic ranks of the dense path,
    `harness.eval.metrics.recall.count_ranks`), within COCO 1K folds too, and the query's top-R gallery items.
 
+A COCO 5K evaluation running ECCV Caption or CxC also feeds every tile to a `CocoTopsCollector`
+(`harness.eval.streaming_coco`), whose top lists give those protocols' values.
+
 The result (`RankSummary`, stored as `ranks.npz` in a job folder) is a few numbers per query: 100,000 captions
 cost megabytes where their matrix costs gigabytes. `topk_search` is exact inner-product top-k for embedding
 galleries of any size (FAISS when installed, else blocked torch top-k), the stage 1 of a shortlist.
@@ -20,18 +23,23 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from harness.api.adapter import Adapter
 from harness.core.errors import ItrbenchError
+from harness.eval.metrics.eccv import CocoTops, PairLookup
 from harness.eval.scoring import DEFAULT_TILES, eval_mode, tile_grid
 
 TOP_R = 10  # top gallery items kept per query by default (R@10)
 MATRIX_LIMIT = 4 << 30  # --store-matrix auto keeps a float32 matrix up to this many bytes
 STORE_MATRIX = ("auto", "always", "never")
+COCO_LISTS = ("i2t", "t2i", "i2t_fold", "t2i_fold")  # CocoTops' top lists, as stored in ranks.npz
+
+if TYPE_CHECKING:
+    from harness.eval.streaming_coco import CocoTopsCollector
 
 
 class SummaryError(ItrbenchError):
@@ -70,6 +78,7 @@ class RankSummary:
     i2t_top_scores: np.ndarray
     t2i_top: np.ndarray  # (captions, R) image indices, best first
     t2i_top_scores: np.ndarray
+    coco: CocoTops | None = None  # COCO 5K evaluations: what ECCV Caption and CxC need (streaming_coco)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -85,20 +94,26 @@ class RankSummary:
         from harness.core.results import atomic_path
 
         path = Path(path)
-        arrays = {f.name: np.asarray(getattr(self, f.name)) for f in fields(self)}
+        arrays = {f.name: np.asarray(getattr(self, f.name)) for f in fields(self) if f.name != "coco"}
+        if self.coco is not None:
+            arrays.update({f"coco_{k}": getattr(self.coco, k) for k in COCO_LISTS},
+                          coco_pair_keys=self.coco.pairs.keys, coco_pair_scores=self.coco.pairs.scores)
         with atomic_path(path, sum(a.nbytes for a in arrays.values())) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> RankSummary:
-        names = [f.name for f in fields(cls)]
+        names = [f.name for f in fields(cls) if f.name != "coco"]
         try:
             with np.load(path) as data:
                 missing = [n for n in names if n not in data.files]
                 if missing:
                     raise SummaryError(f"{path}: not a rank summary (missing {', '.join(missing)}); re-run the "
                                        "evaluation")
-                values = {n: data[n] for n in names}
+                values: dict[str, Any] = {n: data[n] for n in names}
+                if "coco_pair_keys" in data.files:
+                    values["coco"] = CocoTops(*(data[f"coco_{k}"] for k in COCO_LISTS),
+                                              PairLookup(data["coco_pair_keys"], data["coco_pair_scores"]))
         except (OSError, ValueError) as exc:
             raise SummaryError(f"{path}: unreadable rank summary ({exc}); re-run the evaluation") from exc
         values["folds"] = int(values["folds"])
@@ -218,8 +233,10 @@ def _threads() -> int:
 
 def stream_ranks(adapter: Adapter, image_block: Any, text_block: Any, image_of_caption: np.ndarray, *,
                  image_tile: int | None = None, caption_tile: int | None = None, precision: str = "fp32",
-                 folds: int = 1, top_r: int = TOP_R, on_tile: Callable[[int, int], None] | None = None) -> RankSummary:
-    """The rank summary of the images x captions matrix, never holding more than one tile of it."""
+                 folds: int = 1, top_r: int = TOP_R, on_tile: Callable[[int, int], None] | None = None,
+                 coco: CocoTopsCollector | None = None) -> RankSummary:
+    """The rank summary of the images x captions matrix, never holding more than one tile of it; with `coco`
+    (a COCO 5K evaluation), also the top lists ECCV Caption and CxC are computed from."""
     owner = np.asarray(image_of_caption, dtype=np.int64)
     n_img, n_cap = len(image_block), len(text_block)
     if owner.shape != (n_cap,) or (n_cap and (owner[0] != 0 or owner[-1] != n_img - 1
@@ -280,6 +297,8 @@ def stream_ranks(adapter: Adapter, image_block: Any, text_block: Any, image_of_c
             col_parts[(c, d)] = _merge_top(prev[0] if prev else torch.empty((d - c, 0)),
                                            prev[1] if prev else torch.empty((d - c, 0), dtype=torch.int64),
                                            v.T, a, r_t)
+        if coco is not None:
+            coco.add(a, c, v)
         if on_tile:
             on_tile(a, c)
     t_s = torch.cat([col_parts[k][0] for k in sorted(col_parts)]) if col_parts else torch.empty((n_cap, 0))
@@ -291,7 +310,8 @@ def stream_ranks(adapter: Adapter, image_block: Any, text_block: Any, image_of_c
     out = counts_np
     return RankSummary(image_of_caption=owner, i2t_own_ties=own_ties.numpy(), folds=folds,
                        i2t_top=top_ix.numpy(), i2t_top_scores=top_s.numpy(),
-                       t2i_top=t_i.numpy(), t2i_top_scores=t_s.numpy(), **out)
+                       t2i_top=t_i.numpy(), t2i_top_scores=t_s.numpy(), coco=coco.result() if coco else None,
+                       **out)
 
 
 # ---- exact inner-product top-k (shortlist stage 1) -------------------------------------------------------------

@@ -35,6 +35,7 @@ from harness.eval.metrics.eccv import (
     I2T,
     KS,
     T2I,
+    CocoTops,
     PositiveSets,
     best_positive,
     index_of,
@@ -44,6 +45,7 @@ from harness.eval.metrics.eccv import (
     spans,
     sweep,
     to_canonical,
+    tops_family,
 )
 from harness.eval.metrics.ids import CocoTestIds, canonical_permutation, resolve_ids
 from harness.eval.metrics.recall import check_matrix
@@ -199,12 +201,16 @@ def _family(direction: str, queries: np.ndarray, pess: dict, opt: dict) -> Query
 
 
 def cxc_query_scores(sims: np.ndarray | None, ids: CocoTestIds, text_emb: np.ndarray | None = None,
-                     image_emb: np.ndarray | None = None, *, ks=KS, gt: CxcGroundTruth | None = None
-                     ) -> list[QueryScores]:
-    """Per-query CxC R@K (percent) for the tasks whose inputs are given (matrix / embeddings)."""
+                     image_emb: np.ndarray | None = None, *, ks=KS, gt: CxcGroundTruth | None = None,
+                     tops: CocoTops | None = None) -> list[QueryScores]:
+    """Per-query CxC R@K (percent) for the tasks whose inputs are given (matrix or a streamed evaluation's
+    top lists / embeddings)."""
     gt = gt or cxc_ground_truth()
     rows, cols = canonical_permutation(ids)
     groups: list[QueryScores] = []
+    if tops is not None:
+        for direction, pos in ((I2T, gt.i2t), (T2I, gt.t2i)):
+            groups.append(_family(direction, *tops_family(tops, pos, direction, ks)))
     if sims is not None:
         sims = to_canonical(check_matrix(sims, 5, "CxC similarity matrix"), ids)
         if sims.shape != (N_IMAGES, N_CAPTIONS):
@@ -237,8 +243,9 @@ def cxc_query_scores(sims: np.ndarray | None, ids: CocoTestIds, text_emb: np.nda
 def cxc_protocol(sims: np.ndarray | None, ids: CocoTestIds | str | Path | None = None,
                  text_emb: np.ndarray | None = None, image_emb: np.ndarray | None = None, *,
                  scoring: str = "embedding", method: str = "this method", ks=KS,
-                 bootstrap: int = DEFAULT_RESAMPLES, seed: int = 0) -> dict:
-    """CxC i2t / t2i from the COCO 5K matrix, t2t / i2i from uni-modal embeddings, as a JSON-ready dict.
+                 bootstrap: int = DEFAULT_RESAMPLES, seed: int = 0, tops: CocoTops | None = None) -> dict:
+    """CxC i2t / t2i from the COCO 5K matrix (or `tops`, a streamed evaluation's top lists, `sims` None), t2t /
+    i2i from uni-modal embeddings, as a JSON-ready dict.
 
     `text_emb` (25000, D) and `image_emb` (5000, D) are in the data folder's caption / image order (like
     the matrix's columns / rows). With `scoring="pairwise"` (cross attention) or without embeddings, t2t
@@ -248,7 +255,7 @@ def cxc_protocol(sims: np.ndarray | None, ids: CocoTestIds | str | Path | None =
     reason = unimodal_reason(scoring, method)
     if reason is not None and (text_emb is not None or image_emb is not None):
         raise CxcError(f"{method} is a cross-attention scorer; it has no uni-modal embeddings to evaluate")
-    groups = cxc_query_scores(sims, ids, text_emb, image_emb, ks=ks)
+    groups = cxc_query_scores(sims, ids, text_emb, image_emb, ks=ks, tops=tops)
     out = {"protocol": "cxc", **summarize(groups, n=bootstrap, seed=seed)}
     for task, emb, what in (("t2t", text_emb, "text"), ("i2i", image_emb, "image")):
         if emb is None:

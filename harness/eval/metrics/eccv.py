@@ -48,6 +48,7 @@ from harness.eval.metrics.recall import check_matrix
 
 KS = (1, 5, 10)
 FOLDS = 5
+N_FOLD_IMAGES = 1000  # images of one COCO 1K fold
 PM_FILES = ("pm_image_to_caption.json", "pm_caption_to_image.json")
 PM_THRESHOLD = 2  # ECCV Caption merge.py default: category vectors differing in at most 2 slots
 I2T, T2I = "i2t", "t2i"
@@ -373,21 +374,27 @@ def ranking_depth(pos: PositiveSets, queries: np.ndarray, ks=KS) -> int:
 
 
 def ranked_from_top(top: np.ndarray, sims: np.ndarray, direction: str, pos: PositiveSets,
-                    queries: np.ndarray, ks=KS, chunk: int = 512) -> tuple[dict, dict]:
-    """(pessimistic, optimistic) per-query R@K, R-Precision and mAP@R from the queries' top scores.
+                    queries: np.ndarray, ks=KS, chunk: int = 512, *, n_gallery: int | None = None,
+                    ranked: bool = True) -> tuple[dict, dict]:
+    """(pessimistic, optimistic) per-query R@K (with `ranked`, R-Precision and mAP@R too) from the queries'
+    top scores; `sims` gives the positives' scores (a matrix or a `PairLookup`), `n_gallery` the items each
+    query is ranked among (default: the matrix's other side).
 
     `top` must hold at least `ranking_depth(pos, queries, ks)` top scores per query (or all of them).
     """
-    n_gallery = sims.shape[1] if direction == I2T else sims.shape[0]
+    if n_gallery is None:
+        n_gallery = sims.shape[1] if direction == I2T else sims.shape[0]
     pess_parts: list[dict] = []
     opt_parts: list[dict] = []
     for a in range(0, len(queries), chunk):
         qs = queries[a:a + chunk]
         padded, sizes = pos.padded(qs)
         p = sorted_positive_scores(sims, direction, qs, padded)
+        if np.isnan(p).any():
+            raise ValueError("a positive pair's score is NaN or was not kept (a streamed evaluation's top lists)")
         pess, opt = positions_from_top(top[a:a + chunk], p, sizes, n_gallery)
-        pess_parts.append(position_metrics(pess, pos.r_sizes(qs), ks))
-        opt_parts.append(position_metrics(opt, pos.r_sizes(qs), ks))
+        pess_parts.append(position_metrics(pess, pos.r_sizes(qs), ks, ranked=ranked))
+        opt_parts.append(position_metrics(opt, pos.r_sizes(qs), ks, ranked=ranked))
 
     def cat(parts: list[dict]) -> dict:
         return {m: np.concatenate([p[m] for p in parts]) for m in parts[0]} if parts else {}
@@ -587,6 +594,108 @@ def matrix_scores(sims: np.ndarray, ks=KS) -> list[QueryScores]:
     return groups
 
 
+@dataclass(frozen=True)
+class PairLookup:
+    """A canonical-order COCO 5K matrix known only at some pairs (a streamed evaluation's positives):
+    `lookup[rows, cols]` gives their scores, NaN for a pair that was not kept. Padding slots of positive
+    lists look up pair (q, 0) and are masked by the caller; every real positive is kept by construction."""
+
+    keys: np.ndarray  # sorted row * n_cols + col
+    scores: np.ndarray  # float32, aligned with keys
+    shape: tuple[int, int] = (5000, 25000)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.scores.dtype
+
+    def __getitem__(self, index: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        rows, cols = (np.asarray(x, dtype=np.int64) for x in index)
+        key = rows * self.shape[1] + cols
+        at = np.minimum(np.searchsorted(self.keys, key), max(0, len(self.keys) - 1))
+        found = (self.keys[at] == key) if len(self.keys) else np.zeros(key.shape, bool)
+        return np.where(found, self.scores[at] if len(self.keys) else np.nan, np.nan).astype(self.scores.dtype)
+
+
+@dataclass(frozen=True)
+class CocoTops:
+    """What the COCO 5K families (coco5k, coco1k, cxc, eccv) need from a matrix that was never held whole,
+    in canonical order: every query's largest scores over the whole gallery and over its own COCO 1K fold
+    (any order, -inf where a query saw fewer items), and the scores of every positive pair."""
+
+    i2t: np.ndarray  # (5000, Li)
+    t2i: np.ndarray  # (25000, Lt)
+    i2t_fold: np.ndarray  # (5000, Lfi) within the image's fold
+    t2i_fold: np.ndarray  # (25000, Lft)
+    pairs: PairLookup
+
+
+def positive_pairs(sets: list[tuple[str, PositiveSets]]) -> np.ndarray:
+    """Sorted unique canonical (image row * 25000 + caption column) keys of every positive of `sets`."""
+    keys = []
+    for direction, pos in sets:
+        q, g, _ = pos.flat(pos.queries())
+        rows, cols = (q, g) if direction == I2T else (g, q)
+        keys.append(rows * pos_cols(direction, pos) + cols)
+    return np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
+
+
+def pos_cols(direction: str, pos: PositiveSets) -> int:
+    """Columns (captions) of the matrix a positive set is defined on."""
+    return pos.n_gallery if direction == I2T else pos.n_queries
+
+
+def tops_depths(ks=KS) -> tuple[int, int, int, int]:
+    """(whole-gallery i2t, t2i, fold i2t, t2i) top-list lengths that make every COCO 5K family exact:
+    each family's `ranking_depth` (largest positive set plus the largest cutoff), the largest of them."""
+    coco, cxc_, eccv = package_gt("original"), package_gt("cxc"), package_gt("eccv")
+    from harness.eval.metrics.cxc import cxc_ground_truth
+
+    csv = cxc_ground_truth()
+    i2t = max(ranking_depth(p, p.queries(), ks) for p in (coco.i2t, cxc_.i2t, eccv.i2t, csv.i2t))
+    t2i = max(ranking_depth(p, p.queries(), ks) for p in (coco.t2i, cxc_.t2i, eccv.t2i, csv.t2i))
+    return i2t, t2i, ranking_depth(coco.i2t, coco.i2t.queries(), ks), ranking_depth(coco.t2i, coco.t2i.queries(), ks)
+
+
+def coco_positive_keys() -> np.ndarray:
+    """Canonical keys of every pair a COCO 5K family ranks (original, eccv_caption's cxc and eccv, CxC CSVs)."""
+    from harness.eval.metrics.cxc import cxc_ground_truth
+
+    sets: list[tuple[str, PositiveSets]] = []
+    for gt in (package_gt("original"), package_gt("cxc"), package_gt("eccv"), cxc_ground_truth()):
+        sets += [(I2T, gt.i2t), (T2I, gt.t2i)]
+    return positive_pairs(sets)
+
+
+def tops_family(tops: CocoTops, pos: PositiveSets, direction: str, ks=KS, *, fold: bool = False,
+                ranked: bool = False) -> tuple[np.ndarray, dict, dict]:
+    """(queries, pessimistic, optimistic) per-query R@K (with `ranked`, R-Precision and mAP@R too) of one
+    positive set from the top lists: the same values the matrix gives (`recall_from_counts`,
+    `ranked_from_top`), as long as the lists are `tops_depths` long."""
+    queries = pos.queries()
+    top = (tops.i2t_fold if fold else tops.i2t) if direction == I2T else (tops.t2i_fold if fold else tops.t2i)
+    n_gallery = (pos.n_gallery // FOLDS) if fold else pos.n_gallery
+    need = ranking_depth(pos, queries, ks)
+    if top.shape[1] < min(need, n_gallery):
+        raise ValueError(f"top lists of {top.shape[1]} scores cannot rank a positive set that needs {need}")
+    pess, opt = ranked_from_top(top[queries], tops.pairs, direction, pos, queries, ks,  # type: ignore[arg-type]
+                                chunk=4096, n_gallery=n_gallery, ranked=ranked)
+    return queries, pess, opt
+
+
+def tops_query_scores(tops: CocoTops, ks=KS) -> list[QueryScores]:
+    """`matrix_scores` of a streamed COCO 5K evaluation: the same families and per-query values."""
+    coco, cxc_, eccv = package_gt("original"), package_gt("cxc"), package_gt("eccv")
+    groups: list[QueryScores] = []
+    for direction, cpos, xpos in ((I2T, coco.i2t, cxc_.i2t), (T2I, coco.t2i, cxc_.t2i)):
+        groups.append(_family_scores(direction, "coco5k", *tops_family(tops, cpos, direction, ks)))
+        groups.append(_family_scores(direction, "coco1k", *tops_family(tops, cpos, direction, ks, fold=True),
+                                     fold_size=N_FOLD_IMAGES))
+        groups.append(_family_scores(direction, "cxc", *tops_family(tops, xpos, direction, ks)))
+    for direction, pos in ((I2T, eccv.i2t), (T2I, eccv.t2i)):
+        groups.append(_family_scores(direction, "eccv", *tops_family(tops, pos, direction, ks, ranked=True)))
+    return groups
+
+
 def pmrp_scores(sims: np.ndarray, pm: GroundTruth) -> list[QueryScores]:
     """Plausible-match R-Precision per query (R = number of plausible matches; exact, full ranking)."""
     groups = []
@@ -617,11 +726,22 @@ def plausible_match_source(extra_file_dir: str | Path | None, instances_json: st
                             "(instances_json); neither was given"}
 
 
-def eccv_query_scores(sims: np.ndarray, ids: CocoTestIds | str | Path | None = None, *, ks=KS,
+def eccv_query_scores(sims: np.ndarray | None, ids: CocoTestIds | str | Path | None = None, *, ks=KS,
                       extra_file_dir: str | Path | None = None, instances_json: str | Path | None = None,
-                      pm_threshold: int = PM_THRESHOLD) -> tuple[list[QueryScores], dict, CocoTestIds]:
-    """Per-query values of every metric of the ECCV protocol, the PMRP status and the ids used."""
+                      pm_threshold: int = PM_THRESHOLD, tops: CocoTops | None = None
+                      ) -> tuple[list[QueryScores], dict, CocoTestIds]:
+    """Per-query values of every metric of the ECCV protocol, the PMRP status and the ids used; from the
+    matrix, or from a streamed evaluation's `tops` (then PMRP, which ranks thousands of plausible matches per
+    query, is unavailable)."""
     ids = resolve_ids(ids)
+    if tops is not None:
+        _, pm_status = plausible_match_source(extra_file_dir, instances_json, pm_threshold)
+        if pm_status.get("available"):
+            pm_status = {"available": False, "reason": "PMRP ranks every plausible match of a query; a streamed "
+                         "evaluation keeps only each query's top scores (use --store-matrix always)"}
+        return tops_query_scores(tops, ks), pm_status, ids
+    if sims is None:
+        raise ValueError("ECCV Caption needs the similarity matrix or a streamed evaluation's top lists")
     sims = check_matrix(sims, 5, "ECCV Caption similarity matrix")
     if sims.shape != (5000, 25000):
         raise IdError(f"ECCV Caption needs the COCO 5K 5000 x 25000 matrix, got {sims.shape[0]} x {sims.shape[1]}")
@@ -633,19 +753,21 @@ def eccv_query_scores(sims: np.ndarray, ids: CocoTestIds | str | Path | None = N
     return groups, pm_status, ids
 
 
-def eccv_protocol(sims: np.ndarray, ids: CocoTestIds | str | Path | None = None, *, ks=KS,
+def eccv_protocol(sims: np.ndarray | None, ids: CocoTestIds | str | Path | None = None, *, ks=KS,
                   extra_file_dir: str | Path | None = None, instances_json: str | Path | None = None,
-                  pm_threshold: int = PM_THRESHOLD, bootstrap: int = DEFAULT_RESAMPLES, seed: int = 0) -> dict:
+                  pm_threshold: int = PM_THRESHOLD, bootstrap: int = DEFAULT_RESAMPLES, seed: int = 0,
+                  tops: CocoTops | None = None) -> dict:
     """The ECCV Caption protocol of a COCO 5K images x captions matrix, as a JSON-ready dict.
 
     `ids`: a CocoTestIds, a data folder holding testall_ids.txt / testall_capids.txt, or None (package
     order, with a warning). Keys under "i2t" / "t2i" follow eccv_caption's metric names (eccv_map_at_r,
     eccv_rprecision, eccv_r1, eccv_r5, eccv_r10, coco1k_r1, ..., coco5k_r1, ..., cxc_r1, ..., pmrp) and
     are in percent; "rsum" holds the coco1k / coco5k / cxc sums; "ci95" the bootstrap intervals;
-    "pmrp_status" says whether PMRP could be computed and from what (or why not).
+    "pmrp_status" says whether PMRP could be computed and from what (or why not). With `tops` (a streamed
+    evaluation, `sims` None) every value but PMRP is the same as the matrix's.
     """
     groups, pm_status, ids = eccv_query_scores(sims, ids, ks=ks, extra_file_dir=extra_file_dir,
-                                               instances_json=instances_json, pm_threshold=pm_threshold)
+                                               instances_json=instances_json, pm_threshold=pm_threshold, tops=tops)
     out = {"protocol": "eccv", **summarize(groups, n=bootstrap, seed=seed)}
     out["pmrp_status"] = pm_status
     out["ids"] = ids.to_json()

@@ -181,6 +181,24 @@ def test_run_and_report_carry_a_plugged_protocol_under_its_name(tmp_path, one_th
     report = (tmp_path / "reports" / "demo.md").read_text()
     assert "(`recall50`)" in report and "| i2t R@50 | t2i R@50 | rsum50 |" in report
 
+    # the plug-in's code is in the evaluation's protocol identity: a comment reruns nothing, an edit of its
+    # computation recomputes the values from the stored matrix (no re-scoring), and the report says so
+    args = ["run", "--methods", "clip_zeroshot", "--dataset", "demo", "--results", str(results), "--reports",
+            str(tmp_path / "reports"), "--data-root", str(tmp_path / "data"), "--registry", str(reg)]
+    module = tmp_path / "recall50.py"
+    stamps = {f: (job / f).stat().st_mtime_ns for f in ("metrics.json", "sims.npy")}
+    module.write_text(module.read_text() + "\n# a comment changes nothing\n")
+    assert cli_main(args) == 0
+    assert {f: (job / f).stat().st_mtime_ns for f in stamps} == stamps
+    module.write_text(module.read_text().replace("\nK = 50\n", "\nK = 20\n"))
+    assert cli_main(args) == 0
+    again = json.loads((job / "metrics.json").read_text())
+    assert (job / "sims.npy").stat().st_mtime_ns == stamps["sims.npy"] and "protocols_recomputed" in again
+    hits = [np.count_nonzero(np.delete(sims[i], np.flatnonzero(owner == i)) >= sims[i, owner == i].max()) < 20
+            for i in range(sims.shape[0])]
+    assert again["protocols"]["recall50"]["i2t"]["r50"] == pytest.approx(100 * np.mean(hits)) != stored["i2t"]["r50"]
+    assert "protocols recomputed from the stored matrix" in (tmp_path / "reports" / "demo.md").read_text()
+
 
 def test_metrics_names_unknown_and_embedding_protocols_in_one_line(tmp_path, capsys):
     from harness.cli.app import main as cli_main

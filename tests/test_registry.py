@@ -180,3 +180,23 @@ def test_every_reported_protocol_is_declared_by_its_dataset():
     reg = load_registry()
     for rep in reg.reported:
         assert rep.protocol in reg.dataset(rep.dataset).protocols, rep
+
+
+def test_recipes_and_options_are_plain_data_a_safe_loader_reads_back(tmp_path):
+    """Training writes a variant's options and recipe into its checkpoints (the official `opt`); what the registry
+    hands out must be plain dicts and lists (the loader's line-numbered dicts are not), or the weights-only loader
+    refuses the checkpoint the harness itself wrote (ESL / X-Dim / CUSA demo recipes hold nested mappings)."""
+    import torch
+
+    from harness.core.checkpoints import load_container
+
+    reg = load_registry()
+    for m in reg.methods.values():
+        for name, v in m.variants.items():
+            for ds in reg.datasets:
+                box = {"opt": m.recipe(name, ds), "options": v.options}
+                path = tmp_path / f"{m.name}-{name}-{ds}.pth"
+                torch.save(box, path)
+                assert load_container(path) == box, (m.name, name, ds)
+    assert any(isinstance(x, dict) for m in reg.methods.values() for x in m.recipe(next(iter(m.variants)),
+                                                                                      "demo").values())

@@ -15,8 +15,11 @@ prefixes that can change its output; the hashed set is the entries plus every `h
 - `cascade` (a shortlist-and-rerank evaluation's `cascade.npz` and its recall): the matrix stage's code plus
   the shortlist, rerank, cascade and cascade-metric modules (its recall is computed there, not by the protocol
   table, so it is part of the result's key).
+  Both include how an evaluation is split over processes and streamed into a rank summary (`SCALE`).
 - `protocols` (the values in metrics.json computed from a matrix): `harness.eval.protocols`,
-  `harness.eval.metrics` and the protocol parts of `harness.eval.evaluation`, with the readers they import.
+  `harness.eval.metrics`, `harness.eval.summary_metrics` (values from a rank summary) and the protocol parts of
+  `harness.eval.evaluation`, with the readers they import. Plugged-in protocols add the parsed code of their
+  own modules (`harness.spec.protocol_plugins.protocol_identity`).
 
 Left out everywhere: `harness.core.results` / `errors` / `paths` (file writing, messages, where the package
 is), which cannot change a number. A module is hashed as `ast.dump` of its parse tree without docstrings
@@ -46,6 +49,8 @@ PROTOCOL_PARTS = ("ids_dir", "text_vectors", "image_vectors", "image_retrieval_r
 ROBUSTNESS_PARTS = ("evaluate_robustness",)
 EVALUATION = "harness.eval.evaluation"
 ENGINE = ("harness.api", "harness.core.features", "harness.core.checkpoints", "harness.data")
+# how one evaluation is split over processes and streamed without its matrix: they produce its sims / ranks
+SCALE = ("harness.eval.sharding", "harness.eval.streaming", "harness.eval.streaming_coco")
 
 
 @dataclass(frozen=True)
@@ -65,16 +70,17 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           (*ENGINE, "harness.run.training", "harness.run.distributed", "harness.eval.scoring",
            "harness.eval.precision", "harness.eval.metrics.recall")),
     Stage("matrix", ("harness.eval.scoring", "harness.eval.precision", EVALUATION, *ENGINE),
-          (*ENGINE, "harness.eval.scoring", "harness.eval.precision", EVALUATION),
+          (*ENGINE, "harness.eval.scoring", "harness.eval.precision", *SCALE, EVALUATION),
           without={EVALUATION: (*PROTOCOL_PARTS, *ROBUSTNESS_PARTS)}),
     Stage("cascade", ("harness.eval.cascade", "harness.eval.shortlist", "harness.eval.rerank",
                       "harness.eval.cascade_metrics", "harness.eval.scoring", "harness.eval.precision", EVALUATION,
                       *ENGINE),
           (*ENGINE, "harness.eval.cascade", "harness.eval.shortlist", "harness.eval.rerank",
-           "harness.eval.cascade_metrics", "harness.eval.scoring", "harness.eval.precision", EVALUATION),
+           "harness.eval.cascade_metrics", "harness.eval.scoring", "harness.eval.precision", *SCALE, EVALUATION),
           without={EVALUATION: (*PROTOCOL_PARTS, *ROBUSTNESS_PARTS)}),
     Stage("protocols", ("harness.eval.protocols", "harness.eval.metrics", EVALUATION),
-          ("harness.eval.protocols", "harness.eval.metrics", "harness.data", EVALUATION),
+          ("harness.eval.protocols", "harness.eval.metrics", "harness.eval.summary_metrics", "harness.data",
+           EVALUATION),
           only={EVALUATION: PROTOCOL_PARTS}),
 )}
 

@@ -13,7 +13,7 @@ from harness.core.hardware import hardware_summary
 from harness.core.results import JobResult
 from harness.data.demo import SPLITS, chance_rsum
 from harness.eval.metrics.recall import MatrixError
-from harness.eval.protocols import HEADLINE_PREFERENCE, Protocol
+from harness.eval.protocols import HEADLINE_PREFERENCE, Protocol, wanted
 from harness.report.cascades import cascade_section, cost_section
 from harness.report.columns import (
     column_name,
@@ -41,6 +41,7 @@ from harness.report.robustness import robustness_section
 from harness.report.runs import RETRAINED, RunGroup, Stat, get_path, matching_reported, plain_stat, stored_key
 from harness.report.significance import RESAMPLES, StoredMatrixError, group_values, paired_p
 from harness.report.training import health_section, train_jobs_of
+from harness.spec.protocol_plugins import protocol_identity
 from harness.spec.registry import Registry
 
 
@@ -404,6 +405,8 @@ def dataset_report(registry: Registry, dataset: str, groups: Sequence[RunGroup],
     plots = [*plots, *cost_plots, *robust_plots]
     out += ["## Runs", ""] + _runs_table(groups, results_root)
     out += health_section(groups, jobs, results_root)
-    out += protocol_notes(groups, results_root)
+    out += protocol_notes(groups, results_root, protocol_identity(registry.protocols,
+                                                                  wanted(ds.protocols if ds else protocols,
+                                                                         registry.protocols)))
     out += unfinished_jobs(results_root, dataset)
     return "\n".join(out).rstrip() + "\n", plots

@@ -29,11 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from harness.core.code_identity import model_code, protocol_code, stage_hash
+from harness.core.code_identity import model_code, stage_hash
 from harness.core.jobconfig import JobConfig
 from harness.data.layouts import LAYOUTS, layout_for
 from harness.data.precomp import DataError, resolve_precomp_dir
+from harness.eval.protocols import wanted
 from harness.spec.campaign import MAX_SEED, Campaign  # campaign seeds are 0 .. MAX_SEED; members' extra seeds lie above
+from harness.spec.protocol_plugins import protocol_identity
 from harness.spec.registry import Dataset, Method, Registry, RegistryError
 from harness.spec.values import check_recipe
 
@@ -295,9 +297,10 @@ class _Builder:
         self.data_root = data_root
         self.plan = Plan()
         self._data_fp, self._code = data_fp, code
-        self.protocols = protocols if protocols is not None else protocol_code()
         self._fp_cache: dict[str, str] = {}
         ds = registry.dataset(dataset)
+        self.protocols = protocols if protocols is not None else \
+            protocol_identity(registry.protocols, wanted(ds.protocols, registry.protocols))
         self.test_split, self.val_split = ds.split, ds.validation_split
 
     def overrides_of(self, mname: str) -> dict[str, Any]:

@@ -205,3 +205,32 @@ def extension_names(body: Mapping[str, Any], where: str) -> tuple[str, ...]:
     if isinstance(names, str) or not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
         raise ProtocolPluginError(f"{where}.{EXTENSION_KEY}: expected a list of protocol names, found {names!r}")
     return tuple(names)
+
+
+def _plugged_files(table: Mapping[str, Protocol], names: Any) -> list[Path]:
+    """The source files of the plugged-in protocols among `names` (built-ins are hashed with the harness)."""
+    import inspect
+
+    files = []
+    for name in names:
+        proto = table.get(name)
+        if proto is None or PROTOCOLS.get(name) is proto:
+            continue
+        for fn in (proto.compute, proto.applies):
+            try:
+                src = inspect.getsourcefile(fn)
+            except TypeError:  # a builtin or C callable: no source to hash
+                src = None
+            if src and not Path(src).resolve().is_relative_to(Path(__file__).resolve().parents[1]):
+                files.append(Path(src))
+    return files
+
+
+def protocol_identity(table: Mapping[str, Protocol], names: Any) -> str:
+    """The protocol code identity of an evaluation that runs `names`: the harness's protocol code and, for
+    plugged-in protocols among them, the parsed code of the modules their computation lives in, so that an
+    edited plug-in recomputes its values (from the stored matrix) and an edited comment does not."""
+    from harness.core.code_identity import hash_files, protocol_code
+
+    files = _plugged_files(table, names)
+    return protocol_code() if not files else f"{protocol_code()}+{hash_files(files)}"

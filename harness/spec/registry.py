@@ -20,7 +20,7 @@ from harness.eval.protocols import PROTOCOLS, Protocol
 from harness.spec import protocol_plugins
 from harness.spec.errors import RegistryError, nearest, unknown_name
 from harness.spec.schema import TOP_SECTIONS, check_document
-from harness.spec.yaml_lines import LineDict, load_yaml, location
+from harness.spec.yaml_lines import LineDict, load_yaml, location, plain
 
 if TYPE_CHECKING:
     from harness.api.adapter import Adapter
@@ -255,9 +255,9 @@ def parse_checkpoint(ck: Mapping[str, Any], where: str) -> Checkpoint:
 def _variant(name: str, raw: Mapping[str, Any], where: str) -> Variant:
     checkpoints = {ds: parse_checkpoint(ck, f"{where}.checkpoints.{ds}")
                    for ds, ck in (raw.get("checkpoints") or {}).items()}
-    return Variant(name=name, description=raw.get("description", ""), options=dict(raw.get("options") or {}),
+    return Variant(name=name, description=raw.get("description", ""), options=plain(raw.get("options") or {}),
                    members=tuple(raw.get("members") or ()), checkpoints=checkpoints,
-                   recipes={k: dict(v or {}) for k, v in (raw.get("recipes") or {}).items()})
+                   recipes={k: plain(v or {}) for k, v in (raw.get("recipes") or {}).items()})
 
 
 def _reported(raw: Mapping[str, Any], where: str) -> Reported:
@@ -402,7 +402,7 @@ def parse_registry(raw: Mapping[str, Any], source: str = "registry.yaml") -> Reg
             for ds in list(v.checkpoints) + list(v.recipes):
                 if ds != "default" and ds not in datasets:
                     raise unknown_name("dataset", ds, datasets, where=f"{where}.variants.{v.name}")
-        recipes = {k: dict(r or {}) for k, r in (m.get("recipes") or {}).items()}
+        recipes = {k: plain(r or {}) for k, r in (m.get("recipes") or {}).items()}
         for ds in recipes:
             if ds != "default" and ds not in datasets:
                 raise unknown_name("dataset", ds, datasets, where=f"{where}.recipes")
@@ -668,7 +668,7 @@ def builtin_documents(plugins: list[tuple[str, Path | dict[str, Any]]] | None = 
 
 
 @lru_cache(maxsize=8)
-def _load_cached(paths: tuple[Path, ...], stamps: tuple[float, ...], plugged: tuple = ()) -> Registry:
+def _load_cached(paths: tuple[Path, ...], stamps: tuple, plugged: tuple = ()) -> Registry:
     docs = [(str(p), _read_document(p)) for p in paths]
     source = " + ".join(str(p) for p in paths)
     return _parse_checked(lambda: parse_registry(merge_documents(docs), source=source), source)
@@ -687,12 +687,14 @@ def _parse_checked(parse: Any, source: str) -> Registry:
 
 
 def _load(paths: tuple[Path, ...]) -> Registry:
-    stamps = []
+    stamps: list[Any] = []
     for p in paths:
         try:
             stamps.append(p.stat().st_mtime_ns)
         except OSError:
             stamps.append(-1)  # _read_document names the missing file
+        # protocol modules beside a registry file are part of what it loads: an edited one is loaded again
+        stamps += sorted((m.name, m.stat().st_mtime_ns) for m in p.parent.glob("*.py")) if p.parent.is_dir() else []
     return _load_cached(paths, tuple(stamps), protocol_plugins.entry_point_key())
 
 

@@ -106,3 +106,13 @@ def load_yaml(text: str, file: str) -> Any:
         return loader.get_single_data()
     finally:
         loader.dispose()
+
+
+def plain(value: Any) -> Any:
+    """`value` with every LineDict (at any depth) a plain dict and every list a plain list: what leaves the
+    registry (recipes, options) and may be written into checkpoints, which a safe loader reads back."""
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value) if isinstance(value, tuple) else [plain(v) for v in value]
+    return value

@@ -99,6 +99,10 @@ def demo(results: Path, ks: list[int], device: str | None) -> tuple[list[dict], 
               f"{r['ceiling']['i2t']:7.1f}/{r['ceiling']['t2i']:5.1f}% "
               f"{r['pairs_scored']:>9,}/{r['pairs_total']:,} {r['exact_wall_s']:12.2f} / "
               f"{r['cascade_wall_s']:.2f}{'' if r['target_met'] else '  TARGET MISSED'}")
+    if any(not r["target_met"] and r["delta"] > 0 for r in rows):
+        print("A cascade above exact at a 100% ceiling: every positive is a candidate, and non-candidates count below "
+              "all candidates, so a negative the reranker scores above the positive but stage 1 left out no longer "
+              "outranks it; ranks can only improve. At K = the gallery the two are equal.")
     return rows, ok
 
 

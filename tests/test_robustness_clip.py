@@ -63,3 +63,29 @@ def test_demo_run_with_perturb_shows_a_robustness_section(tmp_path, one_thread):
     assert "`keyboard@2`" in section and "`pixelate@4`" in section and "clip_zeroshot/tiny (zeroshot" in section
     assert (tmp_path / "reports" / "plots" / "demo-robustness.png").is_file()
     assert report.count("| clip_zeroshot/tiny") >= 1
+
+
+def test_perturb_image_on_a_cusa_checkpoint(tmp_path, one_thread):
+    """`evaluate --perturb image` on CUSA: an official-format checkpoint (tiny geometry, declared in its config) on
+    the demo image files; corrupted images are re-encoded, the clean text encodings reused, drops add up."""
+    import torch
+
+    from methods.cusa.adapter import CUSAAdapter
+    from methods.cusa.config import TINY_CLIP
+
+    torch.manual_seed(3)
+    adapter = CUSAAdapter.build("vitb32", "demo", {"clip_config": TINY_CLIP, "objective": "cusa"})
+    ck = tmp_path / "checkpoint_best.pth"
+    torch.save(adapter.official_checkpoint(epoch=1), ck)
+    build_demo_images(tmp_path / "data")
+    out = tmp_path / "metrics.json"
+    rc = cli_main(["evaluate", "--method", "cusa", "--variant", "vitb32", "--dataset", "demo", "--data-root",
+                   str(tmp_path / "data"), "--checkpoint", str(ck), "--recall-only", "--perturb",
+                   "gaussian_noise@5,contrast@4", "--json", str(out)])
+    assert rc == 0
+    record = json.loads(out.read_text())["robustness"]
+    rows = record["perturbations"]
+    assert set(rows) == {"gaussian_noise@5", "contrast@4"} and {r["modality"] for r in rows.values()} == {"image"}
+    for r in rows.values():
+        assert r["drop"]["rsum"] == record["clean"]["rsum"] - r["rsum"]
+    assert any(r["rsum"] != record["clean"]["rsum"] for r in rows.values())

@@ -1,5 +1,5 @@
-"""Executors: the local pool's GPU slots, torchrun on CPU (gloo), and Slurm via submitit's local cluster
-with a preemption that checkpoints, requeues and resumes."""
+"""Executors: the local pool's GPU slots, ranks on CPU (gloo, harness.run.launch), and Slurm via submitit's local
+cluster with a preemption that checkpoints, requeues and resumes."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def test_local_pool_gives_each_worker_its_gpus(tmp_path):
     assert "-m harness.run.executors.worker" in _launch(tmp_path, "one")[1]
     assert [t.name for t in ex.start([pair, four])] == ["pair"]
     assert _drain(ex, 1)[0].ok
-    assert _launch(tmp_path, "pair") == ("3,5", f"-m torch.distributed.run --standalone --nproc-per-node=2 -m "
+    assert _launch(tmp_path, "pair") == ("3,5", f"-m harness.run.launch 2 -- {script} -m "
                                                 f"harness.run.executors.worker {tmp_path / 'pair' / 'task.json'}")
     (tmp_path / "four").mkdir(exist_ok=True)
     (tmp_path / "four" / "exit_code").write_text("3")
@@ -80,7 +80,7 @@ def test_local_pool_gives_each_worker_its_gpus(tmp_path):
     failed = _drain(ex, 1)[0]
     assert not failed.ok and not failed.interrupted and "boom: something broke" in failed.error
     assert "exit code 3" in failed.error
-    assert "--nproc-per-node=2" in _launch(tmp_path, "four")[1]
+    assert "-m harness.run.launch 2 --" in _launch(tmp_path, "four")[1]
     assert "asks for 4 GPUs, this machine gives 2" in (tmp_path / "four" / "job.log").read_text()
     (tmp_path / "one" / "exit_code").write_text(str(INTERRUPTED_EXIT))
     ex.start([one])
@@ -92,8 +92,7 @@ def test_local_pool_without_gpus_runs_one_cpu_worker(tmp_path):
     ex = make_executor("local", {}, device="cpu")
     assert ex.describe() == "local pool, 1 CPU worker(s)"
     assert make_executor("local", {"workers": "3"}, device="cpu").describe() == "local pool, 3 CPU worker(s)"
-    assert ex.command(_task(tmp_path, "x", 2), 2)[1:5] == ["-m", "torch.distributed.run", "--standalone",
-                                                             "--nproc-per-node=2"]
+    assert ex.command(_task(tmp_path, "x", 2), 2)[1:5] == ["-m", "harness.run.launch", "2", "--"]
     with pytest.raises(ValueError, match="unknown local executor option"):
         make_executor("local", {"partition": "gpu"})
 

@@ -1,4 +1,4 @@
-"""One evaluation over 2 gloo processes (evaluate --processes 2 -> torchrun): the tiles are dealt over the ranks,
+"""One evaluation over 2 gloo processes (evaluate --processes 2, or under torchrun itself): the tiles are dealt over the ranks,
 each resumes its own cache, rank 0 merges them, and the matrix equals the single-process matrix (bit for bit at the
 same thread count per process: BLAS kernels may sum in another order with other thread counts)."""
 
@@ -60,6 +60,25 @@ def test_two_gloo_processes_give_the_single_process_matrix(lab):
     assert _evaluate(tmp, reg, ck, "again", "--tiles", "8,40", "--processes", "2", "--cache-dir",
                      str(tmp / "cache")) == 0
     np.testing.assert_array_equal(np.load(tmp / "again" / "sims.npy"), one)
+
+
+def test_the_same_evaluation_under_torchrun_gives_the_same_matrix(lab):
+    """Ranks started by torchrun (not by --processes): the command runs as a rank of the launcher's world."""
+    import os
+    import subprocess
+    import sys
+
+    tmp, reg, ck = lab
+    assert _evaluate(tmp, reg, ck, "one", "--tiles", "8,40") == 0
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           str(HERE.parent / "run_all.py"), "evaluate", "--registry", str(reg), "--method", "stub", "--variant", "a",
+           "--checkpoint", str(ck), "--data-root", str(tmp / "data"), "--dataset", "mine", "--save-sims",
+           str(tmp / "tr" / "sims.npy"), "--json", str(tmp / "tr" / "metrics.json"), "--tiles", "8,40"]
+    proc = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    np.testing.assert_array_equal(np.load(tmp / "tr" / "sims.npy"), np.load(tmp / "one" / "sims.npy"))
+    assert json.loads((tmp / "tr" / "metrics.json").read_text())["efficiency"]["processes"] == 2
 
 
 def _rank_caches(folder: Path, grid, shape, tiles, flags) -> Path:

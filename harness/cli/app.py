@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shortlister", default=None, metavar="METHOD[/VARIANT]",
                      help="stage 1 of --shortlist: an embedding method (its evaluation of the same seed or "
                           "checkpoint is planned too)")
-    _scale_options(run, "processes per evaluation job, each scoring its share of the tiles (local: torchrun; slurm: "
+    _scale_options(run, "processes per evaluation job, each scoring its share of the tiles (local: ranks on this machine; slurm: "
                         "tasks of one job); training uses --gpus")
     _data_folder_options(run)
     run.add_argument("--sts-root", default=None, help="shorthand for --data-folder sts=DIR")
@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "image retrieval R@1 with the uni-modal image head")
     ev.add_argument("--tiles", default=None, metavar="IMAGES,CAPTIONS",
                     help="scoring tile size (default: per scoring kind); smaller tiles use less memory")
-    _scale_options(ev, "split the tiles over N processes (torchrun; gloo on CPU, NCCL on GPUs); under a launcher "
+    _scale_options(ev, "split the tiles over N processes (gloo on CPU, NCCL on GPUs); under a launcher "
                        "(torchrun, Slurm) its world size is used")
     ev.add_argument("--recall-only", action="store_true", help="full-split recall only (skip the dataset's protocols)")
     _perturb_options(ev)
@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["run", *argv]
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.argv = argv  # the command line as given (evaluate --processes relaunches it under torchrun)
+    args.argv = argv  # the command line as given (evaluate --processes relaunches it as N ranks)
     if args.command is None:
         parser.print_help()
         return 2

@@ -1,4 +1,5 @@
-"""`evaluate --processes N`: the same command relaunched under torchrun, one rank per process.
+"""`evaluate --processes N`: the same command relaunched as N ranks (`harness.run.launch`, torchrun's
+environment without its start-up cost), one rank per process.
 
 Each rank joins the process group (gloo on CPU, NCCL on GPUs, `harness.run.distributed`), scores its share of
 the tiles (`harness.eval.sharding`), and rank 0 merges them and writes every output. Under a launcher that
@@ -9,13 +10,12 @@ launcher's world size.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from harness.core.paths import PROJECT_DIR
-from harness.run import distributed
+from harness.run import distributed, launch
 
 
 def under_launcher() -> bool:
@@ -27,16 +27,14 @@ def several() -> bool:
 
 
 def relaunch(argv: Sequence[str], processes: int, device: str | None) -> int:
-    """Run `run_all.py <argv>` as `processes` ranks under torchrun on this machine; its exit status.
+    """Run `run_all.py <argv>` as `processes` ranks on this machine (`harness.run.launch`); its exit status.
 
     On CPU each rank gets an equal share of the cores as its thread count (unless OMP_NUM_THREADS is set)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_DIR), env.get("PYTHONPATH", "")) if p)
     if not str(device or "cpu").startswith("cuda"):
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               str(PROJECT_DIR / "run_all.py"), *argv]
-    return subprocess.call(command, env=env, stdin=subprocess.DEVNULL)
+    return launch.run_ranks([sys.executable, str(PROJECT_DIR / "run_all.py"), *argv], processes, env)
 
 
 def join(device: str) -> tuple[str, bool]:

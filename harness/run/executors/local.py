@@ -1,6 +1,6 @@
 """A local pool: one worker process per visible GPU (CUDA_VISIBLE_DEVICES set per worker), or a single
-CPU worker. A training task with `processes` > 1 takes that many GPUs and runs under torchrun
-(DistributedDataParallel); on a machine without GPUs it runs that many CPU processes (gloo).
+CPU worker. A training task with `processes` > 1 takes that many GPUs and runs as that many ranks
+(`harness.run.launch`, torchrun's environment; DistributedDataParallel); on a machine without GPUs it runs that many CPU processes (gloo).
 
 Each task is a fresh `python -m harness.run.executors.worker <job dir>/task.json` process whose output goes
 to the job's job.log, so a crash (even an out-of-memory kill) takes down only that job.
@@ -99,8 +99,7 @@ class LocalExecutor(Executor):
         worker = ["-m", "harness.run.executors.worker", str(task.job_dir() / "task.json")]
         if processes <= 1:
             return [self.python, *worker]
-        return [self.python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-                *worker]
+        return [self.python, "-m", "harness.run.launch", str(processes), "--", self.python, *worker]
 
     def _launch(self, task: Task, slots: list[int]) -> None:
         processes = len(slots) if self.gpus else task.processes

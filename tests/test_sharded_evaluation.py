@@ -1,6 +1,7 @@
-"""One evaluation over 2 gloo processes (evaluate --processes 2, or under torchrun itself): the tiles are dealt over the ranks,
-each resumes its own cache, rank 0 merges them, and the matrix equals the single-process matrix (bit for bit at the
-same thread count per process: BLAS kernels may sum in another order with other thread counts)."""
+"""One evaluation over 2 gloo processes (evaluate --processes 2, or under torchrun itself): the tiles are dealt
+over the ranks, each resumes its own cache, rank 0 merges them, and the matrix equals the single-process matrix
+(bit for bit at the same thread count per process: BLAS kernels may sum in another order with other thread
+counts)."""
 
 from __future__ import annotations
 

@@ -116,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shortlister", default=None, metavar="METHOD[/VARIANT]",
                      help="stage 1 of --shortlist: an embedding method (its evaluation of the same seed or "
                           "checkpoint is planned too)")
-    _scale_options(run, "processes per evaluation job, each scoring its share of the tiles (local: ranks on this machine; slurm: "
-                        "tasks of one job); training uses --gpus")
+    _scale_options(run, "processes per evaluation job, each scoring its share of the tiles (local: ranks on this "
+                        "machine; slurm: tasks of one job); training uses --gpus")
     _data_folder_options(run)
     run.add_argument("--sts-root", default=None, help="shorthand for --data-folder sts=DIR")
     run.add_argument("--image-retrieval-root", default=None,

@@ -1,6 +1,7 @@
 """A local pool: one worker process per visible GPU (CUDA_VISIBLE_DEVICES set per worker), or a single
 CPU worker. A training task with `processes` > 1 takes that many GPUs and runs as that many ranks
-(`harness.run.launch`, torchrun's environment; DistributedDataParallel); on a machine without GPUs it runs that many CPU processes (gloo).
+(`harness.run.launch`, torchrun's environment; DistributedDataParallel); on a machine without GPUs it runs
+that many CPU processes (gloo).
 
 Each task is a fresh `python -m harness.run.executors.worker <job dir>/task.json` process whose output goes
 to the job's job.log, so a crash (even an out-of-memory kill) takes down only that job.

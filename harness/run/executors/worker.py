@@ -1,8 +1,8 @@
 """`python -m harness.run.executors.worker <job dir>/task.json`: run one task in this process.
 
-Started by the local executor (directly, or once per rank by `harness.run.launch` or torchrun). SIGTERM (cancel) and SIGUSR2
-make the job save its progress at the next step or tile and exit with INTERRUPTED_EXIT. Rerunning the
-same command by hand reproduces a failure with its full traceback.
+Started by the local executor (directly, or once per rank by `harness.run.launch` or torchrun). SIGTERM
+(cancel) and SIGUSR2 make the job save its progress at the next step or tile and exit with INTERRUPTED_EXIT.
+Rerunning the same command by hand reproduces a failure with its full traceback.
 """
 
 from __future__ import annotations

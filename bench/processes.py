@@ -2,7 +2,7 @@
 
 The same `evaluate` command (tests/stub_method.py, an official-format checkpoint, a SCAN-precomp split) runs
 as one process with OMP_NUM_THREADS=2 (with and without a tile cache: a several-process evaluation always
-writes one per rank, rank 0 merges them) and as `--processes 2` (torchrun, gloo, one thread per rank); one
+writes one per rank, rank 0 merges them) and as `--processes 2` (two ranks, gloo, one thread each); one
 process with one thread is the reference. On a machine shared with other work, two threads in one process can
 lose far more to OpenMP spin-waiting than two processes do. The stub's `score` is made heavier (`--work`:
 repeated matmuls per tile, like a cross-attention scorer whose time is in `score`), so scoring, not start-up,

@@ -32,18 +32,6 @@ def install(root, entry_points: str, files: dict[str, str], name: str = "itrbenc
     (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{entry_points}")
 
 
-@pytest.fixture
-def site(tmp_path, monkeypatch):
-    monkeypatch.delenv(PLUGINS_OFF, raising=False)
-    root = tmp_path / "site"
-    root.mkdir()
-    monkeypatch.syspath_prepend(str(root))
-    yield root
-    import sys
-
-    for mod in [m for m in sys.modules if m.startswith("itrbench_plug")]:
-        del sys.modules[mod]
-
 
 ADAPTER = {"itrbench_plug/adapter.py": """\
 from harness.api import Adapter

@@ -10,13 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from stub_method import write_checkpoint, write_split
-from test_rehearsals import user_registry
+from stub_method import write_split
+from test_rehearsals import stub_lab
 
 from harness.cli.app import main
 from harness.core.outputs import OutputError, guard_output
-
-HERE = Path(__file__).parent
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -26,10 +24,7 @@ def _digests(root: Path) -> dict[str, str]:
 
 @pytest.fixture
 def lab(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(HERE))
-    monkeypatch.chdir(tmp_path)
-    reg = user_registry(tmp_path / "mine.yaml")
-    ck = write_checkpoint(tmp_path / "stub.pth")
+    _, reg, ck = stub_lab(tmp_path, monkeypatch)
     write_split(tmp_path / "data" / "mine" / "precomp", "test", 4)
     rng = np.random.default_rng(0)
     np.save(tmp_path / "m.npy", rng.standard_normal((4, 20)).astype(np.float32))

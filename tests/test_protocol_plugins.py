@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -116,17 +115,6 @@ def test_the_command_line_table_is_laid_out_by_the_declared_columns(tmp_path, ca
     show_protocols({"recall": compute_protocol("recall", sims, bootstrap=0)}, "r")
     out = capsys.readouterr().out
     assert all(h in out for h in ("R@1", "R@5", "R@10", "medr", "meanr", "image->text", "text->image", "rsum"))
-
-
-@pytest.fixture
-def site(tmp_path, monkeypatch):
-    monkeypatch.delenv(PLUGINS_OFF, raising=False)
-    root = tmp_path / "site"
-    root.mkdir()
-    monkeypatch.syspath_prepend(str(root))
-    yield root
-    for mod in [m for m in sys.modules if m.startswith("itrbench_protoplug")]:
-        del sys.modules[mod]
 
 
 def install(root: Path, entry: str, module: str) -> None:

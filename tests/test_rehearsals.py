@@ -35,13 +35,16 @@ def user_registry(path: Path, extra: dict | None = None) -> Path:
     return path
 
 
-@pytest.fixture
-def lab(tmp_path, monkeypatch):
+def stub_lab(tmp_path: Path, monkeypatch) -> tuple[Path, Path, Path]:
+    """(folder, user registry, stub checkpoint): the working folder of a stub-method test, its current directory."""
     monkeypatch.syspath_prepend(str(HERE))
     monkeypatch.chdir(tmp_path)
-    reg = user_registry(tmp_path / "mine.yaml")
-    ck = write_checkpoint(tmp_path / "stub.pth")
-    return tmp_path, reg, ck
+    return tmp_path, user_registry(tmp_path / "mine.yaml"), write_checkpoint(tmp_path / "stub.pth")
+
+
+@pytest.fixture
+def lab(tmp_path, monkeypatch):
+    return stub_lab(tmp_path, monkeypatch)
 
 
 def _evaluate(reg: Path, ck: Path, root: Path, dataset: str, out: Path, *extra: str) -> tuple[int, dict]:

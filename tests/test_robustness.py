@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from stub_method import write_checkpoint, write_split
-from test_rehearsals import HERE, user_registry
+from test_rehearsals import HERE, stub_lab
 
 from harness.cli.app import main
 from harness.eval.perturb.image import IMAGE_CORRUPTIONS, corrupt
@@ -61,10 +61,7 @@ def test_image_corruptions_are_seeded_and_keep_the_size(name):
 
 @pytest.fixture
 def lab(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(HERE))
-    monkeypatch.chdir(tmp_path)
-    reg = user_registry(tmp_path / "mine.yaml")
-    ck = write_checkpoint(tmp_path / "stub.pth")
+    _, reg, ck = stub_lab(tmp_path, monkeypatch)
     write_split(tmp_path / "data" / "f30k" / "precomp", "test", 60)
     return tmp_path, reg, ck
 

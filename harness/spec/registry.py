@@ -597,7 +597,7 @@ SECTIONS_READ_ELSEWHERE = ("checkpoints",)  # amendments of checkpoint entries (
 # Installed packages add methods (datasets, reported rows) through this entry-point group, as pytest plugins
 # do; the environment variable ITRBENCH_DISABLE_PLUGINS set to anything but "" or "0" ignores them all.
 ENTRY_POINT_GROUP = "itrbench.methods"
-PLUGINS_OFF = "ITRBENCH_DISABLE_PLUGINS"
+PLUGINS_OFF = protocol_plugins.PLUGINS_OFF  # one switch turns off method and protocol plug-ins
 
 
 def plugin_documents() -> list[tuple[str, Path | dict[str, Any]]]:

@@ -14,9 +14,7 @@ import numpy as np
 import torch
 
 from harness.eval.metrics.eccv import FOLDS, CocoTops, PairLookup, coco_positive_keys, tops_depths
-from harness.eval.metrics.ids import CocoTestIds, canonical_permutation
-
-N_IMAGES, N_CAPTIONS = 5000, 25000
+from harness.eval.metrics.ids import N_CAPTIONS, N_IMAGES, CocoTestIds, canonical_permutation
 
 
 def _merge(kept: torch.Tensor, new: torch.Tensor) -> torch.Tensor:

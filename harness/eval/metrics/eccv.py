@@ -611,9 +611,10 @@ class PairLookup:
     def __getitem__(self, index: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         rows, cols = (np.asarray(x, dtype=np.int64) for x in index)
         key = rows * self.shape[1] + cols
-        at = np.minimum(np.searchsorted(self.keys, key), max(0, len(self.keys) - 1))
-        found = (self.keys[at] == key) if len(self.keys) else np.zeros(key.shape, bool)
-        return np.where(found, self.scores[at] if len(self.keys) else np.nan, np.nan).astype(self.scores.dtype)
+        if not len(self.keys):
+            return np.full(key.shape, np.nan, self.scores.dtype)
+        at = np.minimum(np.searchsorted(self.keys, key), len(self.keys) - 1)
+        return np.where(self.keys[at] == key, self.scores[at], np.nan).astype(self.scores.dtype)
 
 
 @dataclass(frozen=True)
@@ -629,41 +630,32 @@ class CocoTops:
     pairs: PairLookup
 
 
-def positive_pairs(sets: list[tuple[str, PositiveSets]]) -> np.ndarray:
-    """Sorted unique canonical (image row * 25000 + caption column) keys of every positive of `sets`."""
-    keys = []
-    for direction, pos in sets:
-        q, g, _ = pos.flat(pos.queries())
-        rows, cols = (q, g) if direction == I2T else (g, q)
-        keys.append(rows * pos_cols(direction, pos) + cols)
-    return np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
+def _coco_ground_truths() -> tuple:
+    """Every positive set a COCO 5K family ranks: original, eccv_caption's cxc and eccv, and the CxC CSVs'."""
+    from harness.eval.metrics.cxc import cxc_ground_truth
 
-
-def pos_cols(direction: str, pos: PositiveSets) -> int:
-    """Columns (captions) of the matrix a positive set is defined on."""
-    return pos.n_gallery if direction == I2T else pos.n_queries
+    return package_gt("original"), package_gt("cxc"), package_gt("eccv"), cxc_ground_truth()
 
 
 def tops_depths(ks=KS) -> tuple[int, int, int, int]:
     """(whole-gallery i2t, t2i, fold i2t, t2i) top-list lengths that make every COCO 5K family exact:
     each family's `ranking_depth` (largest positive set plus the largest cutoff), the largest of them."""
-    coco, cxc_, eccv = package_gt("original"), package_gt("cxc"), package_gt("eccv")
-    from harness.eval.metrics.cxc import cxc_ground_truth
-
-    csv = cxc_ground_truth()
-    i2t = max(ranking_depth(p, p.queries(), ks) for p in (coco.i2t, cxc_.i2t, eccv.i2t, csv.i2t))
-    t2i = max(ranking_depth(p, p.queries(), ks) for p in (coco.t2i, cxc_.t2i, eccv.t2i, csv.t2i))
+    gts = _coco_ground_truths()
+    i2t = max(ranking_depth(g.i2t, g.i2t.queries(), ks) for g in gts)
+    t2i = max(ranking_depth(g.t2i, g.t2i.queries(), ks) for g in gts)
+    coco = gts[0]
     return i2t, t2i, ranking_depth(coco.i2t, coco.i2t.queries(), ks), ranking_depth(coco.t2i, coco.t2i.queries(), ks)
 
 
 def coco_positive_keys() -> np.ndarray:
-    """Canonical keys of every pair a COCO 5K family ranks (original, eccv_caption's cxc and eccv, CxC CSVs)."""
-    from harness.eval.metrics.cxc import cxc_ground_truth
-
-    sets: list[tuple[str, PositiveSets]] = []
-    for gt in (package_gt("original"), package_gt("cxc"), package_gt("eccv"), cxc_ground_truth()):
-        sets += [(I2T, gt.i2t), (T2I, gt.t2i)]
-    return positive_pairs(sets)
+    """Sorted unique canonical keys (image row * 25000 + caption column) of every pair a COCO 5K family ranks."""
+    keys = []
+    for gt in _coco_ground_truths():
+        q, g, _ = gt.i2t.flat(gt.i2t.queries())
+        keys.append(q * gt.i2t.n_gallery + g)
+        q, g, _ = gt.t2i.flat(gt.t2i.queries())
+        keys.append(g * gt.t2i.n_queries + q)
+    return np.unique(np.concatenate(keys))
 
 
 def tops_family(tops: CocoTops, pos: PositiveSets, direction: str, ks=KS, *, fold: bool = False,
